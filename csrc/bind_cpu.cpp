@@ -1,0 +1,161 @@
+// bind_cpu.cpp: the CPU backend's binding, fastconv._cpu. Pointers arrive as integers,
+// params as the dicts fastconv/_shapes.py builds; outputs are allocated by the Python
+// layer. Kernels run with the GIL released. The shape helpers of common/shapes.h are
+// exported too, so tests/test_shapes.py can check the Python mirror against them.
+#include <cstdint>
+#include <string>
+
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#include "bind_common.h"
+#include "common/shapes.h"
+#include "cpu/cpu_ops.h"
+
+namespace py = pybind11;
+using namespace fastconv;
+using fastconv::bind::ptr;
+using U = std::uintptr_t;
+
+namespace {
+
+// Calls f.template operator()<T>() for T = float or double, by dtype name.
+template <typename F>
+void with_dtype(const std::string& dtype, F&& f) {
+    py::gil_scoped_release release;
+    if (dtype == "float32") return f(float{});
+    if (dtype == "float64") return f(double{});
+    throw std::invalid_argument("fastconv._cpu: unsupported dtype " + dtype);
+}
+
+cpu::ConvVariant conv_variant(const std::string& name) {
+    if (name == "auto") return cpu::ConvVariant::Auto;
+    if (name == "direct") return cpu::ConvVariant::Direct;
+    if (name == "gemm") return cpu::ConvVariant::Gemm;
+    if (name == "depthwise") return cpu::ConvVariant::Depthwise;
+    throw std::invalid_argument("fastconv._cpu: unknown conv2d variant " + name);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+    m.doc() = "fastconv CPU backend (C++17, OpenMP)";
+    m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise");
+    m.def("num_threads", [] { return omp_get_max_threads(); });
+
+    m.def("conv2d_fwd", [](py::dict d, std::string variant, std::string dtype, U x, U w, U b, U y) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        const cpu::ConvVariant v = conv_variant(variant);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y));
+        });
+    });
+    m.def("activation_bwd", [](int act, int64_t count, std::string dtype, U y, U dy, U dz) {
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::activation_bwd<T>(Activation(act), count, ptr<T>(y), ptr<T>(dy), ptr<T>(dz));
+        });
+    });
+    m.def("conv2d_bwd_data", [](py::dict d, std::string variant, std::string dtype, U dy, U w, U dx) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        const cpu::ConvVariant v = conv_variant(variant);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_bwd_data<T>(p, v, ptr<T>(dy), ptr<T>(w), ptr<T>(dx));
+        });
+    });
+    m.def("conv2d_bwd_filter", [](py::dict d, std::string variant, std::string dtype, U dy, U x, U dw) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        const cpu::ConvVariant v = conv_variant(variant);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_bwd_filter<T>(p, v, ptr<T>(dy), ptr<T>(x), ptr<T>(dw));
+        });
+    });
+    m.def("conv2d_bwd_bias", [](py::dict d, std::string dtype, U dy, U db) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_bwd_bias<T>(p, ptr<T>(dy), ptr<T>(db));
+        });
+    });
+
+    m.def("max_pool_fwd", [](py::dict d, std::string dtype, U x, U y, U idx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::max_pool_fwd<T>(p, ptr<T>(x), ptr<T>(y), ptr<int64_t>(idx));
+        });
+    });
+    m.def("max_pool_bwd", [](py::dict d, std::string dtype, U dy, U idx, U dx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::max_pool_bwd<T>(p, ptr<T>(dy), ptr<int64_t>(idx), ptr<T>(dx));
+        });
+    });
+    m.def("avg_pool_fwd", [](py::dict d, std::string dtype, U x, U y) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::avg_pool_fwd<T>(p, ptr<T>(x), ptr<T>(y));
+        });
+    });
+    m.def("avg_pool_bwd", [](py::dict d, std::string dtype, U dy, U dx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::avg_pool_bwd<T>(p, ptr<T>(dy), ptr<T>(dx));
+        });
+    });
+    m.def("global_avg_pool_fwd", [](py::dict d, std::string dtype, U x, U y) {
+        const GlobalPoolParams p = bind::global_pool_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::global_avg_pool_fwd<T>(p, ptr<T>(x), ptr<T>(y));
+        });
+    });
+    m.def("global_avg_pool_bwd", [](py::dict d, std::string dtype, U dy, U dx) {
+        const GlobalPoolParams p = bind::global_pool_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::global_avg_pool_bwd<T>(p, ptr<T>(dy), ptr<T>(dx));
+        });
+    });
+
+    m.def("sobel", [](py::dict d, std::string dtype, U x, U y) {
+        const Filter2dParams p = bind::filter2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::sobel<T>(p, ptr<T>(x), ptr<T>(y));
+        });
+    });
+    m.def("filter2d", [](py::dict d, std::string dtype, U x, U k, U y) {
+        const Filter2dParams p = bind::filter2d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::filter2d<T>(p, ptr<T>(x), ptr<T>(k), ptr<T>(y));
+        });
+    });
+    m.def("conv1d", [](py::dict d, std::string dtype, U x, U w, U y) {
+        const Conv1dParams p = bind::conv1d_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::conv1d<T>(p, ptr<T>(x), ptr<T>(w), ptr<T>(y));
+        });
+    });
+
+    // common/shapes.h, for tests/test_shapes.py.
+    py::module_ s = m.def_submodule("shapes", "common/shapes.h, exported for the mirror test");
+    s.def("conv_out_size", &conv_out_size);
+    s.def("pool_out_size", &pool_out_size);
+    s.def("same_out_size", &same_out_size);
+    s.def("same_pad_begin", &same_pad_begin);
+    s.def("same_pad_total", &same_pad_total);
+    s.def("border_index", [](int64_t i, int64_t n, int mode) { return border_index(i, n, Border(mode)); });
+    s.def("valid_out_begin", &valid_out_begin);
+    s.def("valid_out_end", &valid_out_end);
+    s.def("first_out_reaching", &first_out_reaching);
+    s.def("last_out_reaching", &last_out_reaching);
+}

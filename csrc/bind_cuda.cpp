@@ -1,0 +1,185 @@
+// bind_cuda.cpp: the GPU backend's binding, fastconv._cuda. The twin of bind_cpu.cpp:
+// pointers arrive as integers, params as the dicts fastconv/_shapes.py builds, plus
+// the device the arrays live on and the caller's stream (a cudaStream_t as an
+// integer; 0 is the legacy default stream). Outputs are allocated by the Python layer
+// through the caller's array library. float32 only.
+#include <cstdint>
+#include <string>
+
+#include <pybind11/pybind11.h>
+
+#include "bind_common.h"
+#include "common/check.h"
+#include "cuda/cuda_ops.h"
+
+namespace py = pybind11;
+using namespace fastconv;
+using fastconv::bind::ptr;
+using U = std::uintptr_t;
+
+namespace {
+
+// Makes `device` current for one launch and puts the previous device back.
+class DeviceGuard {
+  public:
+    explicit DeviceGuard(int device) {
+        FC_CUDA_CHECK(cudaGetDevice(&previous_));
+        if (device != previous_) FC_CUDA_CHECK(cudaSetDevice(device));
+    }
+    ~DeviceGuard() { cudaSetDevice(previous_); }
+
+  private:
+    int previous_ = 0;
+};
+
+cudaStream_t stream_of(U s) { return reinterpret_cast<cudaStream_t>(s); }
+
+void require_float32(const std::string& dtype) {
+    if (dtype != "float32")
+        throw std::invalid_argument("fastconv._cuda: the GPU backend computes float32, got " + dtype);
+}
+
+cuda::ConvVariant conv_variant(const std::string& name) {
+    if (name == "auto") return cuda::ConvVariant::Auto;
+    if (name == "direct") return cuda::ConvVariant::Direct;
+    if (name == "implicit_gemm") return cuda::ConvVariant::ImplicitGemm;
+    if (name == "depthwise") return cuda::ConvVariant::Depthwise;
+    throw std::invalid_argument("fastconv._cuda: unknown conv2d variant " + name);
+}
+
+// Runs f() with the GIL released on `device`.
+template <typename F>
+void launch(int device, const std::string& dtype, F&& f) {
+    require_float32(dtype);
+    py::gil_scoped_release release;
+    DeviceGuard guard(device);
+    f();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+    m.doc() = "fastconv GPU backend (CUDA)";
+    m.attr("conv2d_variants") = py::make_tuple("direct", "implicit_gemm", "depthwise");
+
+    // Never throws: 0 where there is no driver or no device.
+    m.def("device_count", [] {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess) {
+            cudaGetLastError();  // clear the sticky-free error so later calls start clean
+            return 0;
+        }
+        return n;
+    });
+    m.def("device_info", [](int device) {
+        cudaDeviceProp prop{};
+        FC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+        int driver = 0, runtime = 0;
+        FC_CUDA_CHECK(cudaDriverGetVersion(&driver));
+        FC_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+        py::dict d;
+        d["name"] = std::string(prop.name);
+        d["capability"] = py::make_tuple(prop.major, prop.minor);
+        d["multiprocessors"] = prop.multiProcessorCount;
+        d["memory_bytes"] = prop.totalGlobalMem;
+        d["driver_api_version"] = driver;
+        d["runtime_version"] = runtime;
+        return d;
+    });
+    m.def("synchronize", [](int device) {
+        py::gil_scoped_release release;
+        DeviceGuard guard(device);
+        FC_CUDA_CHECK(cudaDeviceSynchronize());
+    });
+
+    m.def("conv2d_fwd", [](py::dict d, std::string variant, std::string dtype, int device, U stream,
+                           U x, U w, U b, U y) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        const cuda::ConvVariant v = conv_variant(variant);
+        launch(device, dtype, [&] {
+            cuda::conv2d_fwd(p, v, ptr<float>(x), ptr<float>(w), ptr<float>(b), ptr<float>(y),
+                             stream_of(stream));
+        });
+    });
+    m.def("activation_bwd", [](int act, int64_t count, std::string dtype, int device, U stream,
+                               U y, U dy, U dz) {
+        launch(device, dtype, [&] {
+            cuda::activation_bwd(Activation(act), count, ptr<float>(y), ptr<float>(dy),
+                                 ptr<float>(dz), stream_of(stream));
+        });
+    });
+    m.def("conv2d_bwd_data", [](py::dict d, std::string variant, std::string dtype, int device,
+                                U stream, U dy, U w, U dx) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        const cuda::ConvVariant v = conv_variant(variant);
+        launch(device, dtype, [&] {
+            cuda::conv2d_bwd_data(p, v, ptr<float>(dy), ptr<float>(w), ptr<float>(dx),
+                                  stream_of(stream));
+        });
+    });
+    m.def("conv2d_bwd_filter", [](py::dict d, std::string variant, std::string dtype, int device,
+                                  U stream, U dy, U x, U dw) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        const cuda::ConvVariant v = conv_variant(variant);
+        launch(device, dtype, [&] {
+            cuda::conv2d_bwd_filter(p, v, ptr<float>(dy), ptr<float>(x), ptr<float>(dw),
+                                    stream_of(stream));
+        });
+    });
+    m.def("conv2d_bwd_bias", [](py::dict d, std::string dtype, int device, U stream, U dy, U db) {
+        const Conv2dParams p = bind::conv2d_params(d);
+        launch(device, dtype, [&] {
+            cuda::conv2d_bwd_bias(p, ptr<float>(dy), ptr<float>(db), stream_of(stream));
+        });
+    });
+
+    m.def("max_pool_fwd", [](py::dict d, std::string dtype, int device, U stream, U x, U y, U idx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        launch(device, dtype, [&] {
+            cuda::max_pool_fwd(p, ptr<float>(x), ptr<float>(y), ptr<int64_t>(idx), stream_of(stream));
+        });
+    });
+    m.def("max_pool_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U idx, U dx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        launch(device, dtype, [&] {
+            cuda::max_pool_bwd(p, ptr<float>(dy), ptr<int64_t>(idx), ptr<float>(dx), stream_of(stream));
+        });
+    });
+    m.def("avg_pool_fwd", [](py::dict d, std::string dtype, int device, U stream, U x, U y) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        launch(device, dtype, [&] { cuda::avg_pool_fwd(p, ptr<float>(x), ptr<float>(y), stream_of(stream)); });
+    });
+    m.def("avg_pool_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U dx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        launch(device, dtype, [&] { cuda::avg_pool_bwd(p, ptr<float>(dy), ptr<float>(dx), stream_of(stream)); });
+    });
+    m.def("global_avg_pool_fwd", [](py::dict d, std::string dtype, int device, U stream, U x, U y) {
+        const GlobalPoolParams p = bind::global_pool_params(d);
+        launch(device, dtype, [&] {
+            cuda::global_avg_pool_fwd(p, ptr<float>(x), ptr<float>(y), stream_of(stream));
+        });
+    });
+    m.def("global_avg_pool_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U dx) {
+        const GlobalPoolParams p = bind::global_pool_params(d);
+        launch(device, dtype, [&] {
+            cuda::global_avg_pool_bwd(p, ptr<float>(dy), ptr<float>(dx), stream_of(stream));
+        });
+    });
+
+    m.def("sobel", [](py::dict d, std::string dtype, int device, U stream, U x, U y) {
+        const Filter2dParams p = bind::filter2d_params(d);
+        launch(device, dtype, [&] { cuda::sobel(p, ptr<float>(x), ptr<float>(y), stream_of(stream)); });
+    });
+    m.def("filter2d", [](py::dict d, std::string dtype, int device, U stream, U x, U k, U y) {
+        const Filter2dParams p = bind::filter2d_params(d);
+        launch(device, dtype, [&] {
+            cuda::filter2d(p, ptr<float>(x), ptr<float>(k), ptr<float>(y), stream_of(stream));
+        });
+    });
+    m.def("conv1d", [](py::dict d, std::string dtype, int device, U stream, U x, U w, U y) {
+        const Conv1dParams p = bind::conv1d_params(d);
+        launch(device, dtype, [&] {
+            cuda::conv1d(p, ptr<float>(x), ptr<float>(w), ptr<float>(y), stream_of(stream));
+        });
+    });
+}

@@ -1,0 +1,131 @@
+// shapes.h: the shape arithmetic of every op, written once for both backends.
+// Output sizes, the "same" padding split, border index maps and layout offsets are
+// __host__ __device__ so the CUDA kernels and the C++ CPU kernels run the same
+// lines; fastconv/_shapes.py mirrors them for argument checking, and
+// tests/test_shapes.py checks the mirror against this header through _cpu.
+#pragma once
+#include <cstdint>
+
+#include "params.h"
+
+#if defined(__CUDACC__)
+#define FC_HD __host__ __device__ __forceinline__
+#else
+#define FC_HD inline
+#endif
+
+namespace fastconv {
+
+// Floor division that rounds towards minus infinity for any signs.
+FC_HD int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+FC_HD int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Extent of a dilated window: dilation * (k - 1) + 1.
+FC_HD int64_t dilated_extent(int64_t k, int64_t dil) { return dil * (k - 1) + 1; }
+
+// Convolution output size, W' = (W + pads - dilated extent) / S + 1. Returns a
+// value < 1 when the window does not fit (callers refuse it).
+FC_HD int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad_begin,
+                            int64_t pad_end, int64_t dil) {
+    int64_t span = in + pad_begin + pad_end - dilated_extent(k, dil);
+    return span < 0 ? 0 : span / stride + 1;
+}
+
+// Pooling output size, PyTorch's formula: with ceil_mode the division rounds up (so a
+// window may hang past the right padding), but the last window must still start
+// inside the input or its left padding. Returns a value < 1 when nothing fits.
+FC_HD int64_t pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad_begin,
+                            int64_t pad_end, int64_t dil, bool ceil_mode) {
+    int64_t span = in + pad_begin + pad_end - dilated_extent(k, dil);
+    int64_t out = (ceil_mode ? ceil_div(span, stride) : floor_div(span, stride)) + 1;
+    if (ceil_mode && out > 0 && (out - 1) * stride >= in + pad_begin) --out;
+    return out < 0 ? 0 : out;
+}
+
+// Keras "same": out = ceil(in / stride); the padding that makes the last window
+// fit, with the odd pixel at the end (bottom / right).
+FC_HD int64_t same_out_size(int64_t in, int64_t stride) { return ceil_div(in, stride); }
+
+FC_HD int64_t same_pad_total(int64_t in, int64_t k, int64_t stride, int64_t dil) {
+    int64_t total = (same_out_size(in, stride) - 1) * stride + dilated_extent(k, dil) - in;
+    return total > 0 ? total : 0;
+}
+
+FC_HD int64_t same_pad_begin(int64_t in, int64_t k, int64_t stride, int64_t dil) {
+    return same_pad_total(in, k, stride, dil) / 2;
+}
+
+// Border index map of scipy.ndimage for a coordinate i on a line of n samples.
+// Returns the sample to read, or -1 for Border::Constant outside the line.
+//   reflect  d c b a | a b c d | d c b a     (period 2n)
+//   mirror     d c b | a b c d | c b a       (period 2n - 2)
+//   nearest  a a a a | a b c d | d d d d
+//   wrap     a b c d | a b c d | a b c d     (period n)
+FC_HD int64_t border_index(int64_t i, int64_t n, Border mode) {
+    if (i >= 0 && i < n) return i;
+    switch (mode) {
+        case Border::Reflect: {
+            int64_t j = i - floor_div(i, 2 * n) * 2 * n;
+            return j < n ? j : 2 * n - 1 - j;
+        }
+        case Border::Mirror: {
+            if (n == 1) return 0;
+            int64_t period = 2 * n - 2;
+            int64_t j = i - floor_div(i, period) * period;
+            return j < n ? j : period - j;
+        }
+        case Border::Nearest: return i < 0 ? 0 : n - 1;
+        case Border::Wrap: return i - floor_div(i, n) * n;
+        default: return -1;
+    }
+}
+
+// Element offset of (n, c, h, w) in a dense 4-D tensor of the given layout.
+FC_HD int64_t offset4(Layout layout, int64_t n, int64_t c, int64_t h, int64_t w,
+                      int64_t C, int64_t H, int64_t W) {
+    return layout == Layout::NCHW ? ((n * C + c) * H + h) * W + w
+                                  : ((n * H + h) * W + w) * C + c;
+}
+
+// Offset of weight (k, c, r, s) for the weight layout that goes with `layout`:
+// NCHW -> (K, Cg, R, S); NHWC -> (R, S, Cg, K).
+FC_HD int64_t weight_offset(Layout layout, int64_t k, int64_t c, int64_t r, int64_t s,
+                            int64_t K, int64_t Cg, int64_t R, int64_t S) {
+    return layout == Layout::NCHW ? ((k * Cg + c) * R + r) * S + s
+                                  : ((r * S + s) * Cg + c) * K + k;
+}
+
+// First output index o whose window (start o * stride - pad, taps every dil) can
+// reach input index i, and the last + 1; the range of outputs a backward pass gathers
+// from. Callers still test each tap, since dilation can skip i.
+FC_HD int64_t first_out_reaching(int64_t i, int64_t k, int64_t stride, int64_t pad,
+                                 int64_t dil) {
+    int64_t o = ceil_div(i + pad - dilated_extent(k, dil) + 1, stride);
+    return o < 0 ? 0 : o;
+}
+
+FC_HD int64_t last_out_reaching(int64_t i, int64_t stride, int64_t pad, int64_t out) {
+    int64_t o = floor_div(i + pad, stride) + 1;
+    return o > out ? out : o;
+}
+
+// For a line of outputs q in [0, out) that read input q * stride + off: the first q
+// whose input is inside [0, in), and one past the last. Loops over [begin, end) need
+// no bounds checks; outside it they read padding.
+FC_HD int64_t valid_out_begin(int64_t off, int64_t stride) {
+    int64_t q = ceil_div(-off, stride);
+    return q < 0 ? 0 : q;
+}
+
+FC_HD int64_t valid_out_end(int64_t off, int64_t stride, int64_t in, int64_t out) {
+    int64_t q = ceil_div(in - off, stride);
+    q = q > out ? out : q;
+    int64_t b = valid_out_begin(off, stride);
+    return q < b ? b : q;
+}
+
+}  // namespace fastconv

@@ -1,0 +1,201 @@
+// conv2d_bwd.cpp: conv2d backward on the CPU: grad input, grad weight, grad bias, and
+// the activation's derivative. The CUDA twin is csrc/cuda/conv2d_bwd.cu.
+//
+// Every result is deterministic: each element is summed in a fixed order that depends
+// on the shapes alone, never on the thread count or scheduling.
+//
+// Variants:
+//   direct  grad input gathers, for each input pixel, the outputs whose windows reach it;
+//           grad weight sums x * dy over (n, p, q) for each tap. The readable spec.
+//   gemm    grad input: col = w_g^T . dy (one GEMM per image, group and pixel chunk),
+//           then col2im adds it back into the image. Each task owns whole images, so
+//           no two threads touch one element.
+//           grad weight: dw_g += dy . col^T image after image (beta 1); the GEMM splits
+//           the output matrix between threads and keeps each element's sum in order.
+// Depthwise runs as gemm (the forward's depthwise variant has no backward of its own yet).
+#include <algorithm>
+#include <vector>
+
+#include <omp.h>
+
+#include "../common/activation.h"
+#include "../common/shapes.h"
+#include "conv2d_common.h"
+#include "cpu_ops.h"
+#include "gemm.h"
+
+namespace fastconv {
+namespace cpu {
+
+template <typename T>
+void activation_bwd(Activation act, int64_t count, const T* y, const T* dy, T* dz) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; ++i) dz[i] = dy[i] * activate_grad(act, y[i]);
+}
+
+namespace {
+
+template <typename T>
+void bwd_data_direct(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t c = 0; c < p.C; ++c) {
+            const int64_t g = c / Cg, cg = c % Cg;
+            for (int64_t h = 0; h < p.H; ++h)
+                for (int64_t wi = 0; wi < p.W; ++wi) {
+                    T acc = T(0);
+                    const int64_t p0 = first_out_reaching(h, p.R, p.stride_h, p.pad_h, p.dil_h);
+                    const int64_t p1 = last_out_reaching(h, p.stride_h, p.pad_h, p.P);
+                    const int64_t q0 = first_out_reaching(wi, p.S, p.stride_w, p.pad_w, p.dil_w);
+                    const int64_t q1 = last_out_reaching(wi, p.stride_w, p.pad_w, p.Q);
+                    for (int64_t k = g * Kg; k < (g + 1) * Kg; ++k)
+                        for (int64_t oh = p0; oh < p1; ++oh) {
+                            const int64_t rr = h + p.pad_h - oh * p.stride_h;  // = r * dil_h
+                            if (rr % p.dil_h) continue;
+                            for (int64_t ow = q0; ow < q1; ++ow) {
+                                const int64_t ss = wi + p.pad_w - ow * p.stride_w;
+                                if (ss % p.dil_w) continue;
+                                acc += dy[offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q)] *
+                                       w[weight_offset(p.layout, k, cg, rr / p.dil_h,
+                                                       ss / p.dil_w, p.K, Cg, p.R, p.S)];
+                            }
+                        }
+                    dx[offset4(p.layout, n, c, h, wi, p.C, p.H, p.W)] = acc;
+                }
+        }
+}
+
+template <typename T>
+void bwd_data_gemm(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
+    const ConvGemmShape s(p, sizeof(T));
+    const bool nchw = p.layout == Layout::NCHW;
+    std::fill(dx, dx + p.N * p.C * p.H * p.W, T(0));
+    // Tasks own (image, group) pairs: the chunks of one pair add into the same pixels,
+    // so they run in turn inside the task.
+    const int64_t tasks = p.N * p.groups;
+    const bool outer = tasks >= 2 * omp_get_max_threads();
+#pragma omp parallel if (outer)
+    {
+        std::vector<T> col(s.col_elems);
+#pragma omp for schedule(dynamic)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t n = t / p.groups, g = t % p.groups;
+            for (int64_t j0 = 0; j0 < s.PQ; j0 += s.chunk) {
+                const int64_t j1 = std::min(j0 + s.chunk, s.PQ), cols = j1 - j0;
+                if (nchw) {
+                    // (red x Kg) . (Kg x pixels): w_g transposed.
+                    gemm<T>(true, false, s.red, cols, s.Kg, w + g * s.Kg * s.red, s.red,
+                            dy + (n * p.K + g * s.Kg) * s.PQ + j0, s.PQ, T(0), col.data(), cols);
+                    col2im_nchw(p, col.data(), n, g, j0, j1, dx);
+                } else {
+                    // (pixels x Kg) . (Kg x red): w_g (red x Kg, ld K) transposed.
+                    gemm<T>(false, true, cols, s.red, s.Kg, dy + (n * s.PQ + j0) * p.K + g * s.Kg,
+                            p.K, w + g * s.Kg, p.K, T(0), col.data(), s.red);
+                    col2im_nhwc(p, col.data(), n, g, j0, j1, dx);
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+void bwd_filter_direct(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t k = 0; k < p.K; ++k)
+        for (int64_t c = 0; c < Cg; ++c) {
+            const int64_t ci = (k / Kg) * Cg + c;
+            for (int64_t r = 0; r < p.R; ++r)
+                for (int64_t s = 0; s < p.S; ++s) {
+                    T acc = T(0);
+                    for (int64_t n = 0; n < p.N; ++n)
+                        for (int64_t oh = 0; oh < p.P; ++oh) {
+                            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+                            if (h < 0 || h >= p.H) continue;
+                            for (int64_t ow = 0; ow < p.Q; ++ow) {
+                                const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
+                                if (wi < 0 || wi >= p.W) continue;
+                                acc += dy[offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q)] *
+                                       x[offset4(p.layout, n, ci, h, wi, p.C, p.H, p.W)];
+                            }
+                        }
+                    dw[weight_offset(p.layout, k, c, r, s, p.K, Cg, p.R, p.S)] = acc;
+                }
+        }
+}
+
+template <typename T>
+void bwd_filter_gemm(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
+    const ConvGemmShape s(p, sizeof(T));
+    const bool nchw = p.layout == Layout::NCHW;
+    std::vector<T> col(s.col_elems);
+    std::fill(dw, dw + p.K * s.red, T(0));
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t g = 0; g < p.groups; ++g)
+            for (int64_t j0 = 0; j0 < s.PQ; j0 += s.chunk) {
+                const int64_t j1 = std::min(j0 + s.chunk, s.PQ), cols = j1 - j0;
+                if (nchw) {
+                    // dw_g (Kg x red) += dy (Kg x pixels) . col^T (pixels x red)
+                    const T* B = x + (n * p.C + g * s.Cg) * p.H * p.W + j0;
+                    if (!s.is_pointwise) {
+                        im2col_nchw(p, x, n, g, j0, j1, col.data());
+                        B = col.data();
+                    }
+                    gemm<T>(false, true, s.Kg, s.red, cols, dy + (n * p.K + g * s.Kg) * s.PQ + j0,
+                            s.PQ, B, s.is_pointwise ? s.PQ : cols, T(1), dw + g * s.Kg * s.red,
+                            s.red);
+                } else {
+                    // dw_g (red x Kg, ld K) += col^T (red x pixels) . dy (pixels x Kg)
+                    im2col_nhwc(p, x, n, g, j0, j1, col.data());
+                    gemm<T>(true, false, s.red, s.Kg, cols, col.data(), s.red,
+                            dy + (n * s.PQ + j0) * p.K + g * s.Kg, p.K, T(1), dw + g * s.Kg, p.K);
+                }
+            }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const T* dy, const T* w, T* dx) {
+    if (v == ConvVariant::Direct) return bwd_data_direct(p, dy, w, dx);
+    bwd_data_gemm(p, dy, w, dx);
+}
+
+template <typename T>
+void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const T* dy, const T* x, T* dw) {
+    if (v == ConvVariant::Direct) return bwd_filter_direct(p, dy, x, dw);
+    bwd_filter_gemm(p, dy, x, dw);
+}
+
+template <typename T>
+void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
+    const int64_t PQ = p.P * p.Q;
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < p.K; ++k) {
+        T acc = T(0);
+        for (int64_t n = 0; n < p.N; ++n) {
+            if (p.layout == Layout::NCHW) {
+                const T* plane = dy + (n * p.K + k) * PQ;
+                for (int64_t j = 0; j < PQ; ++j) acc += plane[j];
+            } else {
+                const T* img = dy + n * PQ * p.K + k;
+                for (int64_t j = 0; j < PQ; ++j) acc += img[j * p.K];
+            }
+        }
+        db[k] = acc;
+    }
+}
+
+#define FC_INSTANTIATE(T)                                                                    \
+    template void activation_bwd<T>(Activation, int64_t, const T*, const T*, T*);           \
+    template void conv2d_bwd_data<T>(const Conv2dParams&, ConvVariant, const T*, const T*, T*); \
+    template void conv2d_bwd_filter<T>(const Conv2dParams&, ConvVariant, const T*, const T*,  \
+                                       T*);                                                  \
+    template void conv2d_bwd_bias<T>(const Conv2dParams&, const T*, T*);
+FC_INSTANTIATE(float)
+FC_INSTANTIATE(double)
+#undef FC_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace fastconv

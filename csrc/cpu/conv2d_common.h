@@ -1,0 +1,172 @@
+// conv2d_common.h: what the CPU forward and backward passes share: the GEMM view of a
+// convolution, im2col / col2im for a chunk of output pixels, and the epilogue.
+//
+// GEMM view, per image n and group g (red = Cg * R * S, the reduction length):
+//   NCHW  y[n, g] (Kg x PQ)          = w_g (Kg x red)  . col (red x PQ)
+//   NHWC  y[n][:, g] (PQ x Kg, ld K) = col (PQ x red)  . w_g (red x Kg, ld K)
+// col is built for output pixels [j0, j1) at a time (pixel j = oh * Q + ow).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "../common/activation.h"
+#include "../common/shapes.h"
+
+namespace fastconv {
+namespace cpu {
+
+// Bytes of im2col matrix one task may hold: bounded whatever the image size.
+constexpr int64_t kColBudget = int64_t(4) << 20;
+
+struct ConvGemmShape {
+    int64_t Cg, Kg, PQ, red, chunk, chunks, col_elems;
+    bool is_pointwise;  // 1x1, stride 1, no padding: the input is the GEMM operand
+    ConvGemmShape(const Conv2dParams& p, size_t elem)
+        : Cg(p.C / p.groups), Kg(p.K / p.groups), PQ(p.P * p.Q), red(Cg * p.R * p.S) {
+        is_pointwise = p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+                       p.pad_h == 0 && p.pad_w == 0 && p.P == p.H && p.Q == p.W;
+        chunk = is_pointwise ? PQ : std::max<int64_t>(1, kColBudget / int64_t(elem) / red);
+        chunk = std::min(chunk, PQ);
+        chunks = ceil_div(PQ, chunk);
+        col_elems = chunk * red;
+    }
+};
+
+// Calls f(oh, ow0, ow1, j) for each run of output pixels of one output row in [j0, j1):
+// pixels (oh, ow0 .. ow1) start at chunk column j.
+template <typename F>
+inline void for_each_row_run(const Conv2dParams& p, int64_t j0, int64_t j1, F f) {
+    for (int64_t j = j0; j < j1;) {
+        const int64_t oh = j / p.Q, ow0 = j % p.Q;
+        const int64_t ow1 = std::min(p.Q, ow0 + (j1 - j));
+        f(oh, ow0, ow1, j - j0);
+        j += ow1 - ow0;
+    }
+}
+
+// col[(c*R + r)*S + s][j - j0] = x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 outside.
+template <typename T>
+void im2col_nchw(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0, int64_t j1,
+                 T* col) {
+    const int64_t Cg = p.C / p.groups, cols = j1 - j0;
+    for (int64_t c = 0; c < Cg; ++c) {
+        const T* plane = x + (n * p.C + g * Cg + c) * p.H * p.W;
+        for (int64_t r = 0; r < p.R; ++r)
+            for (int64_t s = 0; s < p.S; ++s) {
+                T* row = col + ((c * p.R + r) * p.S + s) * cols;
+                const int64_t off_w = s * p.dil_w - p.pad_w;
+                const int64_t q0 = valid_out_begin(off_w, p.stride_w);
+                const int64_t q1 = valid_out_end(off_w, p.stride_w, p.W, p.Q);
+                for_each_row_run(p, j0, j1, [&](int64_t oh, int64_t a, int64_t b, int64_t j) {
+                    T* dst = row + j - a;  // dst[ow] for ow in [a, b)
+                    const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+                    const int64_t lo = std::max(a, q0), hi = std::min(b, q1);
+                    if (h < 0 || h >= p.H || lo >= hi) {
+                        std::fill(dst + a, dst + b, T(0));
+                        return;
+                    }
+                    std::fill(dst + a, dst + lo, T(0));
+                    const T* src = plane + h * p.W + off_w;
+                    if (p.stride_w == 1)
+                        std::memcpy(dst + lo, src + lo, size_t(hi - lo) * sizeof(T));
+                    else
+                        for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * p.stride_w];
+                    std::fill(dst + hi, dst + b, T(0));
+                });
+            }
+    }
+}
+
+// col[j - j0][(r*S + s)*Cg + c] = x[n, oh*sh - ph + r*dh, ow*sw - pw + s*dw, g*Cg + c], 0 outside.
+template <typename T>
+void im2col_nhwc(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0, int64_t j1,
+                 T* col) {
+    const int64_t Cg = p.C / p.groups, red = Cg * p.R * p.S;
+    for (int64_t j = j0; j < j1; ++j) {
+        const int64_t oh = j / p.Q, ow = j % p.Q;
+        T* dst = col + (j - j0) * red;
+        for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+            for (int64_t s = 0; s < p.S; ++s, dst += Cg) {
+                const int64_t w = ow * p.stride_w - p.pad_w + s * p.dil_w;
+                if (h < 0 || h >= p.H || w < 0 || w >= p.W)
+                    std::fill(dst, dst + Cg, T(0));
+                else
+                    std::memcpy(dst, x + ((n * p.H + h) * p.W + w) * p.C + g * Cg,
+                                size_t(Cg) * sizeof(T));
+            }
+        }
+    }
+}
+
+// The adjoint of im2col_nchw: dx[n, g*Cg + c, h, w] += col[...] for every tap that read it.
+template <typename T>
+void col2im_nchw(const Conv2dParams& p, const T* col, int64_t n, int64_t g, int64_t j0, int64_t j1,
+                 T* dx) {
+    const int64_t Cg = p.C / p.groups, cols = j1 - j0;
+    for (int64_t c = 0; c < Cg; ++c) {
+        T* plane = dx + (n * p.C + g * Cg + c) * p.H * p.W;
+        for (int64_t r = 0; r < p.R; ++r)
+            for (int64_t s = 0; s < p.S; ++s) {
+                const T* row = col + ((c * p.R + r) * p.S + s) * cols;
+                const int64_t off_w = s * p.dil_w - p.pad_w;
+                const int64_t q0 = valid_out_begin(off_w, p.stride_w);
+                const int64_t q1 = valid_out_end(off_w, p.stride_w, p.W, p.Q);
+                for_each_row_run(p, j0, j1, [&](int64_t oh, int64_t a, int64_t b, int64_t j) {
+                    const T* src = row + j - a;
+                    const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+                    if (h < 0 || h >= p.H) return;
+                    T* dst = plane + h * p.W + off_w;
+                    const int64_t lo = std::max(a, q0), hi = std::min(b, q1);
+                    for (int64_t ow = lo; ow < hi; ++ow) dst[ow * p.stride_w] += src[ow];
+                });
+            }
+    }
+}
+
+// The adjoint of im2col_nhwc.
+template <typename T>
+void col2im_nhwc(const Conv2dParams& p, const T* col, int64_t n, int64_t g, int64_t j0, int64_t j1,
+                 T* dx) {
+    const int64_t Cg = p.C / p.groups, red = Cg * p.R * p.S;
+    for (int64_t j = j0; j < j1; ++j) {
+        const int64_t oh = j / p.Q, ow = j % p.Q;
+        const T* src = col + (j - j0) * red;
+        for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+            for (int64_t s = 0; s < p.S; ++s, src += Cg) {
+                const int64_t w = ow * p.stride_w - p.pad_w + s * p.dil_w;
+                if (h < 0 || h >= p.H || w < 0 || w >= p.W) continue;
+                T* dst = dx + ((n * p.H + h) * p.W + w) * p.C + g * Cg;
+                for (int64_t c = 0; c < Cg; ++c) dst[c] += src[c];
+            }
+        }
+    }
+}
+
+// y = act(y + bias), in place over the whole output.
+template <typename T>
+void bias_activation(const Conv2dParams& p, const T* b, T* y) {
+    if (!p.has_bias && p.act == Activation::None) return;
+    const int64_t PQ = p.P * p.Q;
+    if (p.layout == Layout::NCHW) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t k = 0; k < p.K; ++k) {
+                T* plane = y + (n * p.K + k) * PQ;
+                const T bias = p.has_bias ? b[k] : T(0);
+                for (int64_t j = 0; j < PQ; ++j) plane[j] = activate(p.act, plane[j] + bias);
+            }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < p.N * PQ; ++j) {
+            T* pix = y + j * p.K;
+            for (int64_t k = 0; k < p.K; ++k)
+                pix[k] = activate(p.act, pix[k] + (p.has_bias ? b[k] : T(0)));
+        }
+    }
+}
+
+}  // namespace cpu
+}  // namespace fastconv

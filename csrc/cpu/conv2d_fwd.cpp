@@ -1,0 +1,187 @@
+// conv2d_fwd.cpp: conv2d forward on the CPU, NCHW and NHWC, float and double.
+// The CUDA twin is csrc/cuda/conv2d_fwd.cu.
+//
+//   y = act(bias + x (*) w)   (cross-correlation; see params.h for the index formula)
+//
+// Variants:
+//   direct     one output at a time, every tap bounds-checked: the readable spec.
+//   gemm       im2col + packed GEMM (gemm.h). The im2col matrix is built for a chunk of
+//              output pixels at a time (at most kColBudget bytes), so memory stays bounded
+//              for any image size. 1x1 / stride 1 / no padding skips im2col: the input
+//              already is the GEMM operand (NHWC: one GEMM for the whole batch).
+//   depthwise  groups == C (one input channel per group): per-channel sliding window,
+//              vectorised over output columns (NCHW) or channels (NHWC). A GEMM of
+//              one reduction row per group would waste the packing.
+// Auto picks depthwise when Cg == 1 and groups > 1, gemm otherwise.
+#include <algorithm>
+#include <vector>
+
+#include <omp.h>
+
+#include "../common/activation.h"
+#include "../common/check.h"
+#include "../common/shapes.h"
+#include "conv2d_common.h"
+#include "cpu_ops.h"
+#include "gemm.h"
+
+namespace fastconv {
+namespace cpu {
+
+namespace {
+
+template <typename T>
+void direct(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t k = 0; k < p.K; ++k) {
+            const int64_t g = k / Kg;
+            for (int64_t oh = 0; oh < p.P; ++oh)
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    T acc = p.has_bias ? b[k] : T(0);
+                    for (int64_t c = 0; c < Cg; ++c)
+                        for (int64_t r = 0; r < p.R; ++r) {
+                            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+                            if (h < 0 || h >= p.H) continue;
+                            for (int64_t s = 0; s < p.S; ++s) {
+                                const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
+                                if (wi < 0 || wi >= p.W) continue;
+                                acc += x[offset4(p.layout, n, g * Cg + c, h, wi, p.C, p.H, p.W)] *
+                                       w[weight_offset(p.layout, k, c, r, s, p.K, Cg, p.R, p.S)];
+                            }
+                        }
+                    y[offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q)] = activate(p.act, acc);
+                }
+        }
+}
+
+template <typename T>
+void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
+    const ConvGemmShape s(p, sizeof(T));
+    const bool nchw = p.layout == Layout::NCHW;
+
+    if (s.is_pointwise && !nchw) {
+        // (N*P*Q x C) . (C x K): the NHWC input is the im2col matrix already.
+        for (int64_t g = 0; g < p.groups; ++g)
+            gemm<T>(false, false, p.N * s.PQ, s.Kg, s.Cg, x + g * s.Cg, p.C, w + g * s.Kg, p.K,
+                    T(0), y + g * s.Kg, p.K);
+    } else {
+        // One task per (image, group, chunk of output pixels). With at least two tasks
+        // per thread the tasks run in parallel, each GEMM on one thread; otherwise the
+        // tasks run in turn and each GEMM uses every thread.
+        const int64_t tasks = p.N * p.groups * s.chunks;
+        const bool outer = tasks >= 2 * omp_get_max_threads();
+#pragma omp parallel if (outer)
+        {
+            std::vector<T> col(s.is_pointwise ? 0 : s.col_elems);
+#pragma omp for schedule(dynamic)
+            for (int64_t t = 0; t < tasks; ++t) {
+                const int64_t n = t / (p.groups * s.chunks), g = (t / s.chunks) % p.groups;
+                const int64_t j0 = (t % s.chunks) * s.chunk, j1 = std::min(j0 + s.chunk, s.PQ);
+                if (nchw) {
+                    // (Kg x CgRS) . (CgRS x pixels) -> y[n, g*Kg.., j0..j1)
+                    const T* B = x + (n * p.C + g * s.Cg) * p.H * p.W + j0;
+                    if (!s.is_pointwise) {
+                        im2col_nchw(p, x, n, g, j0, j1, col.data());
+                        B = col.data();
+                    }
+                    gemm<T>(false, false, s.Kg, j1 - j0, s.red, w + g * s.Kg * s.red, s.red, B,
+                            s.is_pointwise ? s.PQ : j1 - j0, T(0),
+                            y + (n * p.K + g * s.Kg) * s.PQ + j0, s.PQ);
+                } else {
+                    // (pixels x RSCg) . (RSCg x Kg) -> y[n, j0..j1), g*Kg..]
+                    im2col_nhwc(p, x, n, g, j0, j1, col.data());
+                    gemm<T>(false, false, j1 - j0, s.Kg, s.red, col.data(), s.red, w + g * s.Kg,
+                            p.K, T(0), y + (n * s.PQ + j0) * p.K + g * s.Kg, p.K);
+                }
+            }
+        }
+    }
+    bias_activation(p, b, y);
+}
+
+template <typename T>
+void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
+    const int64_t Kg = p.K / p.groups;  // channel multiplier
+    if (p.layout == Layout::NCHW) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t k = 0; k < p.K; ++k) {
+                const T* xp = x + (n * p.C + k / Kg) * p.H * p.W;
+                const T* wk = w + k * p.R * p.S;
+                T* yp = y + (n * p.K + k) * p.P * p.Q;
+                for (int64_t oh = 0; oh < p.P; ++oh) {
+                    T* row = yp + oh * p.Q;
+                    std::fill(row, row + p.Q, p.has_bias ? b[k] : T(0));
+                    for (int64_t r = 0; r < p.R; ++r) {
+                        const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+                        if (h < 0 || h >= p.H) continue;
+                        const T* xr = xp + h * p.W;
+                        for (int64_t s = 0; s < p.S; ++s) {
+                            const int64_t off = s * p.dil_w - p.pad_w;
+                            const int64_t q0 = valid_out_begin(off, p.stride_w);
+                            const int64_t q1 = valid_out_end(off, p.stride_w, p.W, p.Q);
+                            const T wv = wk[r * p.S + s];
+                            if (p.stride_w == 1) {
+                                const T* xs = xr + off;
+                                for (int64_t q = q0; q < q1; ++q) row[q] += wv * xs[q];
+                            } else {
+                                for (int64_t q = q0; q < q1; ++q)
+                                    row[q] += wv * xr[q * p.stride_w + off];
+                            }
+                        }
+                    }
+                    for (int64_t q = 0; q < p.Q; ++q) row[q] = activate(p.act, row[q]);
+                }
+            }
+    } else {
+        // NHWC, weight (R, S, 1, K): every output pixel is a K-vector, accumulated tap
+        // by tap from contiguous input rows of C channels.
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t oh = 0; oh < p.P; ++oh)
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    T* out = y + ((n * p.P + oh) * p.Q + ow) * p.K;
+                    for (int64_t k = 0; k < p.K; ++k) out[k] = p.has_bias ? b[k] : T(0);
+                    for (int64_t r = 0; r < p.R; ++r) {
+                        const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+                        if (h < 0 || h >= p.H) continue;
+                        for (int64_t s = 0; s < p.S; ++s) {
+                            const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
+                            if (wi < 0 || wi >= p.W) continue;
+                            const T* in = x + ((n * p.H + h) * p.W + wi) * p.C;
+                            const T* wt = w + (r * p.S + s) * p.K;
+                            if (Kg == 1)
+                                for (int64_t k = 0; k < p.K; ++k) out[k] += wt[k] * in[k];
+                            else
+                                for (int64_t k = 0; k < p.K; ++k) out[k] += wt[k] * in[k / Kg];
+                        }
+                    }
+                    for (int64_t k = 0; k < p.K; ++k) out[k] = activate(p.act, out[k]);
+                }
+    }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y) {
+    if (v == ConvVariant::Auto)
+        v = (p.C == p.groups && p.groups > 1) ? ConvVariant::Depthwise : ConvVariant::Gemm;
+    switch (v) {
+        case ConvVariant::Direct: return direct(p, x, w, b, y);
+        case ConvVariant::Depthwise:
+            FC_CHECK(p.C == p.groups, "the depthwise variant needs groups == channels");
+            return depthwise(p, x, w, b, y);
+        default: return gemm_variant(p, x, w, b, y);
+    }
+}
+
+template void conv2d_fwd<float>(const Conv2dParams&, ConvVariant, const float*, const float*,
+                                const float*, float*);
+template void conv2d_fwd<double>(const Conv2dParams&, ConvVariant, const double*, const double*,
+                                 const double*, double*);
+
+}  // namespace cpu
+}  // namespace fastconv

@@ -1,0 +1,239 @@
+// pool.cpp: max, average and global average pooling on the CPU, forward and backward,
+// NCHW and NHWC, float and double. The CUDA twin is csrc/cuda/pool.cu.
+//
+// Semantics are PyTorch's (see params.h for the padding fields):
+//   max      the first maximum of the window in row-major scan order wins; a NaN wins over
+//            any number (the last NaN met), so NaN propagates. The index is h * W + w.
+//   average  sum over the window clipped to the image, divided by divisor (if set), else by
+//            the window clipped to [-pad, H + pad_end) (count_include_pad) or to the image.
+// Backward passes are deterministic: each plane (NCHW) or image (NHWC) is scattered by
+// one thread, in output raster order.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common/shapes.h"
+#include "cpu_ops.h"
+
+namespace fastconv {
+namespace cpu {
+
+namespace {
+
+// The window of output (oh, ow) along one axis, clipped to the image: taps
+// t in [t0, t1) read input start + t * dil.
+struct Taps {
+    int64_t start, t0, t1;
+};
+
+inline Taps taps(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t in) {
+    const int64_t start = o * stride - pad;
+    const int64_t t0 = start < 0 ? ceil_div(-start, dil) : 0;
+    int64_t t1 = start >= in ? 0 : ceil_div(in - start, dil);
+    t1 = std::min(t1, k);
+    return {start, t0, std::max(t0, t1)};
+}
+
+// The average's divisor for output (oh, ow).
+inline int64_t avg_divisor(const Pool2dParams& p, int64_t oh, int64_t ow) {
+    if (p.divisor > 0) return p.divisor;
+    const int64_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
+    if (p.count_include_pad) {
+        const int64_t h1 = std::min(h0 + p.kh, p.H + p.pad_h_end);
+        const int64_t w1 = std::min(w0 + p.kw, p.W + p.pad_w_end);
+        return (h1 - h0) * (w1 - w0);
+    }
+    const int64_t hh = std::min(h0 + p.kh, p.H) - std::max<int64_t>(h0, 0);
+    const int64_t ww = std::min(w0 + p.kw, p.W) - std::max<int64_t>(w0, 0);
+    return hh * ww;
+}
+
+template <typename T>
+inline bool takes(T v, T best) { return v > best || std::isnan(v); }
+
+}  // namespace
+
+template <typename T>
+void max_pool_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
+    const T lowest = -std::numeric_limits<T>::infinity();
+    if (p.layout == Layout::NCHW) {
+#pragma omp parallel for schedule(static)
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+            const T* xp = x + plane * p.H * p.W;
+            for (int64_t oh = 0; oh < p.P; ++oh) {
+                const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    const Taps tw = taps(ow, p.stride_w, p.pad_w, p.kw, p.dil_w, p.W);
+                    T best = lowest;
+                    int64_t arg = -1;
+                    for (int64_t i = th.t0; i < th.t1; ++i) {
+                        const int64_t h = th.start + i * p.dil_h;
+                        for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                            const int64_t at = h * p.W + tw.start + j * p.dil_w;
+                            if (takes(xp[at], best)) best = xp[at], arg = at;
+                        }
+                    }
+                    const int64_t o = (plane * p.P + oh) * p.Q + ow;
+                    y[o] = best;
+                    if (idx) idx[o] = arg;
+                }
+            }
+        }
+        return;
+    }
+#pragma omp parallel
+    {
+        std::vector<T> best(p.C);
+        std::vector<int64_t> arg(p.C);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t oh = 0; oh < p.P; ++oh) {
+                const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    const Taps tw = taps(ow, p.stride_w, p.pad_w, p.kw, p.dil_w, p.W);
+                    std::fill(best.begin(), best.end(), lowest);
+                    std::fill(arg.begin(), arg.end(), int64_t(-1));
+                    for (int64_t i = th.t0; i < th.t1; ++i) {
+                        const int64_t h = th.start + i * p.dil_h;
+                        for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                            const int64_t at = h * p.W + tw.start + j * p.dil_w;
+                            const T* v = x + (n * p.H * p.W + at) * p.C;
+                            for (int64_t c = 0; c < p.C; ++c)
+                                if (takes(v[c], best[c])) best[c] = v[c], arg[c] = at;
+                        }
+                    }
+                    const int64_t o = ((n * p.P + oh) * p.Q + ow) * p.C;
+                    std::copy(best.begin(), best.end(), y + o);
+                    if (idx) std::copy(arg.begin(), arg.end(), idx + o);
+                }
+            }
+    }
+}
+
+template <typename T>
+void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx) {
+    const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+    std::fill(dx, dx + p.N * p.C * HW, T(0));
+    if (p.layout == Layout::NCHW) {
+#pragma omp parallel for schedule(static)
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane)
+            for (int64_t o = 0; o < PQ; ++o) {
+                const int64_t at = idx[plane * PQ + o];
+                if (at >= 0) dx[plane * HW + at] += dy[plane * PQ + o];
+            }
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t o = 0; o < PQ; ++o)
+            for (int64_t c = 0; c < p.C; ++c) {
+                const int64_t at = idx[(n * PQ + o) * p.C + c];
+                if (at >= 0) dx[(n * HW + at) * p.C + c] += dy[(n * PQ + o) * p.C + c];
+            }
+}
+
+template <typename T>
+void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
+    const bool nchw = p.layout == Layout::NCHW;
+    const int64_t planes = nchw ? p.N * p.C : p.N;  // NHWC: one "plane" is an image
+    const int64_t lanes = nchw ? 1 : p.C;            // channels handled together
+#pragma omp parallel
+    {
+        std::vector<T> acc(lanes);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t plane = 0; plane < planes; ++plane)
+            for (int64_t oh = 0; oh < p.P; ++oh) {
+                const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
+                const T* xp = x + plane * p.H * p.W * lanes;
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    const Taps tw = taps(ow, p.stride_w, p.pad_w, p.kw, 1, p.W);
+                    std::fill(acc.begin(), acc.end(), T(0));
+                    for (int64_t i = th.t0; i < th.t1; ++i)
+                        for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                            const T* v = xp + ((th.start + i) * p.W + tw.start + j) * lanes;
+                            for (int64_t c = 0; c < lanes; ++c) acc[c] += v[c];
+                        }
+                    const T div = T(avg_divisor(p, oh, ow));
+                    T* out = y + ((plane * p.P + oh) * p.Q + ow) * lanes;
+                    for (int64_t c = 0; c < lanes; ++c) out[c] = acc[c] / div;
+                }
+            }
+    }
+}
+
+template <typename T>
+void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
+    const bool nchw = p.layout == Layout::NCHW;
+    const int64_t planes = nchw ? p.N * p.C : p.N;
+    const int64_t lanes = nchw ? 1 : p.C;
+    std::fill(dx, dx + p.N * p.C * p.H * p.W, T(0));
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+        T* dxp = dx + plane * p.H * p.W * lanes;
+        for (int64_t oh = 0; oh < p.P; ++oh) {
+            const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
+            for (int64_t ow = 0; ow < p.Q; ++ow) {
+                const Taps tw = taps(ow, p.stride_w, p.pad_w, p.kw, 1, p.W);
+                const T div = T(avg_divisor(p, oh, ow));
+                const T* g = dy + ((plane * p.P + oh) * p.Q + ow) * lanes;
+                for (int64_t i = th.t0; i < th.t1; ++i)
+                    for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                        T* d = dxp + ((th.start + i) * p.W + tw.start + j) * lanes;
+                        for (int64_t c = 0; c < lanes; ++c) d[c] += g[c] / div;
+                    }
+            }
+        }
+    }
+}
+
+template <typename T>
+void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
+    const int64_t HW = p.H * p.W;
+    if (p.layout == Layout::NCHW) {
+#pragma omp parallel for schedule(static)
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+            double acc = 0;
+            for (int64_t i = 0; i < HW; ++i) acc += x[plane * HW + i];
+            y[plane] = T(acc / double(HW));
+        }
+        return;
+    }
+#pragma omp parallel
+    {
+        std::vector<double> acc(p.C);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < p.N; ++n) {
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t i = 0; i < HW; ++i)
+                for (int64_t c = 0; c < p.C; ++c) acc[c] += x[(n * HW + i) * p.C + c];
+            for (int64_t c = 0; c < p.C; ++c) y[n * p.C + c] = T(acc[c] / double(HW));
+        }
+    }
+}
+
+template <typename T>
+void global_avg_pool_bwd(const GlobalPoolParams& p, const T* dy, T* dx) {
+    const int64_t HW = p.H * p.W;
+    const bool nchw = p.layout == Layout::NCHW;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t i = 0; i < HW; ++i)
+            for (int64_t c = 0; c < p.C; ++c)
+                dx[nchw ? (n * p.C + c) * HW + i : (n * HW + i) * p.C + c] =
+                    dy[n * p.C + c] / T(HW);
+}
+
+#define FC_INSTANTIATE(T)                                                                   \
+    template void max_pool_fwd<T>(const Pool2dParams&, const T*, T*, int64_t*);            \
+    template void max_pool_bwd<T>(const Pool2dParams&, const T*, const int64_t*, T*);      \
+    template void avg_pool_fwd<T>(const Pool2dParams&, const T*, T*);                      \
+    template void avg_pool_bwd<T>(const Pool2dParams&, const T*, T*);                      \
+    template void global_avg_pool_fwd<T>(const GlobalPoolParams&, const T*, T*);           \
+    template void global_avg_pool_bwd<T>(const GlobalPoolParams&, const T*, T*);
+FC_INSTANTIATE(float)
+FC_INSTANTIATE(double)
+#undef FC_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace fastconv

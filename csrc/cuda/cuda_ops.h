@@ -1,0 +1,56 @@
+// cuda_ops.h: the entry points of the CUDA backend, one group per kernel file, the
+// twins of csrc/cpu/cpu_ops.h. float32 only. Every launcher runs on the stream it is
+// given (the caller's: CuPy's current stream or torch.cuda.current_stream()), on the
+// current device (the binding sets it from the arrays), checks every launch, and
+// throws std::runtime_error carrying the CUDA error string on failure. Pointers are
+// device pointers to dense arrays of the shapes the params describe; no launcher
+// allocates memory.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "../common/params.h"
+
+namespace fastconv {
+namespace cuda {
+
+enum class ConvVariant : int { Auto = 0, Direct = 1, ImplicitGemm = 2, Depthwise = 3 };
+
+// conv2d_fwd.cu (direct, implicit_gemm) and depthwise.cu. b may be null.
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const float* w,
+                const float* b, float* y, cudaStream_t stream);
+
+// conv2d_bwd.cu: deterministic (no atomics; a fixed summation order per element).
+void activation_bwd(Activation act, int64_t count, const float* y, const float* dy, float* dz,
+                    cudaStream_t stream);
+void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
+                     float* dx, cudaStream_t stream);
+void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,
+                       float* dw, cudaStream_t stream);
+void conv2d_bwd_bias(const Conv2dParams& p, const float* dy, float* db, cudaStream_t stream);
+
+// pool.cu. Indices are flat h * W + w positions in each input plane (PyTorch's);
+// max_pool_bwd gathers (no atomics).
+void max_pool_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
+                  cudaStream_t stream);
+void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, float* dx,
+                  cudaStream_t stream);
+void avg_pool_fwd(const Pool2dParams& p, const float* x, float* y, cudaStream_t stream);
+void avg_pool_bwd(const Pool2dParams& p, const float* dy, float* dx, cudaStream_t stream);
+void global_avg_pool_fwd(const GlobalPoolParams& p, const float* x, float* y,
+                         cudaStream_t stream);
+void global_avg_pool_bwd(const GlobalPoolParams& p, const float* dy, float* dx,
+                         cudaStream_t stream);
+
+// sobel.cu
+void sobel(const Filter2dParams& p, const float* x, float* y, cudaStream_t stream);
+void filter2d(const Filter2dParams& p, const float* x, const float* k, float* y,
+              cudaStream_t stream);
+
+// conv1d.cu
+void conv1d(const Conv1dParams& p, const float* x, const float* w, float* y,
+            cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastconv

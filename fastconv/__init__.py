@@ -1,0 +1,51 @@
+"""fastconv: hand-written convolution, pooling and Sobel kernels for NVIDIA GPUs and
+the CPU, checked against a float64 NumPy reference (fastconv.reference).
+
+The arrays choose the backend: NumPy arrays (and PyTorch CPU tensors) run on the C++
+CPU backend, CuPy arrays and PyTorch CUDA tensors on the CUDA backend, on the caller's
+current stream. See the README for the semantics of every op.
+"""
+
+from . import reference
+from .ops import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    conv1d,
+    conv2d,
+    conv2d_backward,
+    filter2d,
+    global_avg_pool2d,
+    global_avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    sobel,
+)
+
+__version__ = "0.1.0"
+
+
+def cuda_available():
+    """True when the CUDA backend was built and a CUDA device can run it."""
+    try:
+        from . import _cuda
+    except ImportError:
+        return False
+    return _cuda.device_count() > 0
+
+
+def conv2d_variants(backend="cpu"):
+    """The conv2d kernel variants of a backend ("cpu" or "cuda"), for `variant=`."""
+    if backend == "cpu":
+        from . import _cpu as module
+    elif backend == "cuda":
+        from . import _cuda as module
+    else:
+        raise ValueError(f"conv2d_variants: backend must be 'cpu' or 'cuda', got {backend!r}")
+    return tuple(module.conv2d_variants)
+
+
+__all__ = [
+    "avg_pool2d", "avg_pool2d_backward", "conv1d", "conv2d", "conv2d_backward",
+    "conv2d_variants", "cuda_available", "filter2d", "global_avg_pool2d",
+    "global_avg_pool2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "sobel",
+]

@@ -1,0 +1,263 @@
+"""Array libraries: which one an input comes from, its pointer, device and stream, and
+allocation of outputs through the same library.
+
+The caller never names a backend: the arrays decide. NumPy arrays and PyTorch CPU
+tensors run on the CPU backend (fastconv._cpu); CuPy arrays, PyTorch CUDA tensors and
+other objects exposing __cuda_array_interface__ or DLPack on a CUDA device run on the
+GPU backend (fastconv._cuda), on the caller's current stream. Outputs are of the
+caller's library, allocated by that library's allocator, on the inputs' device.
+Inputs are used in place when C-contiguous; other views are copied to a contiguous
+array by their own library first.
+"""
+
+import os
+
+import numpy as np
+
+CPU_DTYPES = ("float32", "float64")
+GPU_DTYPES = ("float32",)
+
+# Tests turn this on so every output starts as NaN (integer outputs as -7): an element
+# a kernel forgets to write then fails the comparison instead of passing as a zero.
+_poison = os.environ.get("FASTCONV_POISON", "") == "1"
+
+
+def set_poison(on):
+    """Fill every output fastconv allocates with NaN before the kernel runs (for tests)."""
+    global _poison
+    previous, _poison = _poison, bool(on)
+    return previous
+
+
+# ----------------------------------------------------------------------- libraries
+
+
+class _NumPy:
+    name = "numpy"
+
+    @staticmethod
+    def owns(a):
+        return isinstance(a, np.ndarray)
+
+    @staticmethod
+    def dtype(a):
+        return a.dtype.name
+
+    @staticmethod
+    def device(a):
+        return "cpu"
+
+    @staticmethod
+    def contiguous(a):
+        return np.ascontiguousarray(a)
+
+    @staticmethod
+    def empty(shape, dtype, like):
+        return np.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def fill(a, value):
+        a.fill(value)
+
+    @staticmethod
+    def pointer(a):
+        return a.ctypes.data
+
+    @staticmethod
+    def stream(device):
+        return 0
+
+
+class _Torch:
+    name = "torch"
+
+    @staticmethod
+    def owns(a):
+        torch = _module("torch")
+        return torch is not None and isinstance(a, torch.Tensor)
+
+    @staticmethod
+    def dtype(a):
+        return str(a.dtype).replace("torch.", "")
+
+    @staticmethod
+    def device(a):
+        return "cpu" if a.device.type == "cpu" else (a.device.type, a.device.index)
+
+    @staticmethod
+    def contiguous(a):
+        return a.detach().contiguous()
+
+    @staticmethod
+    def empty(shape, dtype, like):
+        torch = _module("torch")
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+
+    @staticmethod
+    def fill(a, value):
+        a.fill_(value)
+
+    @staticmethod
+    def pointer(a):
+        return a.data_ptr()
+
+    @staticmethod
+    def stream(device):
+        torch = _module("torch")
+        return torch.cuda.current_stream(device[1]).cuda_stream
+
+
+class _CuPy:
+    name = "cupy"
+
+    @staticmethod
+    def owns(a):
+        cupy = _module("cupy")
+        return cupy is not None and isinstance(a, cupy.ndarray)
+
+    @staticmethod
+    def dtype(a):
+        return a.dtype.name
+
+    @staticmethod
+    def device(a):
+        return ("cuda", a.device.id)
+
+    @staticmethod
+    def contiguous(a):
+        return _module("cupy").ascontiguousarray(a)
+
+    @staticmethod
+    def empty(shape, dtype, like):
+        cupy = _module("cupy")
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def fill(a, value):
+        a.fill(value)
+
+    @staticmethod
+    def pointer(a):
+        return a.data.ptr
+
+    @staticmethod
+    def stream(device):
+        cupy = _module("cupy")
+        with cupy.cuda.Device(device[1]):
+            return cupy.cuda.get_current_stream().ptr
+
+
+_LIBRARIES = (_NumPy, _Torch, _CuPy)
+
+
+def _module(name):
+    """An array library if the caller has imported it; fastconv never imports one for them."""
+    import sys
+
+    return sys.modules.get(name)
+
+
+def _library_of(op, name, a):
+    for lib in _LIBRARIES:
+        if lib.owns(a):
+            return lib, a
+    cupy = _module("cupy")
+    if cupy is not None and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "__dlpack__")):
+        try:
+            return _CuPy, cupy.asarray(a) if hasattr(a, "__cuda_array_interface__") else cupy.from_dlpack(a)
+        except Exception:  # not a CUDA array after all: fall through to NumPy
+            pass
+    if isinstance(a, (list, tuple, int, float, np.generic)) or hasattr(a, "__array__"):
+        return _NumPy, np.asarray(a)
+    raise TypeError(f"{op}: {name} must be a NumPy, CuPy or PyTorch array, got {type(a).__name__}")
+
+
+# ----------------------------------------------------------------------- a call's arrays
+
+
+class Backend:
+    """Where one call runs: the binding module, the dtype, the device and the stream."""
+
+    def __init__(self, module, lib, dtype, device, stream):
+        self.module, self.lib, self.dtype, self.device, self.stream = module, lib, dtype, device, stream
+        self.is_cuda = device != "cpu"
+
+    def call(self, fn, *params, arrays):
+        """module.fn(*params, dtype, [device, stream,] *pointers); None gives a null pointer."""
+        ctx = (self.device[1], self.stream) if self.is_cuda else ()
+        ptrs = [0 if a is None else self.lib.pointer(a) for a in arrays]
+        getattr(self.module, fn)(*params, self.dtype, *ctx, *ptrs)
+
+
+class Arrays:
+    """The arrays of one call, checked to share a library, a device and a dtype."""
+
+    def __init__(self, op, **named):
+        self.op = op
+        self.arrays = {}
+        lib = device = dtype = first = None
+        for name, a in named.items():
+            if a is None:
+                continue
+            a_lib, a = _library_of(op, name, a)
+            a_dev, a_dtype = a_lib.device(a), a_lib.dtype(a)
+            if lib is None:
+                lib, device, dtype, first = a_lib, a_dev, a_dtype, name
+            elif a_lib is not lib:
+                raise TypeError(f"{op}: {name} is a {a_lib.name} array but {first} is a "
+                                f"{lib.name} array; pass arrays from one library")
+            elif a_dev != device:
+                raise ValueError(f"{op}: {name} is on {_device_name(a_dev)} but {first} is on "
+                                 f"{_device_name(device)}; move them to one device")
+            elif a_dtype != dtype:
+                raise TypeError(f"{op}: {name} has dtype {a_dtype} but {first} has dtype "
+                                f"{dtype}; pass arrays of one dtype")
+            self.arrays[name] = a
+        self.lib, self.device, self.dtype = lib, device, dtype
+        self.backend = None
+
+    def shape(self, name):
+        a = self.arrays.get(name)
+        return None if a is None else tuple(int(d) for d in a.shape)
+
+    def select_backend(self, gpu_dtypes=GPU_DTYPES, cpu_dtypes=CPU_DTYPES):
+        """Picks the binding by device and checks the dtype; returns the Backend."""
+        if self.device == "cpu":
+            from . import _cpu as module
+
+            allowed = cpu_dtypes
+        else:
+            module = _cuda_module(self.op)
+            allowed = gpu_dtypes
+        if self.dtype not in allowed:
+            where = "the CPU backend" if self.device == "cpu" else "the GPU backend"
+            raise TypeError(f"{self.op}: {where} takes {' or '.join(allowed)} arrays, got "
+                            f"{self.dtype}")
+        stream = 0 if self.device == "cpu" else self.lib.stream(self.device)
+        self.backend = Backend(module, self.lib, self.dtype, self.device, stream)
+        return self.backend
+
+    def contiguous(self, name):
+        a = self.arrays.get(name)
+        return None if a is None else self.lib.contiguous(a)
+
+    def empty(self, shape, dtype=None):
+        like = next(iter(self.arrays.values()))
+        out = self.lib.empty(tuple(shape), dtype or self.dtype, like)
+        if _poison:
+            self.lib.fill(out, -7 if (dtype or self.dtype).startswith("int") else float("nan"))
+        return out
+
+
+def _device_name(device):
+    return "the CPU" if device == "cpu" else f"{device[0]}:{device[1]}"
+
+
+def _cuda_module(op):
+    try:
+        from . import _cuda
+    except ImportError as e:
+        raise RuntimeError(f"{op}: the inputs are CUDA arrays but fastconv was built without "
+                           f"the CUDA backend ({e}); reinstall with nvcc on PATH") from None
+    return _cuda

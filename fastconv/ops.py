@@ -1,0 +1,258 @@
+"""The public ops: validate -> pick the backend from the arrays -> call the binding.
+
+Every function here follows the same three steps and computes nothing itself:
+  1. _arrays.Arrays checks that the inputs share a library, a device and a dtype;
+  2. _args turns the arguments into the op's params dict and output shape, raising
+     ValueError / TypeError that name the argument before any kernel runs;
+  3. the output is allocated through the caller's library and the binding's kernel
+     fills it, on the caller's stream.
+"""
+
+from . import _args
+from ._arrays import Arrays
+
+
+def _conv_variants(backend):
+    return backend.module.conv2d_variants
+
+
+def _prepare(op, **arrays):
+    a = Arrays(op, **arrays)
+    if not a.arrays:
+        raise TypeError(f"{op}: no input arrays given")
+    return a
+
+
+# ----------------------------------------------------------------------- conv2d
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           activation=None, layout="NCHW", variant="auto"):
+    """2-D cross-correlation, as torch.nn.functional.conv2d, with a fused activation.
+
+    input   (N, C, H, W) for layout "NCHW", (N, H, W, C) for "NHWC" (Keras' channels_last).
+    weight  (K, C/groups, R, S) for "NCHW" (PyTorch's), (R, S, C/groups, K) for "NHWC"
+            (Keras' HWIO kernel).
+    bias    (K,) or None.
+    stride, dilation: int or (h, w), >= 1.
+    padding: int or (h, w) of zeros on both sides; "valid" (none); or "same" as Keras
+            does it for any stride: output = ceil(in / stride), the odd pixel of padding
+            at the bottom / right.
+    activation: None, "relu", "tanh" or "sigmoid", applied in the same kernel.
+    variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()).
+
+    Output (N, K, P, Q) or (N, P, Q, K), P = (H + pads - dilation * (R - 1) - 1) // stride + 1.
+    """
+    op = "conv2d"
+    a = _prepare(op, input=input, weight=weight, bias=bias)
+    params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), a.shape("bias"),
+                                     stride, padding, dilation, groups, activation, layout)
+    be = a.select_backend()
+    variant = _args.variant(op, variant, _conv_variants(be))
+    x, w, b = a.contiguous("input"), a.contiguous("weight"), a.contiguous("bias")
+    y = a.empty(out_shape)
+    be.call("conv2d_fwd", params, variant, arrays=(x, w, b, y))
+    return y
+
+
+def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    activation=None, output=None, layout="NCHW", output_mask=(True, True, True),
+                    variant="auto"):
+    """Gradients of conv2d: (grad_input, grad_weight, grad_bias).
+
+    Arguments as conv2d's. With an activation, `output` must be conv2d's result: the
+    gradient goes through the activation's derivative, taken from it. output_mask
+    says which of the three to compute (the others are returned as None).
+    grad_bias is the sum of the (pre-activation) gradient over N, H and W, shape (K,).
+    Deterministic: bitwise identical from run to run.
+    """
+    op = "conv2d_backward"
+    a = _prepare(op, grad_output=grad_output, input=input, weight=weight, output=output)
+    params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), None, stride,
+                                     padding, dilation, groups, activation, layout)
+    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+    want_x, want_w, want_b = (bool(m) for m in output_mask)
+    be = a.select_backend()
+    variant = _args.variant(op, variant, _conv_variants(be))
+    dy = a.contiguous("grad_output")
+    if activation is not None:
+        if output is None:
+            raise TypeError(f"{op}: output (conv2d's result) is required with activation="
+                            f"{activation!r}")
+        _args.expect_shape(op, "output", a.shape("output"), out_shape)
+        dz = a.empty(out_shape)
+        be.call("activation_bwd", params["act"], _count(out_shape),
+                arrays=(a.contiguous("output"), dy, dz))
+        dy = dz
+    params["act"] = 0
+    grad_input = grad_weight = grad_bias = None
+    if want_x:
+        grad_input = a.empty(a.shape("input"))
+        be.call("conv2d_bwd_data", params, variant,
+                arrays=(dy, a.contiguous("weight"), grad_input))
+    if want_w:
+        grad_weight = a.empty(a.shape("weight"))
+        be.call("conv2d_bwd_filter", params, variant,
+                arrays=(dy, a.contiguous("input"), grad_weight))
+    if want_b:
+        grad_bias = a.empty((params["K"],))
+        be.call("conv2d_bwd_bias", params, arrays=(dy, grad_bias))
+    return grad_input, grad_weight, grad_bias
+
+
+def _count(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ----------------------------------------------------------------------- pooling
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, layout="NCHW"):
+    """Max pooling with torch.nn.functional.max_pool2d's semantics.
+
+    padding: int or (h, w) of -inf on both sides (at most half the kernel), or Keras'
+    "valid" / "same". stride defaults to kernel_size. A NaN in a window is its maximum.
+    With return_indices, also returns int64 indices h * W + w into each input plane
+    (the same in both layouts, as PyTorch's).
+    """
+    op = "max_pool2d"
+    a = _prepare(op, input=input)
+    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
+                                     dilation, ceil_mode, layout)
+    be = a.select_backend()
+    y = a.empty(out_shape)
+    idx = a.empty(out_shape, "int64") if return_indices else None
+    be.call("max_pool_fwd", params, arrays=(a.contiguous("input"), y, idx))
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, *, indices=None, layout="NCHW"):
+    """Gradient of max_pool2d with respect to its input: each output's gradient goes to
+    the pixel its maximum came from. Pass the forward's indices to skip recomputing
+    them. Deterministic (no atomics)."""
+    op = "max_pool2d_backward"
+    a = _prepare(op, grad_output=grad_output, input=input)
+    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
+                                     dilation, ceil_mode, layout)
+    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+    be = a.select_backend()
+    if indices is None:
+        indices = a.empty(out_shape, "int64")
+        scratch = a.empty(out_shape)
+        be.call("max_pool_fwd", params, arrays=(a.contiguous("input"), scratch, indices))
+    else:
+        ia = Arrays(op, indices=indices)
+        if ia.lib is not a.lib or ia.device != a.device or ia.dtype != "int64":
+            raise TypeError(f"{op}: indices must be an int64 array of the same library and device "
+                            f"as input, got {ia.lib.name} {ia.dtype} on {ia.device}")
+        _args.expect_shape(op, "indices", ia.shape("indices"), out_shape)
+        indices = ia.contiguous("indices")
+    dx = a.empty(a.shape("input"))
+    be.call("max_pool_bwd", params, arrays=(a.contiguous("grad_output"), indices, dx))
+    return dx
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, layout="NCHW"):
+    """Average pooling with torch.nn.functional.avg_pool2d's semantics; padding "same"
+    and "valid" as Keras' AveragePooling2D ("same" leaves the padded pixels out of the
+    count, whatever count_include_pad says)."""
+    op = "avg_pool2d"
+    a = _prepare(op, input=input)
+    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,
+                                     ceil_mode, layout, count_include_pad, divisor_override)
+    be = a.select_backend()
+    y = a.empty(out_shape)
+    be.call("avg_pool_fwd", params, arrays=(a.contiguous("input"), y))
+    return y
+
+
+def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None, *,
+                        layout="NCHW"):
+    """Gradient of avg_pool2d with respect to its input (input gives the shape)."""
+    op = "avg_pool2d_backward"
+    a = _prepare(op, grad_output=grad_output, input=input)
+    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,
+                                     ceil_mode, layout, count_include_pad, divisor_override)
+    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+    be = a.select_backend()
+    dx = a.empty(a.shape("input"))
+    be.call("avg_pool_bwd", params, arrays=(a.contiguous("grad_output"), dx))
+    return dx
+
+
+def global_avg_pool2d(input, *, layout="NCHW"):
+    """The mean of each channel: (N, C, H, W) or (N, H, W, C) -> (N, C), as Keras'
+    GlobalAveragePooling2D."""
+    op = "global_avg_pool2d"
+    a = _prepare(op, input=input)
+    params, out_shape = _args.global_pool(op, a.shape("input"), layout)
+    be = a.select_backend()
+    y = a.empty(out_shape)
+    be.call("global_avg_pool_fwd", params, arrays=(a.contiguous("input"), y))
+    return y
+
+
+def global_avg_pool2d_backward(grad_output, input, *, layout="NCHW"):
+    op = "global_avg_pool2d_backward"
+    a = _prepare(op, grad_output=grad_output, input=input)
+    params, out_shape = _args.global_pool(op, a.shape("input"), layout)
+    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+    be = a.select_backend()
+    dx = a.empty(a.shape("input"))
+    be.call("global_avg_pool_bwd", params, arrays=(a.contiguous("grad_output"), dx))
+    return dx
+
+
+# ----------------------------------------------------------------------- filters
+
+
+def sobel(image, axis=None, mode="reflect", cval=0.0, *, layout="NCHW"):
+    """Sobel edge filter of every 2-D plane of image.
+
+    axis None: the gradient magnitude sqrt(gx^2 + gy^2), in one pass. axis 0 (or -2):
+    the derivative along rows (d/dy), axis 1 (or -1): along columns (d/dx), each with
+    scipy.ndimage.sobel's sign and scale on one 2-D image. image is (H, W), (N, H, W)
+    or 4-D in `layout`; each plane is filtered on its own (unlike scipy.ndimage.sobel on
+    an N-D array, which would also smooth across the batch). mode: "reflect",
+    "mirror", "nearest", "constant" (with cval) or "wrap", as SciPy names them.
+    """
+    op = "sobel"
+    a = _prepare(op, image=image)
+    params = _args.image(op, a.shape("image"), layout, mode, cval, axis=axis)
+    be = a.select_backend()
+    y = a.empty(a.shape("image"))
+    be.call("sobel", params, arrays=(a.contiguous("image"), y))
+    return y
+
+
+def filter2d(image, kernel, mode="reflect", cval=0.0, *, layout="NCHW"):
+    """Cross-correlation of every 2-D plane of image with a small 2-D kernel, as
+    scipy.ndimage.correlate on each plane: the kernel's centre is (kh // 2, kw // 2);
+    borders by mode as in sobel. Same output shape as image."""
+    op = "filter2d"
+    a = _prepare(op, image=image, kernel=kernel)
+    params = _args.image(op, a.shape("image"), layout, mode, cval, kernel=a.shape("kernel"))
+    be = a.select_backend()
+    y = a.empty(a.shape("image"))
+    be.call("filter2d", params, arrays=(a.contiguous("image"), a.contiguous("kernel"), y))
+    return y
+
+
+def conv1d(sequence, weights):
+    """Valid 1-D cross-correlation, the course notes' convolve: c[k] = sum_t s[k + t] w[t]
+    for k = 0 .. m - n. sequence (m,) or a batch (B, m); weights (n,), n <= m. Output
+    (m - n + 1,) or (B, m - n + 1)."""
+    op = "conv1d"
+    a = _prepare(op, sequence=sequence, weights=weights)
+    params, out_shape = _args.conv1d(op, a.shape("sequence"), a.shape("weights"))
+    be = a.select_backend()
+    y = a.empty(out_shape)
+    be.call("conv1d", params, arrays=(a.contiguous("sequence"), a.contiguous("weights"), y))
+    return y

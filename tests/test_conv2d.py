@@ -1,0 +1,187 @@
+"""conv2d forward and backward: every backend x kernel variant x layout x dtype against
+fastconv.reference, on random shapes (hypothesis) and on named edge cases."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import reference as ref
+from conftest import (BACKENDS, assert_close, dtypes_for, permute, random, small_ints,
+                      to_backend, to_numpy)
+
+SIZES = st.sampled_from([1, 2, 3, 5, 7, 8, 11, 13])
+
+
+def _cases():
+    """(backend, variant, dtype) triples: every variant of every backend."""
+    out = []
+    for b in BACKENDS:
+        name = b.values[0]
+        vs = ("direct", "gemm", "depthwise") if name == "cpu" else ("direct", "implicit_gemm", "depthwise")
+        for v in vs:
+            for dt in dtypes_for(name):
+                out.append(pytest.param(name, v, dt, id=f"{name}-{v}-{dt}", marks=b.marks))
+    return out
+
+
+CASES = _cases()
+
+
+@st.composite
+def conv_configs(draw, depthwise):
+    if depthwise:
+        groups = draw(st.integers(1, 6))
+        Cg, Kg = 1, draw(st.sampled_from([1, 1, 2]))
+    else:
+        groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+        Cg, Kg = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    pair = st.tuples(st.integers(1, 3), st.integers(1, 3))
+    cfg = dict(
+        N=draw(st.integers(1, 3)), C=Cg * groups, K=Kg * groups, H=draw(SIZES), W=draw(SIZES),
+        R=draw(st.integers(1, 5)), S=draw(st.integers(1, 5)), groups=groups,
+        stride=draw(st.one_of(st.integers(1, 4), pair)),
+        dilation=draw(st.one_of(st.integers(1, 2), pair)),
+        padding=draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                               st.sampled_from(["valid", "same"]))),
+        activation=draw(st.sampled_from([None, "relu", "tanh", "sigmoid"])),
+        bias=draw(st.booleans()),
+    )
+    w = np.zeros((cfg["K"], Cg, cfg["R"], cfg["S"]))
+    x = np.zeros((cfg["N"], cfg["C"], cfg["H"], cfg["W"]))
+    *_, (P, Q) = ref._conv_geometry(x, w, cfg["stride"], cfg["padding"], cfg["dilation"])
+    assume(P >= 1 and Q >= 1)
+    return cfg
+
+
+def make_inputs(cfg, layout, dtype, rng, integer=False):
+    gen = small_ints if integer else random
+    x = gen(rng, (cfg["N"], cfg["C"], cfg["H"], cfg["W"]), dtype)
+    w = gen(rng, (cfg["K"], cfg["C"] // cfg["groups"], cfg["R"], cfg["S"]), dtype)
+    b = gen(rng, (cfg["K"],), dtype) if cfg["bias"] else None
+    if layout == "NHWC":
+        x, w = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    return x, w, b
+
+
+def conv_args(cfg):
+    return dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"],
+                groups=cfg["groups"])
+
+
+def run_forward(backend, variant, layout, dtype, cfg, rng, integer=False):
+    x, w, b = make_inputs(cfg, layout, dtype, rng, integer)
+    out = fastconv.conv2d(to_backend(x, backend), to_backend(w, backend), to_backend(b, backend),
+                          **conv_args(cfg), activation=cfg["activation"], layout=layout,
+                          variant=variant)
+    expect = ref.conv2d(x, w, b, **conv_args(cfg), activation=cfg["activation"], layout=layout)
+    return out, expect
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_forward_matches_reference(backend, variant, dtype, layout, data, seed):
+    cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    out, expect = run_forward(backend, variant, layout, dtype, cfg, np.random.default_rng(seed))
+    assert_close(out, expect, dtype, f"conv2d {cfg}")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_forward_exact_on_small_integers(backend, variant, dtype, layout, data, seed):
+    """Integer inputs make every float32 sum exact: any indexing slip shows as a mismatch."""
+    cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    cfg["activation"] = None
+    out, expect = run_forward(backend, variant, layout, dtype, cfg, np.random.default_rng(seed),
+                              integer=True)
+    np.testing.assert_array_equal(to_numpy(out), expect)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_backward_matches_reference(backend, variant, dtype, layout, data, seed):
+    cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    rng = np.random.default_rng(seed)
+    x, w, b = make_inputs(cfg, layout, dtype, rng)
+    y = ref.conv2d(x, w, b, **conv_args(cfg), activation=cfg["activation"], layout=layout)
+    dy = random(rng, y.shape, dtype)
+    expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation=cfg["activation"],
+                                 output=y, layout=layout)
+    got = fastconv.conv2d_backward(
+        to_backend(dy, backend), to_backend(x, backend), to_backend(w, backend), **conv_args(cfg),
+        activation=cfg["activation"], output=to_backend(y.astype(dtype), backend), layout=layout,
+        variant=variant)
+    for name, g, e in zip(("grad_input", "grad_weight", "grad_bias"), got, expect):
+        assert_close(g, e, dtype, f"{name} {cfg}")
+
+
+# Named edge cases from the foundation issue, each in both layouts on every backend.
+EDGE = {
+    "1x1": dict(N=2, C=5, K=7, H=13, W=11, R=1, S=1, groups=1, stride=1, dilation=1, padding=0),
+    "1x1-stride2": dict(N=1, C=3, K=4, H=9, W=7, R=1, S=1, groups=1, stride=2, dilation=1, padding=0),
+    "kernel=input": dict(N=3, C=2, K=3, H=5, W=7, R=5, S=7, groups=1, stride=1, dilation=1, padding=0),
+    "stride>kernel": dict(N=2, C=3, K=2, H=13, W=11, R=2, S=3, groups=1, stride=(5, 4), dilation=1, padding=1),
+    "depthwise": dict(N=2, C=6, K=6, H=11, W=13, R=3, S=3, groups=6, stride=1, dilation=1, padding=1),
+    "depthwise-mult2": dict(N=1, C=3, K=6, H=7, W=7, R=3, S=3, groups=3, stride=2, dilation=1, padding="same"),
+    "batch1-prime": dict(N=1, C=7, K=13, H=97, W=31, R=3, S=3, groups=1, stride=1, dilation=1, padding="same"),
+    "same-stride3": dict(N=2, C=4, K=6, H=10, W=11, R=4, S=3, groups=2, stride=3, dilation=2, padding="same"),
+    "lenet-c1": dict(N=4, C=1, K=6, H=28, W=28, R=5, S=5, groups=1, stride=1, dilation=1, padding="same"),
+    "lenet-c2": dict(N=4, C=6, K=16, H=14, W=14, R=5, S=5, groups=1, stride=1, dilation=1, padding="valid"),
+}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(EDGE))
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+def test_edge_cases(backend, variant, dtype, layout, name):
+    cfg = dict(EDGE[name], activation="tanh", bias=True)
+    if variant == "depthwise" and cfg["groups"] != cfg["C"]:
+        pytest.skip("the depthwise variant needs groups == channels")
+    rng = np.random.default_rng(7)
+    out, expect = run_forward(backend, variant, layout, dtype, cfg, rng)
+    assert_close(out, expect, dtype, f"forward {name}")
+    x, w, b = make_inputs(cfg, layout, dtype, rng)
+    y = ref.conv2d(x, w, b, **conv_args(cfg), activation="tanh", layout=layout)
+    dy = random(rng, y.shape, dtype)
+    expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation="tanh", output=y,
+                                 layout=layout)
+    got = fastconv.conv2d_backward(to_backend(dy, backend), to_backend(x, backend),
+                                   to_backend(w, backend), **conv_args(cfg), activation="tanh",
+                                   output=to_backend(y.astype(dtype), backend), layout=layout,
+                                   variant=variant)
+    for g, e, what in zip(got, expect, ("grad_input", "grad_weight", "grad_bias")):
+        assert_close(g, e, dtype, f"{what} {name}")
+
+
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+def test_backward_is_deterministic(backend, variant, dtype):
+    cfg = dict(EDGE["batch1-prime"], N=3, activation=None, bias=True)
+    if variant == "depthwise":
+        cfg = dict(EDGE["depthwise"], activation=None, bias=True)
+    rng = np.random.default_rng(3)
+    x, w, _ = make_inputs(cfg, "NCHW", dtype, rng)
+    y = ref.conv2d(x, w, **conv_args(cfg))
+    args = [to_backend(a, backend) for a in (random(rng, y.shape, dtype), x, w)]
+    first = [to_numpy(g) for g in fastconv.conv2d_backward(*args, **conv_args(cfg), variant=variant)]
+    for _ in range(3):
+        again = fastconv.conv2d_backward(*args, **conv_args(cfg), variant=variant)
+        for a, b in zip(first, again):
+            assert np.array_equal(a, to_numpy(b)), "backward differs between identical runs"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    """Strided views (transposed, sliced) give the same result as their dense copies."""
+    rng = np.random.default_rng(11)
+    x_big = random(rng, (2, 13, 9, 6), "float32")
+    w_big = random(rng, (6, 3, 3, 4), "float32")
+    x_b = permute(to_backend(x_big, backend), (0, 3, 1, 2))[:, :, ::2, 1:]  # (2, 6, 5, 8)
+    w_b = permute(to_backend(w_big, backend), (0, 3, 2, 1))[::2]            # (3, 4, 3, 3)
+    x = x_big.transpose(0, 3, 1, 2)[:, :, ::2, 1:]
+    w = w_big.transpose(0, 3, 2, 1)[::2]
+    y = fastconv.conv2d(x_b[:, :4], w_b, padding=1)
+    assert_close(y, ref.conv2d(x[:, :4], w, padding=1), "float32", "strided views")

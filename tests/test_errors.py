@@ -1,0 +1,165 @@
+"""Bad input: every invalid call raises ValueError or TypeError naming the argument,
+what was expected and what was received, before any kernel runs."""
+
+import numpy as np
+import pytest
+
+import fastconv
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+
+def raises(exc, *words):
+    """pytest.raises whose message must contain every word (argument, expected, received)."""
+    class _Check:
+        def __enter__(self):
+            self.ctx = pytest.raises(exc)
+            self.info = self.ctx.__enter__()
+            return self.info
+
+        def __exit__(self, *a):
+            handled = self.ctx.__exit__(*a)
+            if not handled:
+                return False
+            msg = str(self.info.value)
+            for w in words:
+                assert w in msg, f"{w!r} not in the message {msg!r}"
+            return handled
+    return _Check()
+
+
+CONV_BAD = [
+    (dict(input=X[0]), ValueError, ["input", "4-D", "(3, 8, 8)"]),
+    (dict(weight=W[0]), ValueError, ["weight", "4-D", "(3, 3, 3)"]),
+    (dict(weight=rng.standard_normal((4, 2, 3, 3)).astype(np.float32)), ValueError,
+     ["weight has 2 input channels per group", "3 channels", "groups=1"]),
+    (dict(groups=2), ValueError, ["groups=2", "3 channels"]),
+    (dict(groups=0), ValueError, ["groups", ">= 1", "0"]),
+    (dict(groups=1.5), TypeError, ["groups", "int", "1.5"]),
+    (dict(stride=0), ValueError, ["stride", ">= 1", "0"]),
+    (dict(stride=(1, -2)), ValueError, ["stride", ">= 1"]),
+    (dict(stride=(1, 2, 3)), ValueError, ["stride", "pair"]),
+    (dict(dilation=0), ValueError, ["dilation", ">= 1"]),
+    (dict(padding=-1), ValueError, ["padding", ">= 0", "-1"]),
+    (dict(padding="full"), ValueError, ["padding", "'valid' or 'same'", "'full'"]),
+    (dict(activation="gelu"), ValueError, ["activation", "'relu'", "'gelu'"]),
+    (dict(layout="NHCW"), ValueError, ["layout", "'NCHW' or 'NHWC'", "'NHCW'"]),
+    (dict(weight=rng.standard_normal((4, 3, 9, 3)).astype(np.float32)), ValueError,
+     ["9x3 kernel", "larger than the padded input 8x8"]),
+    (dict(dilation=4), ValueError, ["larger than the padded input"]),
+    (dict(bias=np.zeros(5, np.float32)), ValueError, ["bias", "(4,)", "(5,)"]),
+    (dict(input=X.astype(np.float16)), TypeError, ["float16"]),
+    (dict(input=X.astype(np.int32), weight=W.astype(np.int32)), TypeError, ["int32", "float32 or float64"]),
+    (dict(weight=W.astype(np.float64)), TypeError, ["weight", "float64", "float32"]),
+    (dict(input=np.zeros((0, 3, 8, 8), np.float32)), ValueError, ["input", "zero-size", "(0, 3, 8, 8)"]),
+    (dict(variant="winograd"), ValueError, ["variant", "'winograd'"]),
+    (dict(variant="depthwise"), ValueError, ["depthwise", "groups == channels"]),
+    (dict(input="not an array"), TypeError, ["input", "NumPy, CuPy or PyTorch", "str"]),
+]
+
+
+@pytest.mark.parametrize("change,exc,words", CONV_BAD, ids=[str(i) for i in range(len(CONV_BAD))])
+def test_conv2d_bad_input(change, exc, words):
+    args = dict(input=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                activation=None, layout="NCHW", variant="auto")
+    args.update(change)
+    with raises(exc, "conv2d", *words):
+        fastconv.conv2d(**args)
+
+
+def test_conv2d_backward_bad_input():
+    y = fastconv.conv2d(X, W)
+    with raises(ValueError, "grad_output", "(2, 4, 6, 6)", "(2, 4, 5, 5)"):
+        fastconv.conv2d_backward(y[:, :, :5, :5], X, W)
+    with raises(TypeError, "output", "activation='tanh'"):
+        fastconv.conv2d_backward(y, X, W, activation="tanh")
+    with raises(TypeError, "grad_output", "float64", "float32"):
+        fastconv.conv2d_backward(y.astype(np.float64), X, W)
+
+
+POOL_BAD = [
+    (dict(kernel_size=0), ValueError, ["kernel_size", ">= 1"]),
+    (dict(kernel_size=3, padding=2), ValueError, ["padding", "half the kernel"]),
+    (dict(kernel_size=2, stride=0), ValueError, ["stride", ">= 1"]),
+    (dict(kernel_size=2, padding="full"), ValueError, ["padding", "'full'"]),
+    (dict(kernel_size=9), ValueError, ["9x9 window", "does not fit"]),
+    (dict(kernel_size=2, ceil_mode=1), TypeError, ["ceil_mode", "True or False"]),
+    (dict(kernel_size=2, layout="CHWN"), ValueError, ["layout", "'CHWN'"]),
+    (dict(kernel_size=2, input=X[0]), ValueError, ["input", "4-D"]),
+]
+
+
+@pytest.mark.parametrize("fn", [fastconv.max_pool2d, fastconv.avg_pool2d])
+@pytest.mark.parametrize("change,exc,words", POOL_BAD, ids=[str(i) for i in range(len(POOL_BAD))])
+def test_pool_bad_input(fn, change, exc, words):
+    args = dict(input=X)
+    args.update(change)
+    with raises(exc, fn.__name__, *words):
+        fn(**args)
+
+
+def test_avg_pool_bad_divisor():
+    with raises(ValueError, "divisor_override", ">= 1", "0"):
+        fastconv.avg_pool2d(X, 2, divisor_override=0)
+
+
+def test_max_pool_backward_bad_indices():
+    y, idx = fastconv.max_pool2d(X, 2, return_indices=True)
+    with raises(TypeError, "indices", "int64"):
+        fastconv.max_pool2d_backward(y, X, 2, indices=idx.astype(np.int32))
+    with raises(ValueError, "indices", "(2, 3, 4, 4)"):
+        fastconv.max_pool2d_backward(y, X, 2, indices=idx[:, :, :3])
+
+
+def test_filter_bad_input():
+    img = rng.standard_normal((9, 9))
+    with raises(ValueError, "sobel", "mode", "'reflect'", "'edge'"):
+        fastconv.sobel(img, mode="edge")
+    with raises(ValueError, "sobel", "axis", "2"):
+        fastconv.sobel(img, axis=2)
+    with raises(ValueError, "sobel", "image", "(H, W)", "(9,)"):
+        fastconv.sobel(img[0])
+    with raises(TypeError, "sobel", "cval", "'x'"):
+        fastconv.sobel(img, mode="constant", cval="x")
+    with raises(ValueError, "filter2d", "kernel", "2-D", "(3,)"):
+        fastconv.filter2d(img, np.ones(3))
+    with raises(TypeError, "filter2d", "kernel", "float32", "float64"):
+        fastconv.filter2d(img, np.ones((3, 3), np.float32))
+    with raises(TypeError, "sobel", "uint16"):
+        fastconv.sobel(img.astype(np.uint16))
+
+
+def test_conv1d_bad_input():
+    with raises(ValueError, "conv1d", "weights has 6 taps", "only 5 samples"):
+        fastconv.conv1d(np.ones(5), np.ones(6))
+    with raises(ValueError, "conv1d", "sequence", "(m,) or (B, m)"):
+        fastconv.conv1d(np.ones((2, 2, 5)), np.ones(2))
+    with raises(ValueError, "conv1d", "weights", "(n,)"):
+        fastconv.conv1d(np.ones(5), np.ones((1, 2)))
+
+
+def test_arrays_from_different_libraries():
+    torch = pytest.importorskip("torch")
+    with raises(TypeError, "conv2d", "weight", "torch", "numpy"):
+        fastconv.conv2d(X, torch.from_numpy(W))
+
+
+def test_torch_cpu_tensors_run_on_the_cpu_backend():
+    torch = pytest.importorskip("torch")
+    y = fastconv.conv2d(torch.from_numpy(X), torch.from_numpy(W), padding=1)
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 4, 8, 8)
+    np.testing.assert_allclose(y.numpy(), fastconv.conv2d(X, W, padding=1), rtol=0, atol=0)
+
+
+def test_no_partial_output_on_error():
+    """Validation runs before allocation: a failing call returns nothing at all."""
+    with pytest.raises(ValueError):
+        fastconv.conv2d(X, W, stride=0)
+
+
+def test_cuda_arrays_without_gpu_backend_raise_clearly():
+    if fastconv.cuda_available():
+        pytest.skip("a GPU is present")
+    assert fastconv.cuda_available() is False

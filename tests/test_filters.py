@@ -1,0 +1,111 @@
+"""sobel, filter2d and conv1d on every backend against fastconv.reference (which
+tests/test_reference.py checks against scipy.ndimage)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import reference as ref
+from conftest import BACKENDS, assert_close, dtypes_for, random, small_ints, to_backend, to_numpy
+
+MODES = ["reflect", "mirror", "nearest", "constant", "wrap"]
+SIZES = st.sampled_from([1, 2, 3, 4, 7, 13, 31])
+
+
+def cases():
+    return [pytest.param(b.values[0], dt, id=f"{b.values[0]}-{dt}", marks=b.marks)
+            for b in BACKENDS for dt in dtypes_for(b.values[0])]
+
+
+@st.composite
+def images(draw):
+    H, W = draw(SIZES), draw(SIZES)
+    kind = draw(st.sampled_from(["2d", "3d", "NCHW", "NHWC"]))
+    if kind == "2d":
+        return (H, W), "NCHW"
+    if kind == "3d":
+        return (draw(st.integers(1, 3)), H, W), "NCHW"
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    return ((N, C, H, W) if kind == "NCHW" else (N, H, W, C)), kind
+
+
+@pytest.mark.parametrize("backend,dtype", cases())
+@given(img=images(), mode=st.sampled_from(MODES), axis=st.sampled_from([None, 0, 1, -1, -2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_sobel(backend, dtype, img, mode, axis, seed):
+    shape, layout = img
+    x = random(np.random.default_rng(seed), shape, dtype)
+    out = fastconv.sobel(to_backend(x, backend), axis, mode, cval=0.75, layout=layout)
+    assert_close(out, ref.sobel(x, axis, mode, cval=0.75, layout=layout), dtype,
+                 f"sobel {shape} {layout} {mode} axis={axis}")
+
+
+@pytest.mark.parametrize("backend,dtype", cases())
+@given(img=images(), mode=st.sampled_from(MODES), kh=st.integers(1, 7), kw=st.integers(1, 7),
+       seed=st.integers(0, 2**32 - 1))
+def test_filter2d(backend, dtype, img, mode, kh, kw, seed):
+    shape, layout = img
+    rng = np.random.default_rng(seed)
+    x, k = random(rng, shape, dtype), random(rng, (kh, kw), dtype)
+    out = fastconv.filter2d(to_backend(x, backend), to_backend(k, backend), mode, cval=-1.5,
+                            layout=layout)
+    assert_close(out, ref.filter2d(x, k, mode, cval=-1.5, layout=layout), dtype,
+                 f"filter2d {shape} {layout} {mode} {kh}x{kw}")
+
+
+@pytest.mark.parametrize("backend,dtype", cases())
+@pytest.mark.parametrize("mode", MODES)
+def test_sobel_exact_on_integers(backend, dtype, mode):
+    x = small_ints(np.random.default_rng(4), (3, 17, 23), dtype, -100, 100)
+    for axis in (0, 1):
+        out = fastconv.sobel(to_backend(x, backend), axis, mode, cval=3.0)
+        np.testing.assert_array_equal(to_numpy(out), ref.sobel(x, axis, mode, cval=3.0))
+
+
+@pytest.mark.parametrize("backend,dtype", cases())
+@given(m=st.integers(1, 300), n=st.integers(1, 40), batch=st.sampled_from([None, 1, 3]),
+       seed=st.integers(0, 2**32 - 1))
+def test_conv1d(backend, dtype, m, n, batch, seed):
+    n = min(n, m)
+    rng = np.random.default_rng(seed)
+    s = random(rng, (m,) if batch is None else (batch, m), dtype)
+    w = random(rng, (n,), dtype)
+    assert_close(fastconv.conv1d(to_backend(s, backend), to_backend(w, backend)),
+                 ref.conv1d(s, w), dtype, f"conv1d m={m} n={n}")
+
+
+def test_conv1d_course_example():
+    """The course notes' convolve on a worked example."""
+    s = np.array([1.0, 2, 3, 4, 5])
+    w = np.array([1.0, 0, -1])
+    np.testing.assert_array_equal(fastconv.conv1d(s, w), [-2.0, -2.0, -2.0])
+
+
+def test_course_edge_kernels_are_sobel():
+    """The course's contour kernels are the Sobel derivatives: filter2d with them equals sobel."""
+    rng = np.random.default_rng(8)
+    x = random(rng, (19, 23))
+    horizontal = np.array([[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]])
+    np.testing.assert_allclose(fastconv.filter2d(x, horizontal), fastconv.sobel(x, axis=0),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fastconv.filter2d(x, horizontal.T), fastconv.sobel(x, axis=1),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_nan_reaches_every_output_that_reads_it(backend, dtype):
+    x = random(np.random.default_rng(1), (11, 12), dtype)
+    x[5, 6] = np.nan
+    mag = to_numpy(fastconv.sobel(to_backend(x, backend)))
+    # The 3x3 block around it, less its centre: neither derivative reads the centre
+    # pixel of its own axis (scipy.ndimage.sobel's [-1, 0, 1] skips it too).
+    expect = np.zeros_like(x, dtype=bool)
+    expect[4:7, 5:8] = True
+    expect[5, 6] = False
+    np.testing.assert_array_equal(np.isnan(mag), expect)
+    np.testing.assert_array_equal(np.isnan(ref.sobel(x)), expect)
+    k = random(np.random.default_rng(2), (3, 5), dtype)
+    out = to_numpy(fastconv.filter2d(to_backend(x, backend), to_backend(k, backend)))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref.filter2d(x, k)))

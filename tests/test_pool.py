@@ -1,0 +1,122 @@
+"""Pooling forward and backward on every backend and layout against fastconv.reference."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import reference as ref
+from conftest import BACKENDS, assert_close, dtypes_for, random, to_backend, to_numpy
+
+SIZES = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 13, 17])
+LAYOUTS = ["NCHW", "NHWC"]
+
+
+def cases():
+    return [pytest.param(b.values[0], dt, id=f"{b.values[0]}-{dt}", marks=b.marks)
+            for b in BACKENDS for dt in dtypes_for(b.values[0])]
+
+
+@st.composite
+def pool_configs(draw, kind):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dil = draw(st.sampled_from([1, 1, 2, (1, 2)])) if kind == "max" else 1
+    d = (dil, dil) if isinstance(dil, int) else dil
+    padding = draw(st.one_of(
+        st.tuples(st.integers(0, (d[0] * (kh - 1) + 1) // 2), st.integers(0, (d[1] * (kw - 1) + 1) // 2)),
+        st.sampled_from(["valid", "same"])))
+    cfg = dict(kernel_size=(kh, kw), stride=draw(st.one_of(st.none(), st.integers(1, 3),
+                                                           st.tuples(st.integers(1, 3), st.integers(1, 3)))),
+               padding=padding, ceil_mode=draw(st.booleans()))
+    if kind == "max":
+        cfg["dilation"] = dil
+    else:
+        cfg["count_include_pad"] = draw(st.booleans())
+        cfg["divisor_override"] = draw(st.sampled_from([None, None, 3]))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(SIZES), draw(SIZES))
+    x = np.zeros(shape)
+    try:
+        y = (ref.max_pool2d if kind == "max" else ref.avg_pool2d)(x, **cfg)
+    except ValueError:
+        assume(False)
+    assume(min(y.shape) >= 1)
+    return shape, cfg
+
+
+def nhwc(a, layout):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if layout == "NHWC" else a
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_max_pool(backend, dtype, layout, data, seed):
+    shape, cfg = data.draw(pool_configs("max"))
+    rng = np.random.default_rng(seed)
+    x = nhwc(random(rng, shape, dtype), layout)
+    y_ref, i_ref = ref.max_pool2d(x, **cfg, return_indices=True, layout=layout)
+    y, idx = fastconv.max_pool2d(to_backend(x, backend), **cfg, return_indices=True, layout=layout)
+    assert_close(y, y_ref, dtype, f"max_pool2d {cfg}")
+    np.testing.assert_array_equal(to_numpy(idx), i_ref)
+    dy = random(rng, y_ref.shape, dtype)
+    dx_ref = ref.max_pool2d_backward(dy, x, **cfg, layout=layout)
+    for indices in (None, idx):
+        dx = fastconv.max_pool2d_backward(to_backend(dy, backend), to_backend(x, backend), **cfg,
+                                          indices=indices, layout=layout)
+        assert_close(dx, dx_ref, dtype, f"max_pool2d_backward {cfg}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_avg_pool(backend, dtype, layout, data, seed):
+    shape, cfg = data.draw(pool_configs("avg"))
+    rng = np.random.default_rng(seed)
+    x = nhwc(random(rng, shape, dtype), layout)
+    y_ref = ref.avg_pool2d(x, **cfg, layout=layout)
+    assert_close(fastconv.avg_pool2d(to_backend(x, backend), **cfg, layout=layout), y_ref, dtype,
+                 f"avg_pool2d {cfg}")
+    dy = random(rng, y_ref.shape, dtype)
+    dx = fastconv.avg_pool2d_backward(to_backend(dy, backend), to_backend(x, backend), **cfg,
+                                      layout=layout)
+    assert_close(dx, ref.avg_pool2d_backward(dy, x, **cfg, layout=layout), dtype,
+                 f"avg_pool2d_backward {cfg}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (3, 5, 13, 4), (1, 64, 9, 11)])
+def test_global_avg_pool(backend, dtype, layout, shape):
+    rng = np.random.default_rng(5)
+    x = nhwc(random(rng, shape, dtype), layout)
+    assert_close(fastconv.global_avg_pool2d(to_backend(x, backend), layout=layout),
+                 ref.global_avg_pool2d(x, layout=layout), dtype, "global_avg_pool2d")
+    dy = random(rng, shape[:2], dtype)
+    assert_close(fastconv.global_avg_pool2d_backward(to_backend(dy, backend), to_backend(x, backend),
+                                                     layout=layout),
+                 ref.global_avg_pool2d_backward(dy, x, layout=layout), dtype,
+                 "global_avg_pool2d_backward")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_named_pools(backend, dtype, layout):
+    """The benchmark shapes, shrunk: ResNet stem max 3x3/s2/p1, LeNet avg 2x2, exact on integers."""
+    rng = np.random.default_rng(9)
+    x = nhwc(rng.integers(-50, 50, (2, 3, 29, 31)).astype(dtype), layout)
+    y = fastconv.max_pool2d(to_backend(x, backend), 3, 2, 1, layout=layout)
+    np.testing.assert_array_equal(to_numpy(y), ref.max_pool2d(x, 3, 2, 1, layout=layout))
+    y = fastconv.avg_pool2d(to_backend(x, backend), 2, layout=layout)
+    np.testing.assert_array_equal(to_numpy(y), ref.avg_pool2d(x, 2, layout=layout))
+
+
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_max_pool_propagates_nan(backend, dtype):
+    rng = np.random.default_rng(2)
+    x = random(rng, (1, 2, 9, 9), dtype)
+    x[0, 1, 3, 3] = np.nan
+    y = to_numpy(fastconv.max_pool2d(to_backend(x, backend), 3, 2, 1))
+    expect = ref.max_pool2d(x, 3, 2, 1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expect))
+    assert np.isnan(y).sum() == 4  # the four windows that contain (3, 3)
