@@ -1,6 +1,7 @@
 """The `fastconv` command (also `python -m fastconv`).
 
   fastconv info   version, backends built, GPU name and architecture, CUDA versions
+  fastconv bench  side-by-side timings against PyTorch / SciPy (benchmarks issue)
   fastconv demo   the main job: every op on the best backend present (the GPU if there
                   is one, else the CPU), checked against the float64 reference and timed
                   against it, as a small table
@@ -121,6 +122,21 @@ def cmd_demo(args):
     return 0 if ok else 1
 
 
+def cmd_bench(args):
+    from . import bench
+
+    suites = bench.SUITES if not args.suite or "all" in args.suite else args.suite
+    result = bench.run(args.device, suites, quick=args.quick)
+    print(bench.format_table(result))
+    if args.json:
+        bench.save_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastconv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +144,16 @@ def main(argv=None):
     demo = sub.add_parser("demo", help="every op against the reference, timed")
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     demo.set_defaults(fn=cmd_demo)
+    from .bench import SUITES
+
+    bench = sub.add_parser("bench", help="side-by-side timings against the peers")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--suite", nargs="+", choices=[*SUITES, "all"], metavar="NAME",
+                       help=f"suites to run: {', '.join(SUITES)} or all (default: all)")
+    bench.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
+    bench.set_defaults(fn=cmd_bench)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

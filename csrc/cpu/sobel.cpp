@@ -74,13 +74,25 @@ T sobel_out(const Plane<T>& im, int axis, int64_t i, int64_t j) {
     return std::sqrt(gx * gx + gy * gy);
 }
 
-// Interior row i of a plane with contiguous rows: columns [1, W - 1).
+// Interior row i of a plane with contiguous rows: columns [1, W - 1). One loop per
+// axis, so each vectorises (a per-pixel test of the axis kept the magnitude scalar).
 template <typename T>
 void sobel_row_interior(const T* r0, const T* r1, const T* r2, int axis, int64_t W, T* out) {
-    for (int64_t j = 1; j < W - 1; ++j) {
-        const T gy = (r2[j - 1] + T(2) * r2[j] + r2[j + 1]) - (r0[j - 1] + T(2) * r0[j] + r0[j + 1]);
-        const T gx = (r0[j + 1] - r0[j - 1]) + T(2) * (r1[j + 1] - r1[j - 1]) + (r2[j + 1] - r2[j - 1]);
-        out[j] = axis == 0 ? gy : axis == 1 ? gx : std::sqrt(gx * gx + gy * gy);
+    auto gy = [&](int64_t j) {
+        return (r2[j - 1] + T(2) * r2[j] + r2[j + 1]) - (r0[j - 1] + T(2) * r0[j] + r0[j + 1]);
+    };
+    auto gx = [&](int64_t j) {
+        return (r0[j + 1] - r0[j - 1]) + T(2) * (r1[j + 1] - r1[j - 1]) + (r2[j + 1] - r2[j - 1]);
+    };
+    if (axis == 0) {
+        for (int64_t j = 1; j < W - 1; ++j) out[j] = gy(j);
+    } else if (axis == 1) {
+        for (int64_t j = 1; j < W - 1; ++j) out[j] = gx(j);
+    } else {
+        for (int64_t j = 1; j < W - 1; ++j) {
+            const T a = gx(j), b = gy(j);
+            out[j] = std::sqrt(a * a + b * b);
+        }
     }
 }
 

@@ -1,0 +1,264 @@
+"""`fastconv bench`: every op side by side with the peer a user would otherwise call,
+timed in one process, alternating, on the shapes of benchmarks/shapes.py.
+
+Method (CPU): a warm-up call each, then fastconv and the peer alternate for `repeat`
+rounds; each time is one call's wall clock (perf_counter), the row keeps the medians.
+Ceilings are measured in the same run: copy bandwidth (a large array copy, bytes read +
+written) and the float32 matrix-product rate of PyTorch's CPU GEMM, so `of_ceiling`
+says how close each op gets to what this machine can do.
+
+Peers: PyTorch CPU (torch.nn.functional, the same thread count), scipy.ndimage for Sobel.
+The GPU rows (cuDNN, cupyx) belong to the GPU backend's benchmarks and are not here yet:
+--device cuda says so.
+"""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+
+import numpy as np
+
+from . import ops
+
+LENET = {"lenet_c1": (256, 1, 28, 28, 6, 5, 1, 2, 1), "lenet_c2": (256, 6, 14, 14, 16, 5, 1, 0, 1)}
+RESNET50 = {
+    "r50_conv1": (32, 3, 224, 224, 64, 7, 2, 3, 1),
+    "r50_l1_1x1": (32, 64, 56, 56, 64, 1, 1, 0, 1),
+    "r50_l1_3x3": (32, 64, 56, 56, 64, 3, 1, 1, 1),
+    "r50_l1_expand": (32, 64, 56, 56, 256, 1, 1, 0, 1),
+    "r50_l2_3x3s2": (32, 128, 56, 56, 128, 3, 2, 1, 1),
+    "r50_l2_3x3": (32, 128, 28, 28, 128, 3, 1, 1, 1),
+    "r50_l3_3x3": (32, 256, 14, 14, 256, 3, 1, 1, 1),
+    "r50_l4_3x3": (32, 512, 7, 7, 512, 3, 1, 1, 1),
+}
+DEPTHWISE = {"dw3x3_mbv2": (32, 256, 56, 56, 256, 3, 1, 1, 256)}
+POOL = {
+    "maxpool3s2p1_r50": ("max", (32, 64, 112, 112), dict(kernel_size=3, stride=2, padding=1)),
+    "avgpool2_lenet": ("avg", (256, 6, 28, 28), dict(kernel_size=2)),
+    "maxpool2_big": ("max", (64, 128, 128, 128), dict(kernel_size=2)),
+    "avgpool2_big": ("avg", (64, 128, 128, 128), dict(kernel_size=2)),
+    "gap_r50": ("gap", (32, 2048, 7, 7), {}),
+}
+SOBEL = {"img4096": (4096, 4096), "batch64_512": (64, 512, 512)}
+SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward")
+
+
+def conv_out(shape):
+    N, C, H, W, K, R, stride, pad, groups = shape
+    return (H + 2 * pad - R) // stride + 1, (W + 2 * pad - R) // stride + 1
+
+
+def conv_flops(shape):
+    N, C, H, W, K, R, stride, pad, groups = shape
+    P, Q = conv_out(shape)
+    return 2.0 * N * K * P * Q * (C // groups) * R * R
+
+
+class Timer:
+    """Alternates two callables and keeps the median wall-clock time of each (seconds)."""
+
+    def __init__(self, repeat):
+        self.repeat = repeat
+
+    def pair(self, ours, theirs):
+        ours(), theirs()
+        a, b = [], []
+        for _ in range(self.repeat):
+            for fn, acc in ((ours, a), (theirs, b)):
+                t0 = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t0)
+        return float(np.median(a)), float(np.median(b))
+
+
+def measure_ceilings(torch, timer):
+    src = np.random.default_rng(0).standard_normal(1 << 26).astype(np.float32)  # 256 MiB
+    dst = np.empty_like(src)
+    t_copy, _ = timer.pair(lambda: np.copyto(dst, src), lambda: None)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t_mm, _ = timer.pair(lambda: torch.mm(a, b), lambda: None)
+    return {"copy_GBps": 2 * src.nbytes / t_copy / 1e9, "fp32_TFLOPs": 2 * n**3 / t_mm / 1e12}
+
+
+def _row(suite, case, op, layout, ours, peer, peer_ms, work, unit, ceilings, mode="eager"):
+    ceiling = ceilings["fp32_TFLOPs"] if unit == "TFLOP/s" else ceilings["copy_GBps"]
+    achieved = work / ours / (1e12 if unit == "TFLOP/s" else 1e9)
+    return {"suite": suite, "case": case, "op": op, "dtype": "float32", "layout": layout,
+            "mode": mode, "fastconv_ms": ours * 1e3, "peer": peer, "peer_ms": peer_ms * 1e3,
+            "speedup": peer_ms / ours, "achieved": achieved, "unit": unit,
+            "of_ceiling": achieved / ceiling}
+
+
+def _conv_rows(suite, table, quick, torch, timer, ceilings, rng):
+    F = torch.nn.functional
+    rows = []
+    for case, shape in table.items():
+        N, C, H, W, K, R, stride, pad, groups = shape
+        if quick and N > 8:
+            N = 8 if suite != "lenet" else N
+        shape = (N,) + shape[1:]
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        w = (rng.standard_normal((K, C // groups, R, R)) / np.sqrt(C * R * R / groups)).astype(np.float32)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        if suite == "backward":
+            P, Q = conv_out(shape)
+            dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+            dyt = torch.from_numpy(dy)
+            ours, theirs = timer.pair(
+                lambda: ops.conv2d_backward(dy, x, w, stride, pad, 1, groups, output_mask=(True, True, False)),
+                lambda: torch.ops.aten.convolution_backward(
+                    dyt, xt, wt, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups,
+                    [True, True, False]))
+            rows.append(_row(suite, case, "conv2d_backward", "NCHW", ours, "torch-cpu", theirs,
+                             2 * conv_flops(shape), "TFLOP/s", ceilings))
+            continue
+        ours, theirs = timer.pair(lambda: ops.conv2d(x, w, None, stride, pad, 1, groups),
+                                  lambda: F.conv2d(xt, wt, None, stride, pad, 1, groups))
+        rows.append(_row(suite, case, "conv2d", "NCHW", ours, "torch-cpu", theirs,
+                         conv_flops(shape), "TFLOP/s", ceilings))
+    return rows
+
+
+def _pool_rows(quick, torch, timer, ceilings, rng):
+    F = torch.nn.functional
+    rows = []
+    for case, (kind, shape, kw) in POOL.items():
+        if quick and shape[0] > 8 and "big" in case:
+            shape = (8,) + shape[1:]
+        x = rng.standard_normal(shape).astype(np.float32)
+        for layout in ("NCHW", "NHWC"):
+            xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            xt = torch.from_numpy(x)
+            if layout == "NHWC":
+                xt = xt.contiguous(memory_format=torch.channels_last)
+            if kind == "max":
+                ours_fn, peer_fn = (lambda: ops.max_pool2d(xl, **kw, layout=layout),
+                                    lambda: F.max_pool2d(xt, **kw))
+            elif kind == "avg":
+                ours_fn, peer_fn = (lambda: ops.avg_pool2d(xl, **kw, layout=layout),
+                                    lambda: F.avg_pool2d(xt, **kw))
+            else:
+                ours_fn, peer_fn = (lambda: ops.global_avg_pool2d(xl, layout=layout),
+                                    lambda: F.adaptive_avg_pool2d(xt, 1))
+            out = ours_fn()
+            ours, theirs = timer.pair(ours_fn, peer_fn)
+            rows.append(_row("pool", case, f"{kind}_pool2d", layout, ours, "torch-cpu", theirs,
+                             x.nbytes + out.nbytes, "GB/s", ceilings))
+    return rows
+
+
+def _sobel_rows(timer, ceilings, rng):
+    import scipy.ndimage as ndi
+
+    rows = []
+    for case, shape in SOBEL.items():
+        x = rng.standard_normal(shape).astype(np.float32)
+        planes = x.reshape(-1, *shape[-2:])
+
+        def scipy_magnitude():
+            return [np.hypot(ndi.sobel(p, 0), ndi.sobel(p, 1)) for p in planes]
+
+        ours, theirs = timer.pair(lambda: ops.sobel(x), scipy_magnitude)
+        rows.append(_row("sobel", case, "sobel_magnitude", "-", ours, "scipy.ndimage", theirs,
+                         2 * x.nbytes, "GB/s", ceilings))
+    return rows
+
+
+def _environment():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return commit or "unknown", cpu
+
+
+def run(device="cpu", suites=SUITES, quick=False, repeat=None):
+    """Runs the suites and returns the results dict (the --json layout)."""
+    if device != "cpu":
+        raise RuntimeError("bench: the GPU rows (cuDNN and cupyx peers) are not implemented yet; "
+                           "use --device cpu")
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("bench: the peers need PyTorch (pip install 'fastconv[bench]')") from None
+    from . import _cpu
+
+    torch.set_num_threads(_cpu.num_threads())
+    timer = Timer(repeat or (5 if quick else 15))
+    rng = np.random.default_rng(0)
+    ceilings = measure_ceilings(torch, timer)
+    rows = []
+    for suite in suites:
+        if suite == "lenet":
+            rows += _conv_rows(suite, LENET, quick, torch, timer, ceilings, rng)
+        elif suite == "resnet50":
+            rows += _conv_rows(suite, RESNET50, quick, torch, timer, ceilings, rng)
+        elif suite == "depthwise":
+            rows += _conv_rows(suite, DEPTHWISE, quick, torch, timer, ceilings, rng)
+        elif suite == "backward":
+            rows += _conv_rows(suite, {**LENET, **RESNET50}, quick, torch, timer, ceilings, rng)
+        elif suite == "pool":
+            rows += _pool_rows(quick, torch, timer, ceilings, rng)
+        elif suite == "sobel":
+            rows += _sobel_rows(timer, ceilings, rng)
+        else:
+            raise ValueError(f"bench: unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    commit, cpu = _environment()
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": {"name": cpu, "threads": _cpu.num_threads(), "driver": None, "cuda": None,
+                       "torch": torch.__version__, "quick": quick},
+            "ceilings": ceilings, "rows": rows}
+
+
+def format_table(result):
+    lines = [f"fastconv bench on {result['device']['name']} ({result['device']['threads']} threads), "
+             f"commit {result['commit'][:10]}, {result['date']}",
+             "ceilings: " + ", ".join(f"{k} {v:.1f}" for k, v in result["ceilings"].items()),
+             f"{'suite':10s} {'case':18s} {'op':16s} {'layout':6s} {'fastconv ms':>11s} "
+             f"{'peer':>14s} {'peer ms':>9s} {'speedup':>8s} {'achieved':>16s} {'of ceil':>8s}"]
+    for r in result["rows"]:
+        lines.append(f"{r['suite']:10s} {r['case']:18s} {r['op']:16s} {r['layout']:6s} "
+                     f"{r['fastconv_ms']:11.3f} {r['peer']:>14s} {r['peer_ms']:9.3f} "
+                     f"{r['speedup']:7.2f}x {r['achieved']:9.2f} {r['unit']:>6s} "
+                     f"{100 * r['of_ceiling']:7.1f}%")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("bench: --plot needs matplotlib (pip install matplotlib)") from None
+    rows = result["rows"]
+    labels = [f"{r['suite']}/{r['case']}" + ("" if r["layout"] in ("NCHW", "-") else f" {r['layout']}")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.5))
+    colors = ["tab:green" if r["speedup"] >= 1 else "tab:red" for r in rows]
+    ax.barh(range(len(rows)), [r["speedup"] for r in rows], color=colors)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup over the peer (peer time / fastconv time; > 1: fastconv faster)")
+    ax.set_title(f"fastconv vs peers on {result['device']['name']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def save_json(result, path):
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
