@@ -173,7 +173,9 @@ void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
     const int64_t PQ = p.P * p.Q;
 #pragma omp parallel for schedule(static)
     for (int64_t k = 0; k < p.K; ++k) {
-        T acc = T(0);
+        // A long sum of gradients that largely cancel: accumulated in double, so the
+        // float32 result is within one rounding of the exact sum.
+        double acc = 0;
         for (int64_t n = 0; n < p.N; ++n) {
             if (p.layout == Layout::NCHW) {
                 const T* plane = dy + (n * p.K + k) * PQ;
@@ -183,7 +185,7 @@ void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
                 for (int64_t j = 0; j < PQ; ++j) acc += img[j * p.K];
             }
         }
-        db[k] = acc;
+        db[k] = T(acc);
     }
 }
 
