@@ -186,12 +186,12 @@ def _environment():
 def run(device="cpu", suites=SUITES, quick=False, repeat=None):
     """Runs the suites and returns the results dict (the --json layout)."""
     if device != "cpu":
-        raise RuntimeError("bench: the GPU rows (cuDNN and cupyx peers) are not implemented yet; "
+        raise RuntimeError("the GPU rows (cuDNN and cupyx peers) are not implemented yet; "
                            "use --device cpu")
     try:
         import torch
     except ImportError:
-        raise RuntimeError("bench: the peers need PyTorch (pip install 'fastconv[bench]')") from None
+        raise RuntimeError("the peers need PyTorch: pip install torch") from None
     from . import _cpu
 
     torch.set_num_threads(_cpu.num_threads())
@@ -213,7 +213,7 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
         elif suite == "sobel":
             rows += _sobel_rows(timer, ceilings, rng)
         else:
-            raise ValueError(f"bench: unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+            raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     commit, cpu = _environment()
     return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": {"name": cpu, "threads": _cpu.num_threads(), "driver": None, "cuda": None,
@@ -224,7 +224,7 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
 def format_table(result):
     lines = [f"fastconv bench on {result['device']['name']} ({result['device']['threads']} threads), "
              f"commit {result['commit'][:10]}, {result['date']}",
-             "ceilings: " + ", ".join(f"{k} {v:.1f}" for k, v in result["ceilings"].items()),
+             "ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in result["ceilings"].items()),
              f"{'suite':10s} {'case':18s} {'op':16s} {'layout':6s} {'fastconv ms':>11s} "
              f"{'peer':>14s} {'peer ms':>9s} {'speedup':>8s} {'achieved':>16s} {'of ceil':>8s}"]
     for r in result["rows"]:
@@ -242,7 +242,7 @@ def plot(result, path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("bench: --plot needs matplotlib (pip install matplotlib)") from None
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
     rows = result["rows"]
     labels = [f"{r['suite']}/{r['case']}" + ("" if r["layout"] in ("NCHW", "-") else f" {r['layout']}")
               for r in rows]

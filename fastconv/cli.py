@@ -116,7 +116,7 @@ def cmd_demo(args):
         err = float(np.linalg.norm(got - expect) / np.linalg.norm(expect))
         worst = max(worst, err)
         t_ours, t_ref = _time(ours), _time(theirs, repeat=1)
-        print(f"{name:36s} {err:11.2e} {t_ours * 1e3:12.3f} {t_ref * 1e3:13.1f} {t_ref / t_ours:7.0f}x")
+        print(f"{name:36s} {err:11.2e} {t_ours * 1e3:12.3f} {t_ref * 1e3:13.1f} {t_ref / t_ours:7.1f}x")
     ok = worst < 1e-5
     print(f"\nworst relative error {worst:.2e}: {'OK' if ok else 'FAILED'} (bound 1e-5 for float32)")
     return 0 if ok else 1
