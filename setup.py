@@ -103,8 +103,18 @@ cpu_ext = Pybind11Extension(
 )
 extensions = [cpu_ext]
 
+def find_cuda_home(nvcc):
+    """The toolkit root holding include/cuda_runtime_api.h (nvcc may be a wrapper script)."""
+    candidates = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    candidates += [nvcc.parent.parent, Path("/usr/local/cuda")]
+    home = next((c for c in candidates if (c / "include" / "cuda_runtime_api.h").is_file()), None)
+    if home is None:
+        sys.exit(f"found nvcc at {nvcc} but no CUDA headers; set CUDA_HOME to the toolkit root")
+    return home
+
+
 if want_cuda(NVCC):
-    cuda_home = NVCC.parent.parent
+    cuda_home = find_cuda_home(NVCC)
     lib_dir = next((cuda_home / d for d in ("lib64", "lib", "targets/x86_64-linux/lib")
                     if (cuda_home / d / "libcudart_static.a").is_file()), cuda_home / "lib64")
     cuda_ext = Pybind11Extension(
