@@ -107,16 +107,37 @@ def test_backward_matches_reference(backend, variant, dtype, layout, data, seed)
     cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
     rng = np.random.default_rng(seed)
     x, w, b = make_inputs(cfg, layout, dtype, rng)
-    y = ref.conv2d(x, w, b, **conv_args(cfg), activation=cfg["activation"], layout=layout)
+    # The forward's output as the backward receives it: rounded to dtype. (Where tanh
+    # saturates, 1 - y^2 of the float64 y and of its float32 rounding differ widely.)
+    y = ref.conv2d(x, w, b, **conv_args(cfg), activation=cfg["activation"], layout=layout).astype(dtype)
     dy = random(rng, y.shape, dtype)
     expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation=cfg["activation"],
                                  output=y, layout=layout)
+    if dtype == "float32":
+        assume_well_conditioned(expect, dy, x, w, y, cfg, layout)
     got = fastconv.conv2d_backward(
         to_backend(dy, backend), to_backend(x, backend), to_backend(w, backend), **conv_args(cfg),
-        activation=cfg["activation"], output=to_backend(y.astype(dtype), backend), layout=layout,
+        activation=cfg["activation"], output=to_backend(y, backend), layout=layout,
         variant=variant)
     for name, g, e in zip(("grad_input", "grad_weight", "grad_bias"), got, expect):
         assert_close(g, e, dtype, f"{name} {cfg}")
+
+
+def assume_well_conditioned(expect, dy, x, w, y, cfg, layout, limit=1e3):
+    """Skip draws whose gradients cancel to under 1/limit of the magnitude of their terms.
+
+    A gradient element is a sum of products; float32 accumulation errs by about
+    eps * sum |terms|, so when the terms cancel (|sum| << sum |terms|, likely with one or
+    two output elements) no float32 kernel can meet a 1e-5 bound relative to the sum.
+    Those draws test the data's conditioning, not the kernel: hypothesis draws others.
+    Indexing in every draw is still checked exactly by the small-integer tests.
+    """
+    dz = dy.astype(np.float64)
+    if cfg["activation"] is not None:
+        dz = dz * ref._activate_grad_from_output(y.astype(np.float64), cfg["activation"])
+    magnitude = ref.conv2d_backward(np.abs(dz), np.abs(x), np.abs(w), **conv_args(cfg), layout=layout)
+    for e, m in zip(expect, magnitude):
+        assume(np.linalg.norm(m) < limit * np.linalg.norm(e))
 
 
 # Named edge cases from the foundation issue, each in both layouts on every backend.
@@ -145,13 +166,13 @@ def test_edge_cases(backend, variant, dtype, layout, name):
     out, expect = run_forward(backend, variant, layout, dtype, cfg, rng)
     assert_close(out, expect, dtype, f"forward {name}")
     x, w, b = make_inputs(cfg, layout, dtype, rng)
-    y = ref.conv2d(x, w, b, **conv_args(cfg), activation="tanh", layout=layout)
+    y = ref.conv2d(x, w, b, **conv_args(cfg), activation="tanh", layout=layout).astype(dtype)
     dy = random(rng, y.shape, dtype)
     expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation="tanh", output=y,
                                  layout=layout)
     got = fastconv.conv2d_backward(to_backend(dy, backend), to_backend(x, backend),
                                    to_backend(w, backend), **conv_args(cfg), activation="tanh",
-                                   output=to_backend(y.astype(dtype), backend), layout=layout,
+                                   output=to_backend(y, backend), layout=layout,
                                    variant=variant)
     for g, e, what in zip(got, expect, ("grad_input", "grad_weight", "grad_bias")):
         assert_close(g, e, dtype, f"{what} {name}")

@@ -29,8 +29,11 @@ namespace cpu {
 
 template <typename T>
 void activation_bwd(Activation act, int64_t count, const T* y, const T* dy, T* dz) {
+    // In double, rounded once: 1 - y*y in float loses most of its digits where tanh
+    // saturates (y = 0.9999), and grad bias sums these with heavy cancellation.
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < count; ++i) dz[i] = dy[i] * activate_grad(act, y[i]);
+    for (int64_t i = 0; i < count; ++i)
+        dz[i] = T(double(dy[i]) * activate_grad(act, double(y[i])));
 }
 
 namespace {
@@ -139,7 +142,7 @@ void bwd_filter_gemm(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
                     // dw_g (Kg x red) += dy (Kg x pixels) . col^T (pixels x red)
                     const T* B = x + (n * p.C + g * s.Cg) * p.H * p.W + j0;
                     if (!s.is_pointwise) {
-                        im2col_nchw(p, x, n, g, j0, j1, col.data());
+                        im2col_nchw(p, x, n, g, j0, j1, col.data(), cols);
                         B = col.data();
                     }
                     gemm<T>(false, true, s.Kg, s.red, cols, dy + (n * p.K + g * s.Kg) * s.PQ + j0,

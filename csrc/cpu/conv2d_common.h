@@ -19,6 +19,10 @@ namespace cpu {
 // Bytes of im2col matrix one task may hold: bounded whatever the image size.
 constexpr int64_t kColBudget = int64_t(4) << 20;
 
+// A GEMM narrower than this many output pixels spends more on packing than on
+// arithmetic: small images are batched up to it (LeNet C2, 10x10 outputs: 2.4x).
+constexpr int64_t kMinGemmPixels = 512;
+
 struct ConvGemmShape {
     int64_t Cg, Kg, PQ, red, chunk, chunks, col_elems;
     bool is_pointwise;  // 1x1, stride 1, no padding: the input is the GEMM operand
@@ -46,10 +50,11 @@ inline void for_each_row_run(const Conv2dParams& p, int64_t j0, int64_t j1, F f)
 }
 
 // col[(c*R + r)*S + s][j - j0] = x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 outside.
+// Rows of col are ld apart (ld >= j1 - j0; several images may share one col matrix).
 template <typename T>
 void im2col_nchw(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0, int64_t j1,
-                 T* col) {
-    const int64_t Cg = p.C / p.groups, cols = j1 - j0;
+                 T* col, int64_t ld) {
+    const int64_t Cg = p.C / p.groups, cols = ld;
     for (int64_t c = 0; c < Cg; ++c) {
         const T* plane = x + (n * p.C + g * Cg + c) * p.H * p.W;
         for (int64_t r = 0; r < p.R; ++r)

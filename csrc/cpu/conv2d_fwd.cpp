@@ -56,12 +56,48 @@ void direct(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
         }
 }
 
+// NCHW images with few output pixels: how many share one GEMM (1 = none).
+inline int64_t images_per_gemm(const Conv2dParams& p, const ConvGemmShape& s, size_t elem) {
+    if (p.layout != Layout::NCHW || s.is_pointwise || s.PQ >= kMinGemmPixels) return 1;
+    const int64_t fit = kColBudget / int64_t(elem) / (s.red * s.PQ);
+    return std::max<int64_t>(1, std::min({p.N, ceil_div(kMinGemmPixels, s.PQ), fit}));
+}
+
+// NCHW, several images per GEMM: their im2col matrices side by side, one product into a
+// scratch tile (Kg x images * PQ), then each filter's row back into its image's plane.
+template <typename T>
+void small_images(const Conv2dParams& p, const ConvGemmShape& s, int64_t batch, const T* x,
+                  const T* w, T* y) {
+    const int64_t blocks = ceil_div(p.N, batch), tasks = blocks * p.groups;
+    const bool outer = tasks >= 2 * omp_get_max_threads();
+#pragma omp parallel if (outer)
+    {
+        std::vector<T> col(s.red * batch * s.PQ), tile(s.Kg * batch * s.PQ);
+#pragma omp for schedule(dynamic)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t g = t % p.groups, n0 = (t / p.groups) * batch;
+            const int64_t nb = std::min(batch, p.N - n0), ld = nb * s.PQ;
+            for (int64_t i = 0; i < nb; ++i)
+                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, col.data() + i * s.PQ, ld);
+            gemm<T>(false, false, s.Kg, ld, s.red, w + g * s.Kg * s.red, s.red, col.data(), ld,
+                    T(0), tile.data(), ld);
+            for (int64_t i = 0; i < nb; ++i)
+                for (int64_t k = 0; k < s.Kg; ++k)
+                    std::copy_n(tile.data() + k * ld + i * s.PQ, s.PQ,
+                                y + ((n0 + i) * p.K + g * s.Kg + k) * s.PQ);
+        }
+    }
+}
+
 template <typename T>
 void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
     const ConvGemmShape s(p, sizeof(T));
     const bool nchw = p.layout == Layout::NCHW;
 
-    if (s.is_pointwise && !nchw) {
+    const int64_t batch = images_per_gemm(p, s, sizeof(T));
+    if (batch > 1) {
+        small_images(p, s, batch, x, w, y);
+    } else if (s.is_pointwise && !nchw) {
         // (N*P*Q x C) . (C x K): the NHWC input is the im2col matrix already.
         for (int64_t g = 0; g < p.groups; ++g)
             gemm<T>(false, false, p.N * s.PQ, s.Kg, s.Cg, x + g * s.Cg, p.C, w + g * s.Kg, p.K,
@@ -83,7 +119,7 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
                     // (Kg x CgRS) . (CgRS x pixels) -> y[n, g*Kg.., j0..j1)
                     const T* B = x + (n * p.C + g * s.Cg) * p.H * p.W + j0;
                     if (!s.is_pointwise) {
-                        im2col_nchw(p, x, n, g, j0, j1, col.data());
+                        im2col_nchw(p, x, n, g, j0, j1, col.data(), j1 - j0);
                         B = col.data();
                     }
                     gemm<T>(false, false, s.Kg, j1 - j0, s.red, w + g * s.Kg * s.red, s.red, B,
