@@ -206,3 +206,19 @@ def test_non_contiguous_inputs(backend):
     w = w_big.transpose(0, 3, 2, 1)[::2]
     y = fastconv.conv2d(x_b[:, :4], w_b, padding=1)
     assert_close(y, ref.conv2d(x[:, :4], w, padding=1), "float32", "strided views")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+def test_nan_reaches_every_output_that_reads_it(backend, variant, dtype, layout):
+    cfg = dict(EDGE["depthwise" if variant == "depthwise" else "same-stride3"], activation="relu",
+               bias=True)
+    rng = np.random.default_rng(5)
+    x, w, b = make_inputs(cfg, layout, dtype, rng)
+    pixel = (1, 3, 4, 2) if layout == "NCHW" else (1, 4, 2, 3)
+    x[pixel] = np.nan
+    out = fastconv.conv2d(to_backend(x, backend), to_backend(w, backend), to_backend(b, backend),
+                          **conv_args(cfg), activation="relu", layout=layout, variant=variant)
+    expect = ref.conv2d(x, w, b, **conv_args(cfg), activation="relu", layout=layout)
+    assert np.isnan(expect).any()
+    np.testing.assert_array_equal(np.isnan(to_numpy(out)), np.isnan(expect))
