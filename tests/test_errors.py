@@ -111,6 +111,8 @@ def test_max_pool_backward_bad_indices():
         fastconv.max_pool2d_backward(y, X, 2, indices=idx.astype(np.int32))
     with raises(ValueError, "indices", "(2, 3, 4, 4)"):
         fastconv.max_pool2d_backward(y, X, 2, indices=idx[:, :, :3])
+    with raises(ValueError, "indices hold positions outside the input plane"):
+        fastconv.max_pool2d_backward(y, X, 2, indices=idx + 1000)
 
 
 def test_filter_bad_input():

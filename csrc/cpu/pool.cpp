@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "../common/check.h"
 #include "../common/shapes.h"
 #include "cpu_ops.h"
 
@@ -126,22 +127,32 @@ template <typename T>
 void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx) {
     const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
     std::fill(dx, dx + p.N * p.C * HW, T(0));
+    // Indices may come from the caller: one outside the plane is refused, not written.
+    int64_t bad = 0;
     if (p.layout == Layout::NCHW) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) reduction(+ : bad)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane)
             for (int64_t o = 0; o < PQ; ++o) {
                 const int64_t at = idx[plane * PQ + o];
-                if (at >= 0) dx[plane * HW + at] += dy[plane * PQ + o];
+                if (at >= 0 && at < HW)
+                    dx[plane * HW + at] += dy[plane * PQ + o];
+                else
+                    bad += at != -1;
             }
-        return;
+    } else {
+#pragma omp parallel for schedule(static) reduction(+ : bad)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t o = 0; o < PQ; ++o)
+                for (int64_t c = 0; c < p.C; ++c) {
+                    const int64_t at = idx[(n * PQ + o) * p.C + c];
+                    if (at >= 0 && at < HW)
+                        dx[(n * HW + at) * p.C + c] += dy[(n * PQ + o) * p.C + c];
+                    else
+                        bad += at != -1;
+                }
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < p.N; ++n)
-        for (int64_t o = 0; o < PQ; ++o)
-            for (int64_t c = 0; c < p.C; ++c) {
-                const int64_t at = idx[(n * PQ + o) * p.C + c];
-                if (at >= 0) dx[(n * HW + at) * p.C + c] += dy[(n * PQ + o) * p.C + c];
-            }
+    FC_CHECK(bad == 0, "max_pool2d_backward: indices hold positions outside the input plane "
+                       "(are they from this input and these pooling arguments?)");
 }
 
 template <typename T>
