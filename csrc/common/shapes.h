@@ -16,6 +16,10 @@
 
 namespace fastconv {
 
+// std::min / std::max are host-only to nvcc (without --expt-relaxed-constexpr).
+FC_HD int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+FC_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
 // Floor division that rounds towards minus infinity for any signs.
 FC_HD int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
@@ -126,6 +130,33 @@ FC_HD int64_t valid_out_end(int64_t off, int64_t stride, int64_t in, int64_t out
     q = q > out ? out : q;
     int64_t b = valid_out_begin(off, stride);
     return q < b ? b : q;
+}
+
+// A pooling window along one axis, clipped to the image: taps t in [t0, t1) of the
+// window of output o read input start + t * dil.
+struct PoolTaps {
+    int64_t start, t0, t1;
+};
+
+FC_HD PoolTaps pool_taps(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t dil,
+                         int64_t in) {
+    const int64_t start = o * stride - pad;
+    const int64_t t0 = start < 0 ? ceil_div(-start, dil) : 0;
+    const int64_t t1 = min64(start >= in ? 0 : ceil_div(in - start, dil), k);
+    return {start, t0, max64(t0, t1)};
+}
+
+// The average pool's divisor for output (oh, ow): divisor if set; else the window
+// clipped to [-pad, in + pad_end) (count_include_pad, PyTorch's rule) or to the image.
+FC_HD int64_t pool_avg_divisor(const Pool2dParams& p, int64_t oh, int64_t ow) {
+    if (p.divisor > 0) return p.divisor;
+    const int64_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
+    if (p.count_include_pad) {
+        const int64_t h1 = min64(h0 + p.kh, p.H + p.pad_h_end);
+        const int64_t w1 = min64(w0 + p.kw, p.W + p.pad_w_end);
+        return (h1 - h0) * (w1 - w0);
+    }
+    return (min64(h0 + p.kh, p.H) - max64(h0, 0)) * (min64(w0 + p.kw, p.W) - max64(w0, 0));
 }
 
 }  // namespace fastconv

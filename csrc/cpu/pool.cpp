@@ -22,40 +22,12 @@ namespace cpu {
 
 namespace {
 
-// The window of output (oh, ow) along one axis, clipped to the image: taps
-// t in [t0, t1) read input start + t * dil.
-struct Taps {
-    int64_t start, t0, t1;
-};
-
-inline Taps taps(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t in) {
-    const int64_t start = o * stride - pad;
-    const int64_t t0 = start < 0 ? ceil_div(-start, dil) : 0;
-    int64_t t1 = start >= in ? 0 : ceil_div(in - start, dil);
-    t1 = std::min(t1, k);
-    return {start, t0, std::max(t0, t1)};
-}
-
-// The column windows of every output column, computed once per call: taps() divides,
+// The column windows of every output column, computed once per call: pool_taps() divides,
 // and dividing per output pixel cost more than the pooling itself (3x on the ResNet stem).
-inline std::vector<Taps> column_taps(const Pool2dParams& p, int64_t dil) {
-    std::vector<Taps> cols(p.Q);
-    for (int64_t ow = 0; ow < p.Q; ++ow) cols[ow] = taps(ow, p.stride_w, p.pad_w, p.kw, dil, p.W);
+inline std::vector<PoolTaps> column_taps(const Pool2dParams& p, int64_t dil) {
+    std::vector<PoolTaps> cols(p.Q);
+    for (int64_t ow = 0; ow < p.Q; ++ow) cols[ow] = pool_taps(ow, p.stride_w, p.pad_w, p.kw, dil, p.W);
     return cols;
-}
-
-// The average's divisor for output (oh, ow).
-inline int64_t avg_divisor(const Pool2dParams& p, int64_t oh, int64_t ow) {
-    if (p.divisor > 0) return p.divisor;
-    const int64_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
-    if (p.count_include_pad) {
-        const int64_t h1 = std::min(h0 + p.kh, p.H + p.pad_h_end);
-        const int64_t w1 = std::min(w0 + p.kw, p.W + p.pad_w_end);
-        return (h1 - h0) * (w1 - w0);
-    }
-    const int64_t hh = std::min(h0 + p.kh, p.H) - std::max<int64_t>(h0, 0);
-    const int64_t ww = std::min(w0 + p.kw, p.W) - std::max<int64_t>(w0, 0);
-    return hh * ww;
 }
 
 template <typename T>
@@ -65,16 +37,16 @@ inline bool takes(T v, T best) { return v > best || std::isnan(v); }
 
 template <typename T>
 void max_pool_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
-    const std::vector<Taps> cols = column_taps(p, p.dil_w);
+    const std::vector<PoolTaps> cols = column_taps(p, p.dil_w);
     const T lowest = -std::numeric_limits<T>::infinity();
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
             const T* xp = x + plane * p.H * p.W;
             for (int64_t oh = 0; oh < p.P; ++oh) {
-                const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+                const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
                 for (int64_t ow = 0; ow < p.Q; ++ow) {
-                    const Taps& tw = cols[ow];
+                    const PoolTaps& tw = cols[ow];
                     T best = lowest;
                     int64_t arg = -1;
                     for (int64_t i = th.t0; i < th.t1; ++i) {
@@ -97,9 +69,9 @@ void max_pool_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < p.N; ++n)
         for (int64_t oh = 0; oh < p.P; ++oh) {
-            const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
             for (int64_t ow = 0; ow < p.Q; ++ow) {
-                const Taps& tw = cols[ow];
+                const PoolTaps& tw = cols[ow];
                 const int64_t o = ((n * p.P + oh) * p.Q + ow) * p.C;
                 T* best = y + o;
                 std::fill(best, best + p.C, lowest);
@@ -157,21 +129,21 @@ void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx)
 
 template <typename T>
 void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
-    const std::vector<Taps> cols = column_taps(p, 1);
+    const std::vector<PoolTaps> cols = column_taps(p, 1);
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
             const T* xp = x + plane * p.H * p.W;
             for (int64_t oh = 0; oh < p.P; ++oh) {
-                const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
+                const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
                 for (int64_t ow = 0; ow < p.Q; ++ow) {
-                    const Taps& tw = cols[ow];
+                    const PoolTaps& tw = cols[ow];
                     T acc = T(0);
                     for (int64_t i = th.t0; i < th.t1; ++i) {
                         const T* row = xp + (th.start + i) * p.W + tw.start;
                         for (int64_t j = tw.t0; j < tw.t1; ++j) acc += row[j];
                     }
-                    y[(plane * p.P + oh) * p.Q + ow] = acc / T(avg_divisor(p, oh, ow));
+                    y[(plane * p.P + oh) * p.Q + ow] = acc / T(pool_avg_divisor(p, oh, ow));
                 }
             }
         }
@@ -180,9 +152,9 @@ void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < p.N; ++n)
         for (int64_t oh = 0; oh < p.P; ++oh) {
-            const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
+            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
             for (int64_t ow = 0; ow < p.Q; ++ow) {
-                const Taps& tw = cols[ow];
+                const PoolTaps& tw = cols[ow];
                 T* out = y + ((n * p.P + oh) * p.Q + ow) * p.C;
                 std::fill(out, out + p.C, T(0));
                 for (int64_t i = th.t0; i < th.t1; ++i)
@@ -190,7 +162,7 @@ void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
                         const T* v = x + ((n * p.H + th.start + i) * p.W + tw.start + j) * p.C;
                         for (int64_t c = 0; c < p.C; ++c) out[c] += v[c];
                     }
-                const T div = T(avg_divisor(p, oh, ow));
+                const T div = T(pool_avg_divisor(p, oh, ow));
                 for (int64_t c = 0; c < p.C; ++c) out[c] /= div;
             }
         }
@@ -198,7 +170,7 @@ void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
 
 template <typename T>
 void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
-    const std::vector<Taps> cols = column_taps(p, 1);
+    const std::vector<PoolTaps> cols = column_taps(p, 1);
     const bool nchw = p.layout == Layout::NCHW;
     const int64_t planes = nchw ? p.N * p.C : p.N;
     const int64_t lanes = nchw ? 1 : p.C;
@@ -207,10 +179,10 @@ void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
     for (int64_t plane = 0; plane < planes; ++plane) {
         T* dxp = dx + plane * p.H * p.W * lanes;
         for (int64_t oh = 0; oh < p.P; ++oh) {
-            const Taps th = taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
+            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
             for (int64_t ow = 0; ow < p.Q; ++ow) {
-                const Taps& tw = cols[ow];
-                const T div = T(avg_divisor(p, oh, ow));
+                const PoolTaps& tw = cols[ow];
+                const T div = T(pool_avg_divisor(p, oh, ow));
                 const T* g = dy + ((plane * p.P + oh) * p.Q + ow) * lanes;
                 for (int64_t i = th.t0; i < th.t1; ++i)
                     for (int64_t j = tw.t0; j < tw.t1; ++j) {

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../common/plane.h"
 #include "../common/shapes.h"
 #include "cpu_ops.h"
 
@@ -21,51 +22,6 @@ namespace fastconv {
 namespace cpu {
 
 namespace {
-
-// One plane of the batch: element (i, j) is at base[i * sy + j * sx].
-template <typename T>
-struct Plane {
-    const T* base;
-    int64_t sy, sx, H, W;
-    Border mode;
-    T cval;
-
-    // The image extended by the border mode, for any (i, j).
-    T at(int64_t i, int64_t j) const {
-        const int64_t bi = border_index(i, H, mode), bj = border_index(j, W, mode);
-        return (bi < 0 || bj < 0) ? cval : base[bi * sy + bj * sx];
-    }
-};
-
-// (base offset, row stride, column stride) of plane `plane`.
-inline void plane_geometry(const Filter2dParams& p, int64_t plane, int64_t& base, int64_t& sy,
-                           int64_t& sx) {
-    if (p.layout == Layout::NCHW) {
-        base = plane * p.H * p.W, sy = p.W, sx = 1;
-    } else {
-        const int64_t n = plane / p.C, c = plane % p.C;
-        base = n * p.H * p.W * p.C + c, sy = p.W * p.C, sx = p.C;
-    }
-}
-
-// scipy's two-pass Sobel at one pixel; axis 0 differentiates along rows (d/dy).
-template <typename T>
-T sobel_at(const Plane<T>& im, int axis, int64_t i, int64_t j) {
-    // The derivative at (i + di, j + dj) of the smoothing pass's neighbourhood, itself
-    // extended by the border mode.
-    auto deriv = [&](int64_t a, int64_t b) -> T {
-        if (axis == 0) {
-            const int64_t bb = border_index(b, im.W, im.mode);
-            if (bb < 0) return im.cval;
-            return im.at(a + 1, bb) - im.at(a - 1, bb);
-        }
-        const int64_t aa = border_index(a, im.H, im.mode);
-        if (aa < 0) return im.cval;
-        return im.at(aa, b + 1) - im.at(aa, b - 1);
-    };
-    if (axis == 0) return deriv(i, j - 1) + T(2) * deriv(i, j) + deriv(i, j + 1);
-    return deriv(i - 1, j) + T(2) * deriv(i, j) + deriv(i + 1, j);
-}
 
 template <typename T>
 T sobel_out(const Plane<T>& im, int axis, int64_t i, int64_t j) {
@@ -104,17 +60,15 @@ void sobel(const Filter2dParams& p, const T* x, T* y) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t plane = 0; plane < planes; ++plane)
         for (int64_t i = 0; i < p.H; ++i) {
-            int64_t base, sy, sx;
-            plane_geometry(p, plane, base, sy, sx);
-            const Plane<T> im{x + base, sy, sx, p.H, p.W, p.mode, T(p.cval)};
-            T* out = y + base + i * sy;
-            if (sx == 1 && i > 0 && i < p.H - 1 && p.W > 2) {
-                const T* r1 = x + base + i * sy;
-                sobel_row_interior(r1 - sy, r1, r1 + sy, p.axis, p.W, out);
+            const Plane<T> im = plane_of(p, x, plane / p.C, plane % p.C);
+            T* out = y + (im.base - x) + i * im.sy;
+            if (im.sx == 1 && i > 0 && i < p.H - 1 && p.W > 2) {
+                const T* r1 = im.base + i * im.sy;
+                sobel_row_interior(r1 - im.sy, r1, r1 + im.sy, p.axis, p.W, out);
                 out[0] = sobel_out(im, p.axis, i, 0);
                 out[p.W - 1] = sobel_out(im, p.axis, i, p.W - 1);
             } else {
-                for (int64_t j = 0; j < p.W; ++j) out[j * sx] = sobel_out(im, p.axis, i, j);
+                for (int64_t j = 0; j < p.W; ++j) out[j * im.sx] = sobel_out(im, p.axis, i, j);
             }
         }
 }
@@ -127,22 +81,20 @@ void filter2d(const Filter2dParams& p, const T* x, const T* k, T* y) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t plane = 0; plane < planes; ++plane)
         for (int64_t i = 0; i < p.H; ++i) {
-            int64_t base, sy, sx;
-            plane_geometry(p, plane, base, sy, sx);
-            const Plane<T> im{x + base, sy, sx, p.H, p.W, p.mode, T(p.cval)};
-            T* out = y + base + i * sy;
+            const Plane<T> im = plane_of(p, x, plane / p.C, plane % p.C);
+            T* out = y + (im.base - x) + i * im.sy;
             auto exact = [&](int64_t j) {
                 T acc = T(0);
                 for (int64_t a = 0; a < p.kh; ++a)
                     for (int64_t b = 0; b < p.kw; ++b)
                         acc += k[a * p.kw + b] * im.at(i + a - ch, j + b - cw);
-                out[j * sx] = acc;
+                out[j * im.sx] = acc;
             };
-            if (sx == 1 && i >= i0 && i < i1 && j0 < j1) {
+            if (im.sx == 1 && i >= i0 && i < i1 && j0 < j1) {
                 for (int64_t j = 0; j < j0; ++j) exact(j);
                 std::fill(out + j0, out + j1, T(0));
                 for (int64_t a = 0; a < p.kh; ++a) {
-                    const T* row = x + base + (i + a - ch) * sy - cw;
+                    const T* row = im.base + (i + a - ch) * im.sy - cw;
                     for (int64_t b = 0; b < p.kw; ++b) {
                         const T kv = k[a * p.kw + b];
                         for (int64_t j = j0; j < j1; ++j) out[j] += kv * row[j + b];

@@ -1,0 +1,275 @@
+// conv2d_fwd.cu: conv2d forward on the GPU, float32, NCHW and NHWC. The CPU twin is
+// csrc/cpu/conv2d_fwd.cpp.
+//
+//   y = act(bias + x (*) w)   (cross-correlation; see params.h for the index formula)
+//
+// Weight layouts: NCHW -> (K, Cg, R, S), NHWC -> (R, S, Cg, K). Any stride, padding,
+// dilation and group count.
+//
+// Variants:
+//   direct         one thread per output, looping over (c, r, s) with every tap bounds-
+//                  checked: the readable spec, and the right kernel for LeNet-sized layers
+//                  whose few filters would leave a GEMM tile mostly empty.
+//   implicit_gemm  per group, the GEMM  y (M x Kg) = col (M x red) . w_g (red x Kg)  with
+//                  M = N*P*Q output pixels and red = Cg*R*S, in 64 x 64 output tiles of 256
+//                  threads. The im2col matrix is never built: each 64 x 16 slice of col is
+//                  gathered from x straight into shared memory (zeros for padding), next to
+//                  the 16 x 64 slice of w_g, and each thread accumulates a 4 x 4 block of
+//                  outputs from them, so every loaded value feeds 64 multiply-adds instead
+//                  of one. Bias and activation are fused into the store.
+//   depthwise      groups == C: depthwise.cu, one thread per output with the channel's taps
+//                  staged in shared memory (NCHW) or read coalesced along k (NHWC).
+// Auto picks depthwise when C == groups > 1, direct for LeNet-sized layers (see
+// pick_variant), implicit_gemm otherwise.
+#include "../common/activation.h"
+#include "../common/check.h"
+#include "../common/shapes.h"
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+#include "depthwise.cuh"
+
+namespace fastconv {
+namespace cuda {
+
+namespace {
+
+// ---------------------------------------------------------------------------------- direct
+
+// One thread per output, in y's memory order.
+__global__ void __launch_bounds__(kThreads)
+    conv2d_direct(Conv2dParams p, const float* __restrict__ x, const float* __restrict__ w,
+                  const float* __restrict__ b, float* __restrict__ y) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+    const int64_t count = p.N * p.K * p.P * p.Q;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);  // (n, k, oh, ow)
+        const int64_t g = o.c / Kg;
+        float acc = p.has_bias ? b[o.c] : 0.f;
+        for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < p.R; ++r) {
+                const int64_t h = o.h * p.stride_h - p.pad_h + r * p.dil_h;
+                if (h < 0 || h >= p.H) continue;
+                for (int64_t s = 0; s < p.S; ++s) {
+                    const int64_t wi = o.w * p.stride_w - p.pad_w + s * p.dil_w;
+                    if (wi < 0 || wi >= p.W) continue;
+                    acc += x[offset4(p.layout, o.n, g * Cg + c, h, wi, p.C, p.H, p.W)] *
+                           w[weight_offset(p.layout, o.c, c, r, s, p.K, Cg, p.R, p.S)];
+                }
+            }
+        y[i] = activate(p.act, acc);
+    }
+}
+
+// --------------------------------------------------------------------------- implicit GEMM
+//
+// Tile of kBM output pixels x kBN filters of one group, reduced kBK at a time. The 256
+// threads form a 16 x 16 grid; thread (tm, tn) owns rows tm + 16 i and columns tn + 16 j
+// (i, j < 4) of the tile, so for each (i, j) the threads of a warp touch neighbouring
+// rows or columns: shared-memory reads are conflict-free and the stores of y coalesce
+// along the axis that is contiguous in y (pixels in NCHW, filters in NHWC).
+constexpr int kBM = 64, kBN = 64, kBK = 16;
+constexpr int kGemmThreads = 256;
+constexpr int kGrid = 16;          // threads per tile side
+constexpr int kPerThread = 4;      // kBM / kGrid == kBN / kGrid
+static_assert(kGrid * kGrid == kGemmThreads && kGrid * kPerThread == kBM && kBM == kBN);
+static_assert(kBM * kBK == 4 * kGemmThreads);  // each thread loads 4 elements of each tile
+
+// The GEMM's sizes, computed once on the host.
+struct GemmShape {
+    int64_t M, PQ, Cg, Kg, red;
+    int64_t m_tiles, n_tiles, tiles;  // tiles = m_tiles * n_tiles * groups
+};
+
+// One output pixel m of the GEMM as the A-tile loader sees it: where its image starts
+// and the input coordinates of its window's top-left tap.
+struct Pixel {
+    int64_t base;    // offset of image n in x
+    int64_t h0, w0;  // oh * sh - ph, ow * sw - pw
+    bool valid;      // m < M (the last tile overhangs)
+};
+
+__device__ __forceinline__ Pixel pixel_of(const Conv2dParams& p, const GemmShape& gs, int64_t m) {
+    Pixel px;
+    px.valid = m < gs.M;
+    const int64_t n = m / gs.PQ, pq = m % gs.PQ;
+    px.base = n * p.C * p.H * p.W;
+    px.h0 = (pq / p.Q) * p.stride_h - p.pad_h;
+    px.w0 = (pq % p.Q) * p.stride_w - p.pad_w;
+    return px;
+}
+
+// col[m][(c, r, s)] = x[n, g*Cg + c, h0 + r*dh, w0 + s*dw], 0 in the padding. xg points
+// at channel g*Cg of image 0.
+template <Layout L>
+__device__ __forceinline__ float gather(const Conv2dParams& p, const float* __restrict__ xg,
+                                        const Pixel& px, int64_t c, int64_t r, int64_t s) {
+    const int64_t h = px.h0 + r * p.dil_h, w = px.w0 + s * p.dil_w;
+    if (!px.valid || h < 0 || h >= p.H || w < 0 || w >= p.W) return 0.f;
+    return L == Layout::NCHW ? xg[px.base + (c * p.H + h) * p.W + w]
+                             : xg[px.base + (h * p.W + w) * p.C + c];
+}
+
+// The reduction index kk follows the weight's memory order, so the B tile loads are
+// contiguous along kk (NCHW, weight (K, Cg, R, S): kk = (c*R + r)*S + s) or along the
+// filters (NHWC, weight (R, S, Cg, K): kk = (r*S + s)*Cg + c, which also makes the A
+// gather contiguous along c).
+template <Layout L>
+__global__ void __launch_bounds__(kGemmThreads)
+    conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, const float* __restrict__ x,
+                         const float* __restrict__ w, const float* __restrict__ b,
+                         float* __restrict__ y) {
+    constexpr bool nchw = L == Layout::NCHW;
+    // NCHW: the A tile is loaded by threads along pixels (contiguous in x), so each
+    // thread keeps one pixel across the whole reduction. NHWC: along kk (contiguous c),
+    // so each thread keeps four pixels and one kk per slice.
+    constexpr int kPixels = nchw ? 1 : 4;
+    // +1 column of padding: the loaders that run along kk (NHWC's A, NCHW's B) write 16
+    // rows of one column at a time, which the padding spreads over 16 banks.
+    __shared__ float As[kBK][kBM + 1];
+    __shared__ float Bs[kBK][kBN + 1];
+
+    const int tid = threadIdx.x;
+    const int tm = nchw ? tid % kGrid : tid / kGrid;
+    const int tn = nchw ? tid / kGrid : tid % kGrid;
+    const int64_t RS = p.R * p.S;
+
+    for (int64_t tile = blockIdx.x; tile < gs.tiles; tile += gridDim.x) {
+        const int64_t m0 = (tile % gs.m_tiles) * kBM;
+        const int64_t j0 = (tile / gs.m_tiles % gs.n_tiles) * kBN;
+        const int64_t g = tile / (gs.m_tiles * gs.n_tiles);
+        const float* xg = x + g * gs.Cg * (nchw ? p.H * p.W : 1);
+
+        Pixel px[kPixels];
+#pragma unroll
+        for (int i = 0; i < kPixels; ++i)
+            px[i] = pixel_of(p, gs, m0 + (nchw ? tid % kBM : tid / kBK + 16 * i));
+
+        float acc[kPerThread][kPerThread] = {};
+        for (int64_t k0 = 0; k0 < gs.red; k0 += kBK) {
+            if (nchw) {
+                // A: row kk = tid / 64 + 4 i, column pixel tid % 64.
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int row = tid / kBM + 4 * i;
+                    const int64_t kk = k0 + row;
+                    float v = 0.f;
+                    if (kk < gs.red) {
+                        const int64_t c = kk / RS, rs = kk % RS;
+                        v = gather<L>(p, xg, px[0], c, rs / p.S, rs % p.S);
+                    }
+                    As[row][tid % kBM] = v;
+                }
+                // B: row kk = tid % 16, column filter tid / 16 + 16 i.
+                const int64_t kk = k0 + tid % kBK;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int col = tid / kBK + 16 * i;
+                    const int64_t j = j0 + col;
+                    Bs[tid % kBK][col] =
+                        (kk < gs.red && j < gs.Kg) ? w[(g * gs.Kg + j) * gs.red + kk] : 0.f;
+                }
+            } else {
+                // A: row kk = tid % 16, column pixel tid / 16 + 16 i.
+                const int64_t kk = k0 + tid % kBK;
+                const int64_t rs = kk / gs.Cg, c = kk % gs.Cg;
+#pragma unroll
+                for (int i = 0; i < kPixels; ++i)
+                    As[tid % kBK][tid / kBK + 16 * i] =
+                        kk < gs.red ? gather<L>(p, xg, px[i], c, rs / p.S, rs % p.S) : 0.f;
+                // B: row kk = tid / 64 + 4 i, column filter tid % 64.
+                const int64_t j = j0 + tid % kBN;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int row = tid / kBN + 4 * i;
+                    const int64_t kr = k0 + row;
+                    Bs[row][tid % kBN] =
+                        (kr < gs.red && j < gs.Kg) ? w[kr * p.K + g * gs.Kg + j] : 0.f;
+                }
+            }
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < kBK; ++kk) {
+                float a[kPerThread], bv[kPerThread];
+#pragma unroll
+                for (int i = 0; i < kPerThread; ++i) a[i] = As[kk][tm + kGrid * i];
+#pragma unroll
+                for (int j = 0; j < kPerThread; ++j) bv[j] = Bs[kk][tn + kGrid * j];
+#pragma unroll
+                for (int i = 0; i < kPerThread; ++i)
+#pragma unroll
+                    for (int j = 0; j < kPerThread; ++j) acc[i][j] += a[i] * bv[j];
+            }
+            __syncthreads();  // the tiles are overwritten by the next slice
+        }
+
+        // Epilogue: y = act(acc + bias), as the CPU's bias_activation after its GEMM.
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            const int64_t m = m0 + tm + kGrid * i;
+            if (m >= gs.M) continue;
+            const int64_t n = m / gs.PQ, pq = m % gs.PQ;
+#pragma unroll
+            for (int j = 0; j < kPerThread; ++j) {
+                const int64_t jj = j0 + tn + kGrid * j;
+                if (jj >= gs.Kg) continue;
+                const int64_t k = g * gs.Kg + jj;
+                const float z = acc[i][j] + (p.has_bias ? b[k] : 0.f);
+                y[nchw ? (n * p.K + k) * gs.PQ + pq : m * p.K + k] = activate(p.act, z);
+            }
+        }
+    }
+}
+
+void launch_direct(const Conv2dParams& p, const float* x, const float* w, const float* b,
+                   float* y, cudaStream_t stream) {
+    conv2d_direct<<<blocks_for(p.N * p.K * p.P * p.Q, kThreads), kThreads, 0, stream>>>(p, x, w,
+                                                                                         b, y);
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+void launch_implicit_gemm(const Conv2dParams& p, const float* x, const float* w, const float* b,
+                          float* y, cudaStream_t stream) {
+    GemmShape gs;
+    gs.PQ = p.P * p.Q;
+    gs.M = p.N * gs.PQ;
+    gs.Cg = p.C / p.groups;
+    gs.Kg = p.K / p.groups;
+    gs.red = gs.Cg * p.R * p.S;
+    gs.m_tiles = ceil_div(gs.M, kBM);
+    gs.n_tiles = ceil_div(gs.Kg, kBN);
+    gs.tiles = gs.m_tiles * gs.n_tiles * p.groups;
+    const unsigned int blocks = blocks_for(gs.tiles, 1);
+    if (p.layout == Layout::NCHW)
+        conv2d_implicit_gemm<Layout::NCHW><<<blocks, kGemmThreads, 0, stream>>>(p, gs, x, w, b, y);
+    else
+        conv2d_implicit_gemm<Layout::NHWC><<<blocks, kGemmThreads, 0, stream>>>(p, gs, x, w, b, y);
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+// Auto's choice. A 64-wide filter tile with at most 16 filters per group is three
+// quarters empty, and a short reduction (red <= 256: LeNet-5's 1x5x5 and 6x5x5) gives it
+// few slices to amortise its loads over, so direct wins there.
+ConvVariant pick_variant(const Conv2dParams& p) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+    if (p.C == p.groups && p.groups > 1) return ConvVariant::Depthwise;
+    if (Kg <= 16 && Cg * p.R * p.S <= 256) return ConvVariant::Direct;
+    return ConvVariant::ImplicitGemm;
+}
+
+}  // namespace
+
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const float* w,
+                const float* b, float* y, cudaStream_t stream) {
+    FC_CHECK(v != ConvVariant::Depthwise || p.C == p.groups,
+             "the depthwise variant needs groups == channels");
+    if (p.N * p.K * p.P * p.Q <= 0) return;
+    if (v == ConvVariant::Auto) v = pick_variant(p);
+    switch (v) {
+        case ConvVariant::Direct: return launch_direct(p, x, w, b, y, stream);
+        case ConvVariant::Depthwise: return depthwise_conv2d_fwd(p, x, w, b, y, stream);
+        default: return launch_implicit_gemm(p, x, w, b, y, stream);
+    }
+}
+
+}  // namespace cuda
+}  // namespace fastconv

@@ -1,0 +1,119 @@
+// sobel.cu: Sobel derivatives / magnitude and filter2d on the GPU, float32. The CPU twin
+// is csrc/cpu/sobel.cpp, whose semantics these kernels reproduce.
+//
+// Both work on a batch of 2-D planes (see Filter2dParams): N * C planes of H x W, the
+// pixels of one plane contiguous (NCHW, C == 1 for 2-D and 3-D inputs) or C apart (NHWC).
+// Borders follow scipy.ndimage (border_index):
+//   filter2d  scipy.ndimage.correlate: the image is extended once by `mode`, and the
+//             kernel is centred at (kh / 2, kw / 2).
+//   sobel     scipy.ndimage.sobel: the derivative [-1, 0, 1] along the axis, then the
+//             smoothing [1, 2, 1] across it, each 1-D pass extending its own input, so
+//             with mode "constant" the smoothing pass reads cval beyond the edge (not the
+//             derivative of cval). axis 0 = d/dy, 1 = d/dx, -1 = sqrt(gx^2 + gy^2) in one
+//             pass.
+//
+// Kernels, one thread per output pixel, walking the tensor in memory order so that
+// neighbouring threads read and write neighbouring addresses in either layout:
+//   sobel     the exact two-pass definition at every pixel (the CPU's border path);
+//             inside the plane every border_index returns at its first test.
+//   filter2d  the filter's kh * kw taps are staged in shared memory once per block
+//             (every thread reads every tap), in chunks of kTapChunk so any size works.
+//             Not constant memory: concurrent streams may filter with different kernels.
+#include <cmath>
+
+#include "../common/check.h"
+#include "../common/plane.h"
+#include "../common/shapes.h"
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+namespace fastconv {
+namespace cuda {
+
+namespace {
+
+__global__ void __launch_bounds__(kThreads)
+    sobel_kernel(Filter2dParams p, const float* __restrict__ x, float* __restrict__ y) {
+    const int64_t count = p.N * p.C * p.H * p.W;
+    for (int64_t e = thread_index(); e < count; e += thread_count()) {
+        const Coord4 at = unravel4(p.layout, e, p.C, p.H, p.W);
+        const Plane<float> im = plane_of(p, x, at.n, at.c);
+        float out;
+        if (p.axis >= 0) {
+            out = sobel_at(im, p.axis, at.h, at.w);
+        } else {
+            const float gy = sobel_at(im, 0, at.h, at.w), gx = sobel_at(im, 1, at.h, at.w);
+            out = sqrtf(gx * gx + gy * gy);
+        }
+        y[e] = out;
+    }
+}
+
+// Taps of filter2d held in shared memory at a time: 4 KiB, all of any filter up to 32 x 32.
+constexpr int64_t kTapChunk = 1024;
+
+__global__ void __launch_bounds__(kThreads)
+    filter2d_kernel(Filter2dParams p, const float* __restrict__ x, const float* __restrict__ k,
+                    float* __restrict__ y) {
+    __shared__ float taps[kTapChunk];
+    const int64_t count = p.N * p.C * p.H * p.W, ntaps = p.kh * p.kw;
+    const int64_t ch = p.kh / 2, cw = p.kw / 2;
+    const bool resident = ntaps <= kTapChunk;  // then the block loads the taps once
+    if (resident) {
+        for (int64_t t = threadIdx.x; t < ntaps; t += blockDim.x) taps[t] = k[t];
+        __syncthreads();
+    }
+    // The loop runs the same number of times in every thread of the block (its bound
+    // depends on the block's first element only), so all of them reach each
+    // __syncthreads below.
+    for (int64_t first = int64_t(blockIdx.x) * blockDim.x; first < count; first += thread_count()) {
+        const int64_t e = first + threadIdx.x;
+        const bool active = e < count;
+        const Coord4 at = unravel4(p.layout, active ? e : first, p.C, p.H, p.W);
+        const Plane<float> im = plane_of(p, x, at.n, at.c);
+        // Taps in (a, b) row-major order, summed from zero as the CPU does.
+        float acc = 0.f;
+        for (int64_t t0 = 0; t0 < ntaps; t0 += kTapChunk) {
+            const int64_t t1 = min64(ntaps, t0 + kTapChunk);
+            if (!resident) {
+                __syncthreads();  // the previous chunk is no longer being read
+                for (int64_t t = t0 + threadIdx.x; t < t1; t += blockDim.x) taps[t - t0] = k[t];
+                __syncthreads();
+            }
+            if (!active) continue;
+            int64_t a = t0 / p.kw, b = t0 % p.kw;
+            int64_t row = border_index(at.h + a - ch, p.H, p.mode);
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t col = border_index(at.w + b - cw, p.W, p.mode);
+                const float v = (row < 0 || col < 0) ? im.cval : im.base[row * im.sy + col * im.sx];
+                acc += taps[t - t0] * v;
+                if (++b == p.kw) {
+                    b = 0, ++a;
+                    row = border_index(at.h + a - ch, p.H, p.mode);
+                }
+            }
+        }
+        if (active) y[e] = acc;
+    }
+}
+
+}  // namespace
+
+void sobel(const Filter2dParams& p, const float* x, float* y, cudaStream_t stream) {
+    FC_CHECK(p.axis == 0 || p.axis == 1 || p.axis == -1, "sobel axis must be 0, 1 or -1");
+    const int64_t count = p.N * p.C * p.H * p.W;
+    if (count <= 0) return;
+    sobel_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+void filter2d(const Filter2dParams& p, const float* x, const float* k, float* y,
+              cudaStream_t stream) {
+    const int64_t count = p.N * p.C * p.H * p.W;
+    if (count <= 0) return;
+    filter2d_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, k, y);
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace cuda
+}  // namespace fastconv

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the CUDA kernels of csrc/cuda/ for the host emulator and runs them against the
+# CPU twins. Usage: tools/cuda_emu/run.sh [BUILD_DIR] [SCALE]   (exit 1 on a mismatch)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+csrc=$(cd "$here/../../csrc" && pwd)
+out=${1:-$(mktemp -d)}
+scale=${2:-1}
+mkdir -p "$out/gen" "$out/obj"
+flags=(-O2 -std=c++17 -Wno-unknown-pragmas -Wno-unused-parameter -DFASTCONV_CUDA_RUNTIME
+       -I"$here/include" -I"$csrc" -I"$csrc/cuda")
+pids=()
+for f in "$csrc"/cuda/*.cu; do
+    b=$(basename "$f" .cu)
+    python3 "$here/translate.py" "$f" "$out/gen/$b.cpp"
+    g++ "${flags[@]}" -include cuda_runtime.h -c "$out/gen/$b.cpp" -o "$out/obj/cu_$b.o" & pids+=($!)
+done
+for f in "$csrc"/cpu/*.cpp; do
+    g++ "${flags[@]}" -fopenmp -c "$f" -o "$out/obj/cpu_$(basename "$f" .cpp).o" & pids+=($!)
+done
+g++ "${flags[@]}" -c "$here/emu.cpp" -o "$out/obj/emu.o"
+g++ "${flags[@]}" -c "$here/test.cpp" -o "$out/obj/test.o"
+for p in "${pids[@]}"; do wait "$p"; done
+g++ -fopenmp "$out"/obj/*.o -o "$out/emu_test"
+"$out/emu_test" "$scale"

@@ -1,0 +1,296 @@
+// The CUDA kernels, translated by translate.py and run on the CPU by emu.cpp, against
+// their CPU twins on random shapes and parameters (see README.md). Exit status 1 on
+// any mismatch; the last line says how many checks ran.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/shapes.h"
+#include "cpu/cpu_ops.h"
+#include "cuda/cuda_ops.h"
+
+using namespace fastconv;
+static std::mt19937_64 rng(12345);
+static int failures = 0, checks = 0;
+
+static int64_t ri(int64_t a, int64_t b) { return std::uniform_int_distribution<int64_t>(a, b)(rng); }
+
+template <typename T>
+static std::vector<T> fill(int64_t n, bool integer) {
+    std::vector<T> v(n);
+    std::uniform_real_distribution<double> u(-1, 1);
+    for (auto& e : v) e = integer ? T(ri(-3, 3)) : T(u(rng));
+    return v;
+}
+
+static std::vector<double> to_d(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+static void compare(const char* what, const std::string& cfg, const std::vector<float>& got,
+                    const std::vector<double>& ref, bool exact, double tol = 2e-6) {
+    ++checks;
+    double num = 0, den = 0;
+    int64_t bad = -1;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        const double g = got[i], r = ref[i];
+        if (std::isnan(r) != std::isnan(g) || (std::isinf(r) && g != r)) { bad = i; break; }
+        if (std::isnan(r) || std::isinf(r)) continue;
+        if (exact && g != float(r)) { bad = i; break; }
+        num += (g - r) * (g - r), den += r * r;
+    }
+    const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    if (bad >= 0 || rel > tol) {
+        ++failures;
+        printf("FAIL %s %s rel=%g bad=%lld", what, cfg.c_str(), rel, (long long)bad);
+        if (bad >= 0) printf(" got=%g ref=%g", got[bad], ref[bad]);
+        printf("\n");
+    }
+}
+
+static std::string conv_str(const Conv2dParams& p) {
+    char buf[400];
+    snprintf(buf, sizeof buf,
+             "[%s N%ld C%ld H%ld W%ld K%ld R%ld S%ld P%ld Q%ld s%ld,%ld p%ld,%ld d%ld,%ld g%ld act%d b%d]",
+             p.layout == Layout::NCHW ? "NCHW" : "NHWC", p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.P,
+             p.Q, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w, p.groups, int(p.act),
+             int(p.has_bias));
+    return buf;
+}
+
+static bool make_conv(Conv2dParams& p, bool depthwise, bool big) {
+    p = Conv2dParams{};
+    p.groups = depthwise ? ri(1, 6) : (ri(0, 4) < 3 ? 1 : ri(2, 3));
+    const int64_t Cg = depthwise ? 1 : ri(1, big ? 9 : 4);
+    const int64_t Kg = depthwise ? ri(1, 2) : (big ? ri(50, 140) : ri(1, 4));
+    p.N = ri(1, 3), p.C = Cg * p.groups, p.K = Kg * p.groups;
+    const int64_t sizes[] = {1, 2, 3, 5, 7, 8, 11, 13};
+    p.H = big ? ri(6, 17) : sizes[ri(0, 7)], p.W = big ? ri(6, 17) : sizes[ri(0, 7)];
+    p.R = ri(1, 5), p.S = ri(1, 5);
+    p.stride_h = ri(1, 4), p.stride_w = ri(0, 1) ? p.stride_h : ri(1, 4);
+    if (big) p.stride_h = ri(1, 2), p.stride_w = ri(1, 2);
+    p.dil_h = ri(1, 2), p.dil_w = ri(1, 2);
+    p.pad_h = ri(0, 2), p.pad_w = ri(0, 2);
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h + ri(0, 1), p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w + ri(0, 1), p.dil_w);
+    p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
+    p.act = Activation(ri(0, 3));
+    p.has_bias = ri(0, 1);
+    return p.P >= 1 && p.Q >= 1;
+}
+
+static void test_conv(int iters, bool depthwise, bool big) {
+    for (int it = 0; it < iters; ++it) {
+        Conv2dParams p;
+        if (!make_conv(p, depthwise, big)) { --it; continue; }
+        const bool integer = it % 2 == 1;
+        if (integer) p.act = ri(0, 1) ? Activation::None : Activation::Relu;
+        const int64_t Cg = p.C / p.groups;
+        auto x = fill<float>(p.N * p.C * p.H * p.W, integer);
+        auto w = fill<float>(p.K * Cg * p.R * p.S, integer);
+        auto b = fill<float>(p.K, integer);
+        const int64_t ny = p.N * p.K * p.P * p.Q;
+        std::vector<double> yref(ny);
+        auto xd = to_d(x), wd = to_d(w), bd = to_d(b);
+        cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(),
+                                p.has_bias ? bd.data() : nullptr, yref.data());
+        const std::string cfg = conv_str(p);
+        std::vector<cuda::ConvVariant> vs = {cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm,
+                                             cuda::ConvVariant::Auto};
+        if (p.C == p.groups) vs.push_back(cuda::ConvVariant::Depthwise);
+        for (auto v : vs) {
+            std::vector<float> y(ny, NAN);
+            cuda::conv2d_fwd(p, v, x.data(), w.data(), p.has_bias ? b.data() : nullptr, y.data(), nullptr);
+            const char* names[] = {"fwd-auto", "fwd-direct", "fwd-igemm", "fwd-depthwise"};
+            compare(names[int(v)], cfg, y, yref, integer);
+        }
+        // backward (act none: dy is the gradient of z)
+        auto dy = fill<float>(ny, integer);
+        auto dyd = to_d(dy);
+        std::vector<double> dxr(x.size()), dwr(w.size()), dbr(p.K);
+        cpu::conv2d_bwd_data<double>(p, cpu::ConvVariant::Direct, dyd.data(), wd.data(), dxr.data());
+        cpu::conv2d_bwd_filter<double>(p, cpu::ConvVariant::Direct, dyd.data(), xd.data(), dwr.data());
+        cpu::conv2d_bwd_bias<double>(p, dyd.data(), dbr.data());
+        std::vector<float> dx(x.size(), NAN), dw(w.size(), NAN), db(p.K, NAN);
+        cuda::conv2d_bwd_data(p, cuda::ConvVariant::Auto, dy.data(), w.data(), dx.data(), nullptr);
+        cuda::conv2d_bwd_filter(p, cuda::ConvVariant::Auto, dy.data(), x.data(), dw.data(), nullptr);
+        cuda::conv2d_bwd_bias(p, dy.data(), db.data(), nullptr);
+        compare("bwd-data", cfg, dx, dxr, integer, 5e-6);
+        compare("bwd-filter", cfg, dw, dwr, integer, 5e-6);
+        compare("bwd-bias", cfg, db, dbr, integer, 5e-6);
+    }
+}
+
+static void test_conv_special() {
+    // Depthwise with more taps than one shared chunk; NaN propagation.
+    for (Layout L : {Layout::NCHW, Layout::NHWC}) {
+        Conv2dParams p{};
+        p.N = 1, p.C = 2, p.K = 4, p.groups = 2, p.H = 20, p.W = 19, p.R = 33, p.S = 33;
+        p.stride_h = p.stride_w = 1, p.dil_h = p.dil_w = 1, p.pad_h = p.pad_w = 16;
+        p.P = conv_out_size(p.H, p.R, 1, 16, 16, 1), p.Q = conv_out_size(p.W, p.S, 1, 16, 16, 1);
+        p.layout = L, p.act = Activation::Tanh, p.has_bias = true;
+        auto x = fill<float>(p.N * p.C * p.H * p.W, false);
+        auto w = fill<float>(p.K * p.R * p.S, false);
+        auto b = fill<float>(p.K, false);
+        x[5] = NAN;
+        std::vector<double> yref(p.N * p.K * p.P * p.Q);
+        auto xd = to_d(x), wd = to_d(w), bd = to_d(b);
+        cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(), bd.data(), yref.data());
+        for (auto v : {cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm, cuda::ConvVariant::Depthwise}) {
+            std::vector<float> y(yref.size(), 0.f);
+            cuda::conv2d_fwd(p, v, x.data(), w.data(), b.data(), y.data(), nullptr);
+            compare("fwd-33x33-nan", conv_str(p), y, yref, false);
+        }
+    }
+    // Depthwise requested with C != groups throws.
+    Conv2dParams p{};
+    p.N = 1, p.C = 4, p.K = 4, p.groups = 2, p.H = p.W = 3, p.R = p.S = 1, p.P = p.Q = 3;
+    p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
+    bool threw = false;
+    try {
+        cuda::conv2d_fwd(p, cuda::ConvVariant::Depthwise, nullptr, nullptr, nullptr, nullptr, nullptr);
+    } catch (const std::invalid_argument&) { threw = true; }
+    ++checks;
+    if (!threw) ++failures, printf("FAIL depthwise with C != groups did not throw\n");
+}
+
+static void test_activation_bwd() {
+    for (int a = 0; a < 4; ++a) {
+        auto y = fill<float>(1000, false), dy = fill<float>(1000, false);
+        y[3] = NAN;
+        std::vector<float> dz(1000), ref(1000);
+        cuda::activation_bwd(Activation(a), 1000, y.data(), dy.data(), dz.data(), nullptr);
+        cpu::activation_bwd<float>(Activation(a), 1000, y.data(), dy.data(), ref.data());
+        compare("activation_bwd", std::to_string(a), dz, to_d(ref), true);
+    }
+}
+
+static void test_pool(int iters) {
+    for (int it = 0; it < iters; ++it) {
+        Pool2dParams p{};
+        p.N = ri(1, 2), p.C = ri(1, 5), p.H = ri(1, 13), p.W = ri(1, 13);
+        p.kh = ri(1, 4), p.kw = ri(1, 4);
+        p.stride_h = ri(1, 3), p.stride_w = ri(1, 3);
+        const bool is_max = it % 2 == 0;
+        p.dil_h = is_max ? ri(1, 2) : 1, p.dil_w = is_max ? ri(1, 2) : 1;
+        // Pads up to the kernel (beyond PyTorch's k/2) so all-padding windows occur.
+        p.pad_h = ri(0, p.kh), p.pad_w = ri(0, p.kw);
+        const bool ceil_mode = ri(0, 1);
+        p.pad_h_end = p.pad_h + ri(0, 1), p.pad_w_end = p.pad_w + ri(0, 1);
+        p.P = pool_out_size(p.H, p.kh, p.stride_h, p.pad_h, p.pad_h_end, p.dil_h, ceil_mode);
+        p.Q = pool_out_size(p.W, p.kw, p.stride_w, p.pad_w, p.pad_w_end, p.dil_w, ceil_mode);
+        if (p.P < 1 || p.Q < 1) { --it; continue; }
+        p.count_include_pad = ri(0, 1);
+        p.divisor = ri(0, 3) == 0 ? ri(1, 7) : 0;
+        p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
+        char cfg[300];
+        snprintf(cfg, sizeof cfg, "[%s N%ld C%ld H%ld W%ld P%ld Q%ld k%ld,%ld s%ld,%ld p%ld,%ld,%ld,%ld d%ld,%ld cip%d div%ld]",
+                 p.layout == Layout::NCHW ? "NCHW" : "NHWC", p.N, p.C, p.H, p.W, p.P, p.Q, p.kh, p.kw,
+                 p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.pad_h_end, p.pad_w_end, p.dil_h, p.dil_w,
+                 int(p.count_include_pad), p.divisor);
+        const int64_t nx = p.N * p.C * p.H * p.W, ny = p.N * p.C * p.P * p.Q;
+        auto x = fill<float>(nx, it % 4 < 2);  // small integers: many ties
+        if (it % 3 == 0) x[ri(0, nx - 1)] = NAN;
+        auto dy = fill<float>(ny, false);
+        if (is_max) {
+            std::vector<float> y(ny, 0), yr(ny);
+            std::vector<int64_t> idx(ny, 77), idxr(ny), idx2(ny, 77);
+            cuda::max_pool_fwd(p, x.data(), y.data(), idx.data(), nullptr);
+            cpu::max_pool_fwd<float>(p, x.data(), yr.data(), idxr.data());
+            compare("maxpool-fwd", cfg, y, to_d(yr), true);
+            ++checks;
+            if (idx != idxr) ++failures, printf("FAIL maxpool-idx %s\n", cfg);
+            std::vector<float> y2(ny, 0);
+            cuda::max_pool_fwd(p, x.data(), y2.data(), nullptr, nullptr);
+            compare("maxpool-fwd-noidx", cfg, y2, to_d(yr), true);
+            std::vector<float> dx(nx, NAN), dxr(nx);
+            cuda::max_pool_bwd(p, dy.data(), idxr.data(), dx.data(), nullptr);
+            cpu::max_pool_bwd<float>(p, dy.data(), idxr.data(), dxr.data());
+            compare("maxpool-bwd", cfg, dx, to_d(dxr), true);
+        } else {
+            std::vector<float> y(ny, NAN), yr(ny);
+            cuda::avg_pool_fwd(p, x.data(), y.data(), nullptr);
+            cpu::avg_pool_fwd<float>(p, x.data(), yr.data());
+            compare("avgpool-fwd", cfg, y, to_d(yr), true);
+            std::vector<float> dx(nx, NAN), dxr(nx);
+            cuda::avg_pool_bwd(p, dy.data(), dx.data(), nullptr);
+            cpu::avg_pool_bwd<float>(p, dy.data(), dxr.data());
+            compare("avgpool-bwd", cfg, dx, to_d(dxr), true);
+        }
+    }
+    for (int it = 0; it < 20; ++it) {
+        GlobalPoolParams p{};
+        p.N = ri(1, 3), p.C = ri(1, 7), p.H = ri(1, 40), p.W = ri(1, 40);
+        p.layout = it % 2 ? Layout::NCHW : Layout::NHWC;
+        const int64_t nx = p.N * p.C * p.H * p.W, ny = p.N * p.C;
+        auto x = fill<float>(nx, false);
+        std::vector<float> y(ny, NAN), yr(ny);
+        cuda::global_avg_pool_fwd(p, x.data(), y.data(), nullptr);
+        cpu::global_avg_pool_fwd<float>(p, x.data(), yr.data());
+        compare("gap-fwd", std::to_string(it), y, to_d(yr), p.layout == Layout::NHWC, 1e-7);
+        auto dy = fill<float>(ny, false);
+        std::vector<float> dx(nx, NAN), dxr(nx);
+        cuda::global_avg_pool_bwd(p, dy.data(), dx.data(), nullptr);
+        cpu::global_avg_pool_bwd<float>(p, dy.data(), dxr.data());
+        compare("gap-bwd", std::to_string(it), dx, to_d(dxr), true);
+    }
+}
+
+static void test_filters(int iters) {
+    for (int it = 0; it < iters; ++it) {
+        Filter2dParams p{};
+        p.N = ri(1, 2), p.C = ri(1, 3), p.H = ri(1, 9), p.W = ri(1, 9);
+        p.kh = ri(1, 7), p.kw = ri(1, 7);
+        if (it % 10 == 0) p.kh = 35, p.kw = 31, p.H = ri(1, 4), p.W = ri(1, 4), p.N = 1, p.C = 2;
+        p.mode = Border(ri(0, 4));
+        p.cval = 0.25 * ri(-4, 4);
+        p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
+        p.axis = int(ri(-1, 1));
+        char cfg[200];
+        snprintf(cfg, sizeof cfg, "[%s N%ld C%ld H%ld W%ld k%ld,%ld mode%d axis%d]",
+                 p.layout == Layout::NCHW ? "NCHW" : "NHWC", p.N, p.C, p.H, p.W, p.kh, p.kw,
+                 int(p.mode), p.axis);
+        const int64_t n = p.N * p.C * p.H * p.W;
+        const bool integer = it % 2;
+        auto x = fill<float>(n, integer);
+        auto k = fill<float>(p.kh * p.kw, integer);
+        std::vector<float> y(n, NAN), yr(n);
+        cuda::sobel(p, x.data(), y.data(), nullptr);
+        cpu::sobel<float>(p, x.data(), yr.data());
+        compare("sobel", cfg, y, to_d(yr), integer && p.axis >= 0, 1e-6);
+        std::vector<float> f(n, NAN), fr(n);
+        cuda::filter2d(p, x.data(), k.data(), f.data(), nullptr);
+        cpu::filter2d<float>(p, x.data(), k.data(), fr.data());
+        compare("filter2d", cfg, f, to_d(fr), integer, 1e-6);
+    }
+}
+
+static void test_conv1d() {
+    for (int it = 0; it < 20; ++it) {
+        Conv1dParams p{ri(1, 4), ri(1, 300), 0};
+        p.n = ri(1, p.M);
+        const int64_t out = p.M - p.n + 1;
+        auto x = fill<float>(p.B * p.M, it % 2), w = fill<float>(p.n, it % 2);
+        std::vector<float> y(p.B * out, NAN), yr(p.B * out);
+        cuda::conv1d(p, x.data(), w.data(), y.data(), nullptr);
+        cpu::conv1d<float>(p, x.data(), w.data(), yr.data());
+        compare("conv1d", std::to_string(it), y, to_d(yr), true);
+    }
+}
+
+int main(int argc, char** argv) {
+    const int scale = argc > 1 ? atoi(argv[1]) : 1;
+    test_activation_bwd();
+    test_conv1d();
+    test_filters(200 * scale);
+    test_pool(300 * scale);
+    test_conv_special();
+    test_conv(150 * scale, false, false);
+    test_conv(100 * scale, true, false);
+    test_conv(12 * scale, false, true);
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures != 0;
+}
