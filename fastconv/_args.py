@@ -19,6 +19,8 @@ ACTIVATIONS = (None, "relu", "tanh", "sigmoid")  # Activation enum order
 
 
 def _int(op, name, v):
+    if type(v) is int:  # the common case, before the slower ABC check
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__} {v!r}")
     return int(v)

@@ -31,6 +31,14 @@ def set_poison(on):
 
 # ----------------------------------------------------------------------- libraries
 
+# dtype.name runs Python code in NumPy (3.6 us a call, several per op); a dict is 0.1 us.
+_DTYPE_NAMES = {np.dtype(n): n for n in ("float32", "float64", "float16", "int64", "int32", "uint8")}
+
+
+def _dtype_name(dtype):
+    return _DTYPE_NAMES.get(dtype) or dtype.name
+
+
 
 class _NumPy:
     name = "numpy"
@@ -41,7 +49,7 @@ class _NumPy:
 
     @staticmethod
     def dtype(a):
-        return a.dtype.name
+        return _dtype_name(a.dtype)
 
     @staticmethod
     def device(a):
@@ -61,7 +69,7 @@ class _NumPy:
 
     @staticmethod
     def pointer(a):
-        return a.ctypes.data
+        return a.__array_interface__["data"][0]
 
     @staticmethod
     def stream(device):
@@ -117,7 +125,7 @@ class _CuPy:
 
     @staticmethod
     def dtype(a):
-        return a.dtype.name
+        return _dtype_name(a.dtype)
 
     @staticmethod
     def device(a):

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "../common/activation.h"
 #include "../common/shapes.h"
@@ -39,46 +40,83 @@ struct ConvGemmShape {
 
 // Calls f(oh, ow0, ow1, j) for each run of output pixels of one output row in [j0, j1):
 // pixels (oh, ow0 .. ow1) start at chunk column j.
+// (One division per call, none per run: on LeNet's 10-pixel rows two int64 divisions per
+// run made im2col cost 4x the GEMM.)
 template <typename F>
 inline void for_each_row_run(const Conv2dParams& p, int64_t j0, int64_t j1, F f) {
-    for (int64_t j = j0; j < j1;) {
-        const int64_t oh = j / p.Q, ow0 = j % p.Q;
+    int64_t oh = j0 / p.Q, ow0 = j0 % p.Q;
+    for (int64_t j = j0; j < j1; ++oh, ow0 = 0) {
         const int64_t ow1 = std::min(p.Q, ow0 + (j1 - j));
         f(oh, ow0, ow1, j - j0);
         j += ow1 - ow0;
     }
 }
 
+// Runs are often a few pixels long (LeNet C2: 10), where a memcpy / memset call costs
+// more than the copy; keep GCC from turning the copy loops back into such calls.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FC_NO_LIBCALL_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define FC_NO_LIBCALL_LOOPS
+#endif
+
 // col[(c*R + r)*S + s][j - j0] = x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw], 0 outside.
 // Rows of col are ld apart (ld >= j1 - j0; several images may share one col matrix).
+// The row runs of [j0, j1) and each tap column's valid range are found once per call:
+// per row of col they cost as much as the copy (divisions).
 template <typename T>
-void im2col_nchw(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0, int64_t j1,
-                 T* col, int64_t ld) {
-    const int64_t Cg = p.C / p.groups, cols = ld;
+FC_NO_LIBCALL_LOOPS void im2col_nchw(const Conv2dParams& p, const T* x, int64_t n, int64_t g,
+                                     int64_t j0, int64_t j1, T* col, int64_t ld) {
+    struct Run { int64_t oh, a, b, j; };
+    Run runs_buf[64];
+    std::vector<Run> runs_heap;
+    Run* runs = runs_buf;
+    int64_t nruns = 0;
+    const int64_t max_runs = (j1 - j0) / p.Q + 2;
+    if (max_runs > 64) runs_heap.resize(max_runs), runs = runs_heap.data();
+    for_each_row_run(p, j0, j1, [&](int64_t oh, int64_t a, int64_t b, int64_t j) {
+        runs[nruns++] = {oh, a, b, j};
+    });
+    int64_t q0s[16], q1s[16];  // per tap column s < 16; wider kernels compute inline
+    for (int64_t s = 0; s < std::min<int64_t>(p.S, 16); ++s) {
+        q0s[s] = valid_out_begin(s * p.dil_w - p.pad_w, p.stride_w);
+        q1s[s] = valid_out_end(s * p.dil_w - p.pad_w, p.stride_w, p.W, p.Q);
+    }
+    // Whole output rows whose taps all fall inside the image need no per-run bookkeeping:
+    // a strided 2-D copy (valid convolutions, most rows of padded ones).
+    const bool whole_rows = j0 % p.Q == 0 && (j1 - j0) % p.Q == 0 && p.stride_w == 1;
+    const int64_t oh_first = j0 / p.Q, oh_count = (j1 - j0) / p.Q;
+    const int64_t Cg = p.C / p.groups;
     for (int64_t c = 0; c < Cg; ++c) {
         const T* plane = x + (n * p.C + g * Cg + c) * p.H * p.W;
         for (int64_t r = 0; r < p.R; ++r)
             for (int64_t s = 0; s < p.S; ++s) {
-                T* row = col + ((c * p.R + r) * p.S + s) * cols;
+                T* row = col + ((c * p.R + r) * p.S + s) * ld;
                 const int64_t off_w = s * p.dil_w - p.pad_w;
-                const int64_t q0 = valid_out_begin(off_w, p.stride_w);
-                const int64_t q1 = valid_out_end(off_w, p.stride_w, p.W, p.Q);
-                for_each_row_run(p, j0, j1, [&](int64_t oh, int64_t a, int64_t b, int64_t j) {
-                    T* dst = row + j - a;  // dst[ow] for ow in [a, b)
-                    const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-                    const int64_t lo = std::max(a, q0), hi = std::min(b, q1);
-                    if (h < 0 || h >= p.H || lo >= hi) {
-                        std::fill(dst + a, dst + b, T(0));
-                        return;
-                    }
-                    std::fill(dst + a, dst + lo, T(0));
+                const int64_t q0 = s < 16 ? q0s[s] : valid_out_begin(off_w, p.stride_w);
+                const int64_t q1 = s < 16 ? q1s[s] : valid_out_end(off_w, p.stride_w, p.W, p.Q);
+                const int64_t h_first = oh_first * p.stride_h - p.pad_h + r * p.dil_h;
+                const int64_t h_last = h_first + (oh_count - 1) * p.stride_h;
+                if (whole_rows && q0 == 0 && q1 == p.Q && h_first >= 0 && h_last < p.H) {
+                    const T* src = plane + h_first * p.W + off_w;
+                    for (int64_t i = 0; i < oh_count; ++i, src += p.stride_h * p.W)
+                        for (int64_t q = 0; q < p.Q; ++q) row[i * p.Q + q] = src[q];
+                    continue;
+                }
+                for (int64_t k = 0; k < nruns; ++k) {
+                    const Run& u = runs[k];
+                    T* dst = row + u.j - u.a;  // dst[ow] for ow in [a, b)
+                    const int64_t h = u.oh * p.stride_h - p.pad_h + r * p.dil_h;
+                    int64_t lo = std::max(u.a, q0), hi = std::min(u.b, q1);
+                    if (h < 0 || h >= p.H || lo >= hi) lo = hi = u.b;
+                    for (int64_t ow = u.a; ow < lo; ++ow) dst[ow] = T(0);
                     const T* src = plane + h * p.W + off_w;
                     if (p.stride_w == 1)
-                        std::memcpy(dst + lo, src + lo, size_t(hi - lo) * sizeof(T));
+                        for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow];
                     else
                         for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * p.stride_w];
-                    std::fill(dst + hi, dst + b, T(0));
-                });
+                    for (int64_t ow = hi; ow < u.b; ++ow) dst[ow] = T(0);
+                }
             }
     }
 }

@@ -198,10 +198,18 @@ template <typename T>
 void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
     const int64_t HW = p.H * p.W;
     if (p.layout == Layout::NCHW) {
+        // Eight independent partial sums per plane, combined in double: one running
+        // double sum is a chain of dependent adds (0.54x PyTorch on 2048 planes of 7x7).
 #pragma omp parallel for schedule(static)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+            const T* xp = x + plane * HW;
+            T part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int64_t i = 0;
+            for (; i + 8 <= HW; i += 8)
+                for (int u = 0; u < 8; ++u) part[u] += xp[i + u];
+            for (; i < HW; ++i) part[i % 8] += xp[i];
             double acc = 0;
-            for (int64_t i = 0; i < HW; ++i) acc += x[plane * HW + i];
+            for (int u = 0; u < 8; ++u) acc += double(part[u]);
             y[plane] = T(acc / double(HW));
         }
         return;
