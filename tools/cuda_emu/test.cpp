@@ -230,7 +230,9 @@ static void test_pool(int iters) {
         std::vector<float> y(ny, NAN), yr(ny);
         cuda::global_avg_pool_fwd(p, x.data(), y.data(), nullptr);
         cpu::global_avg_pool_fwd<float>(p, x.data(), yr.data());
-        compare("gap-fwd", std::to_string(it), y, to_d(yr), p.layout == Layout::NHWC, 1e-7);
+        // NCHW: the CPU sums each plane in eight float partial sums, the GPU in a double
+        // tree, so the two roundings differ by float32 rounding, not by a bug.
+        compare("gap-fwd", std::to_string(it), y, to_d(yr), p.layout == Layout::NHWC);
         auto dy = fill<float>(ny, false);
         std::vector<float> dx(nx, NAN), dxr(nx);
         cuda::global_avg_pool_bwd(p, dy.data(), dx.data(), nullptr);
