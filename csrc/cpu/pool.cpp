@@ -194,33 +194,58 @@ void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
     }
 }
 
+// The mean of each of `count` contiguous planes of HW elements. Eight partial sums per
+// plane: one running double sum is a chain of dependent adds (0.54x PyTorch on 2048
+// planes of 7x7). part[] is indexed by constants only, so it stays in registers.
+template <typename T>
+__attribute__((always_inline)) inline void plane_means(const T* x, int64_t count, int64_t HW,
+                                                       T* y) {
+    const double inv_hw = 1.0 / double(HW);
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < count; ++plane) {
+        const T* xp = x + plane * HW;
+        T part[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tail = 0;
+        int64_t i = 0;
+        for (; i + 8 <= HW; i += 8)
+            for (int u = 0; u < 8; ++u) part[u] += xp[i + u];
+        for (; i < HW; ++i) tail += xp[i];
+        part[0] += tail;
+        if (HW <= 4096) {
+            // Small planes (ResNet's 7x7): the fold itself is the cost, so a float tree
+            // and one multiply; eight partial sums of <= 512 terms stay accurate.
+            const T sum = ((part[0] + part[1]) + (part[2] + part[3])) +
+                          ((part[4] + part[5]) + (part[6] + part[7]));
+            y[plane] = T(double(sum) * inv_hw);
+        } else {
+            double acc = 0;
+            for (int u = 0; u < 8; ++u) acc += double(part[u]);
+            y[plane] = T(acc * inv_hw);
+        }
+    }
+}
+
+// float is also built for AVX2 and chosen at run time: the CPU backend outside the GEMM
+// targets baseline x86-64, whose 4-wide SSE kept this loop behind PyTorch's.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void plane_means_f32(const float* x, int64_t count, int64_t HW, float* y) {
+    plane_means(x, count, HW, y);
+}
+
+inline void plane_means_any(const float* x, int64_t count, int64_t HW, float* y) {
+    plane_means_f32(x, count, HW, y);
+}
+
+inline void plane_means_any(const double* x, int64_t count, int64_t HW, double* y) {
+    plane_means(x, count, HW, y);
+}
+
 template <typename T>
 void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
     const int64_t HW = p.H * p.W;
     if (p.layout == Layout::NCHW) {
-        // Eight independent partial sums per plane: one running double sum is a chain
-        // of dependent adds (0.54x PyTorch on 2048 planes of 7x7).
-        const double inv_hw = 1.0 / double(HW);
-#pragma omp parallel for schedule(static)
-        for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
-            const T* xp = x + plane * HW;
-            T part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            int64_t i = 0;
-            for (; i + 8 <= HW; i += 8)
-                for (int u = 0; u < 8; ++u) part[u] += xp[i + u];
-            for (; i < HW; ++i) part[i % 8] += xp[i];
-            if (HW <= 4096) {
-                // Small planes (ResNet's 7x7): the fold itself is the cost, so a float
-                // tree and one multiply; eight partial sums of <= 512 terms stay accurate.
-                const T sum = ((part[0] + part[1]) + (part[2] + part[3])) +
-                              ((part[4] + part[5]) + (part[6] + part[7]));
-                y[plane] = T(double(sum) * inv_hw);
-            } else {
-                double acc = 0;
-                for (int u = 0; u < 8; ++u) acc += double(part[u]);
-                y[plane] = T(acc * inv_hw);
-            }
-        }
+        plane_means_any(x, p.N * p.C, HW, y);
         return;
     }
 #pragma omp parallel
