@@ -8,6 +8,8 @@ Every function here follows the same three steps and computes nothing itself:
      fills it, on the caller's stream.
 """
 
+import math
+
 from . import _args
 from ._arrays import Arrays
 
@@ -81,7 +83,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
                             f"{activation!r}")
         _args.expect_shape(op, "output", a.shape("output"), out_shape)
         dz = a.empty(out_shape)
-        be.call("activation_bwd", params["act"], _count(out_shape),
+        be.call("activation_bwd", params["act"], math.prod(out_shape),
                 arrays=(a.contiguous("output"), dy, dz))
         dy = dz
     params["act"] = 0
@@ -98,13 +100,6 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         grad_bias = a.empty((params["K"],))
         be.call("conv2d_bwd_bias", params, arrays=(dy, grad_bias))
     return grad_input, grad_weight, grad_bias
-
-
-def _count(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ----------------------------------------------------------------------- pooling

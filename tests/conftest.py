@@ -36,10 +36,6 @@ def dtypes_for(backend):
     return ("float32", "float64") if backend == "cpu" else ("float32",)
 
 
-def variants_for(backend):
-    return fastconv.conv2d_variants("cpu" if backend == "cpu" else "cuda")
-
-
 @pytest.fixture(autouse=True)
 def poison_outputs():
     """Every output fastconv allocates starts as NaN, so an unwritten element fails."""
