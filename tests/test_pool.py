@@ -86,7 +86,8 @@ def test_avg_pool(backend, dtype, layout, data, seed):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("backend,dtype", cases())
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (3, 5, 13, 4), (1, 64, 9, 11)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (3, 5, 13, 4), (1, 64, 9, 11),
+                                   (2, 3, 5, 5), (1, 2, 67, 65)])
 def test_global_avg_pool(backend, dtype, layout, shape):
     rng = np.random.default_rng(5)
     x = nhwc(random(rng, shape, dtype), layout)

@@ -13,6 +13,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "../common/check.h"
 #include "../common/shapes.h"
 #include "cpu_ops.h"
@@ -194,58 +198,96 @@ void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
     }
 }
 
-// The mean of each of `count` contiguous planes of HW elements. Eight partial sums per
-// plane: one running double sum is a chain of dependent adds (0.54x PyTorch on 2048
-// planes of 7x7). part[] is indexed by constants only, so it stays in registers.
+// The mean of each of `count` contiguous planes of HW elements.
+//   v1 one running double sum a plane: a chain of dependent adds (0.54x PyTorch on
+//      32x2048 planes of 7x7, 2-core EPYC).
+//   v2 eight partial sums a plane, indexed by constants so they stay in registers, in an
+//      OpenMP loop whose function had an AVX2 clone (0.99x): the clone never reached the
+//      loop, because GCC outlines an OpenMP body into one function built for the default
+//      target, so the loop ran 4-wide SSE.
+//   v3 the OpenMP loop hands out blocks of planes; float blocks of small planes run an
+//      AVX2 function chosen at run time: two 8-wide chains a plane, folded in registers.
 template <typename T>
-__attribute__((always_inline)) inline void plane_means(const T* x, int64_t count, int64_t HW,
-                                                       T* y) {
+__attribute__((always_inline)) inline void plane_means_block(const T* x, int64_t begin,
+                                                             int64_t end, int64_t HW, T* y) {
     const double inv_hw = 1.0 / double(HW);
-#pragma omp parallel for schedule(static)
-    for (int64_t plane = 0; plane < count; ++plane) {
+    for (int64_t plane = begin; plane < end; ++plane) {
         const T* xp = x + plane * HW;
-        T part[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tail = 0;
+        T a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0}, tail = 0;
         int64_t i = 0;
+        for (; i + 16 <= HW; i += 16)
+            for (int u = 0; u < 8; ++u) a[u] += xp[i + u], b[u] += xp[i + 8 + u];
         for (; i + 8 <= HW; i += 8)
-            for (int u = 0; u < 8; ++u) part[u] += xp[i + u];
+            for (int u = 0; u < 8; ++u) a[u] += xp[i + u];
         for (; i < HW; ++i) tail += xp[i];
-        part[0] += tail;
+        for (int u = 0; u < 8; ++u) a[u] += b[u];
         if (HW <= 4096) {
             // Small planes (ResNet's 7x7): the fold itself is the cost, so a float tree
-            // and one multiply; eight partial sums of <= 512 terms stay accurate.
-            const T sum = ((part[0] + part[1]) + (part[2] + part[3])) +
-                          ((part[4] + part[5]) + (part[6] + part[7]));
+            // and one multiply; sixteen partial sums of <= 256 terms stay accurate.
+            const T sum = (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) + tail;
             y[plane] = T(double(sum) * inv_hw);
         } else {
-            double acc = 0;
-            for (int u = 0; u < 8; ++u) acc += double(part[u]);
+            double acc = double(tail);
+            for (int u = 0; u < 8; ++u) acc += double(a[u]);
             y[plane] = T(acc * inv_hw);
         }
     }
 }
 
-// float is also built for AVX2 and chosen at run time: the CPU backend outside the GEMM
-// targets baseline x86-64, whose 4-wide SSE kept this loop behind PyTorch's.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
+#if defined(__x86_64__) && defined(__GNUC__)
+// Small float planes with AVX2 when the CPU has it: two 8-wide sums a plane folded in
+// registers (left to the compiler, the fold was eight scalar extracts and adds).
+__attribute__((target("avx2"))) void plane_means_block_avx2(const float* x, int64_t begin,
+                                                           int64_t end, int64_t HW, float* y) {
+    const double inv_hw = 1.0 / double(HW);
+    for (int64_t plane = begin; plane < end; ++plane) {
+        const float* xp = x + plane * HW;
+        __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= HW; i += 16) {
+            a = _mm256_add_ps(a, _mm256_loadu_ps(xp + i));
+            b = _mm256_add_ps(b, _mm256_loadu_ps(xp + i + 8));
+        }
+        if (i + 8 <= HW) a = _mm256_add_ps(a, _mm256_loadu_ps(xp + i)), i += 8;
+        float tail = 0;
+        for (; i < HW; ++i) tail += xp[i];
+        a = _mm256_add_ps(a, b);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        y[plane] = float(double(_mm_cvtss_f32(s) + tail) * inv_hw);
+    }
+}
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+#else
+const bool kHasAvx2 = false;
 #endif
-void plane_means_f32(const float* x, int64_t count, int64_t HW, float* y) {
-    plane_means(x, count, HW, y);
+
+inline void plane_means_block_any(const float* x, int64_t b, int64_t e, int64_t HW, float* y) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (kHasAvx2 && HW <= 4096) return plane_means_block_avx2(x, b, e, HW, y);
+#endif
+    plane_means_block(x, b, e, HW, y);
 }
 
-inline void plane_means_any(const float* x, int64_t count, int64_t HW, float* y) {
-    plane_means_f32(x, count, HW, y);
+inline void plane_means_block_any(const double* x, int64_t b, int64_t e, int64_t HW, double* y) {
+    plane_means_block(x, b, e, HW, y);
 }
 
-inline void plane_means_any(const double* x, int64_t count, int64_t HW, double* y) {
-    plane_means(x, count, HW, y);
+template <typename T>
+void plane_means(const T* x, int64_t count, int64_t HW, T* y) {
+    const int64_t block = 64;  // planes per call of the cloned function
+    const int64_t blocks = ceil_div(count, block);
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < blocks; ++k)
+        plane_means_block_any(x, k * block, min64(count, (k + 1) * block), HW, y);
 }
 
 template <typename T>
 void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
     const int64_t HW = p.H * p.W;
     if (p.layout == Layout::NCHW) {
-        plane_means_any(x, p.N * p.C, HW, y);
+        plane_means(x, p.N * p.C, HW, y);
         return;
     }
 #pragma omp parallel
