@@ -222,3 +222,34 @@ def test_nan_reaches_every_output_that_reads_it(backend, variant, dtype, layout)
     expect = ref.conv2d(x, w, b, **conv_args(cfg), activation="relu", layout=layout)
     assert np.isnan(expect).any()
     np.testing.assert_array_equal(np.isnan(to_numpy(out)), np.isnan(expect))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+@pytest.mark.parametrize("backend,variant,dtype", CASES)
+def test_activation_elementwise_over_its_range(backend, variant, dtype, layout, activation):
+    """The fused activation, element by element, from -100 to 100, tiny values, +-inf and
+    NaN (a 1x1 convolution by 1 passes z through exactly): within 1e-6 relative for
+    float32, 1e-14 for float64; NaN in -> NaN out."""
+    z = np.concatenate([np.linspace(-100, 100, 20001), np.geomspace(1e-30, 50, 3001),
+                        -np.geomspace(1e-30, 50, 3001), [0.0, np.inf, -np.inf, np.nan]])
+    z = z.astype(dtype)
+    x = z.reshape(1, 1, 1, -1) if layout == "NCHW" else z.reshape(1, 1, -1, 1)
+    w = np.ones((1, 1, 1, 1), dtype)
+    y = to_numpy(fastconv.conv2d(to_backend(x, backend), to_backend(w, backend),
+                                 activation=activation, layout=layout, variant=variant))
+    y = y.ravel().astype(np.float64)
+    zz = z.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = {"tanh": np.tanh(zz), "sigmoid": 1 / (1 + np.exp(-zz)),
+                "relu": np.where(zz > 0, zz, 0.0)}[activation]
+    want[np.isnan(zz)] = np.nan
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(y[np.isinf(want)], want[np.isinf(want)])
+    normal = np.isfinite(want) & (np.abs(want) > 1e-30)
+    rel = np.abs(y[normal] - want[normal]) / np.abs(want[normal])
+    bound = 1e-6 if dtype == "float32" else 1e-14
+    assert rel.max() <= bound, f"{activation}: relative error {rel.max():.2e} at z = " \
+                               f"{z[normal][rel.argmax()]!r}"
+    tiny = np.isfinite(want) & ~normal
+    assert np.all(np.abs(y[tiny]) <= 1e-30)

@@ -13,6 +13,7 @@
 
 #include "../common/activation.h"
 #include "../common/shapes.h"
+#include "activation_cpu.h"
 
 namespace fastconv {
 namespace cpu {
@@ -197,16 +198,15 @@ void bias_activation(const Conv2dParams& p, const T* b, T* y) {
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t n = 0; n < p.N; ++n)
             for (int64_t k = 0; k < p.K; ++k) {
-                T* plane = y + (n * p.K + k) * PQ;
-                const T bias = p.has_bias ? b[k] : T(0);
-                for (int64_t j = 0; j < PQ; ++j) plane[j] = activate(p.act, plane[j] + bias);
+                activate_span(p.act, y + (n * p.K + k) * PQ, PQ, p.has_bias ? b[k] : T(0));
             }
     } else {
 #pragma omp parallel for schedule(static)
         for (int64_t j = 0; j < p.N * PQ; ++j) {
-            T* pix = y + j * p.K;
-            for (int64_t k = 0; k < p.K; ++k)
-                pix[k] = activate(p.act, pix[k] + (p.has_bias ? b[k] : T(0)));
+            if (p.has_bias)
+                activate_span(p.act, y + j * p.K, p.K, b);
+            else
+                activate_span(p.act, y + j * p.K, p.K, T(0));
         }
     }
 }

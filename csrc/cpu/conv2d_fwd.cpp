@@ -168,7 +168,7 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
                             }
                         }
                     }
-                    for (int64_t q = 0; q < p.Q; ++q) row[q] = activate(p.act, row[q]);
+                    activate_span(p.act, row, p.Q, T(0));
                 }
             }
     } else {
@@ -194,7 +194,7 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
                                 for (int64_t k = 0; k < p.K; ++k) out[k] += wt[k] * in[k / Kg];
                         }
                     }
-                    for (int64_t k = 0; k < p.K; ++k) out[k] = activate(p.act, out[k]);
+                    activate_span(p.act, out, p.K, T(0));
                 }
     }
 }
