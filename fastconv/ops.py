@@ -9,6 +9,7 @@ Every function here follows the same three steps and computes nothing itself:
 """
 
 import math
+import sys
 
 from . import _args
 from ._arrays import Arrays
@@ -23,6 +24,23 @@ def _prepare(op, **arrays):
     if not a.arrays:
         raise TypeError(f"{op}: no input arrays given")
     return a
+
+
+def _needs_autograd(*arrays):
+    """True for PyTorch tensors that require grad while grad mode is on: those calls go
+    through fastconv.torch's registered ops, so autograd sees them."""
+    torch = sys.modules.get("torch")
+    return (torch is not None and torch.is_grad_enabled()
+            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in arrays))
+
+
+def _autograd_op(op, layout, variant):
+    if layout != "NCHW" or variant != "auto":
+        raise ValueError(f"{op}: tensors that require grad take layout='NCHW' and "
+                         f"variant='auto', got layout={layout!r}, variant={variant!r}")
+    from . import torch as fastconv_torch
+
+    return getattr(fastconv_torch, op)
 
 
 # ----------------------------------------------------------------------- conv2d
@@ -44,7 +62,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()).
 
     Output (N, K, P, Q) or (N, P, Q, K), P = (H + pads - dilation * (R - 1) - 1) // stride + 1.
+    PyTorch tensors that require grad go through fastconv.torch.conv2d, with autograd.
     """
+    if _needs_autograd(input, weight, bias):
+        return _autograd_op("conv2d", layout, variant)(
+            input, weight, bias, stride, padding, dilation, groups, activation=activation)
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups,
+                   activation=activation, layout=layout, variant=variant)
+
+
+def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+            activation=None, layout="NCHW", variant="auto"):
     op = "conv2d"
     a = _prepare(op, input=input, weight=weight, bias=bias)
     params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), a.shape("bias"),
@@ -112,8 +140,18 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     padding: int or (h, w) of -inf on both sides (at most half the kernel), or Keras'
     "valid" / "same". stride defaults to kernel_size. A NaN in a window is its maximum.
     With return_indices, also returns int64 indices h * W + w into each input plane
-    (the same in both layouts, as PyTorch's).
+    (the same in both layouts, as PyTorch's). PyTorch tensors that require grad go
+    through fastconv.torch.max_pool2d, with autograd.
     """
+    if _needs_autograd(input):
+        return _autograd_op("max_pool2d", layout, "auto")(
+            input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                       return_indices, layout=layout)
+
+
+def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                return_indices=False, *, layout="NCHW"):
     op = "max_pool2d"
     a = _prepare(op, input=input)
     params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
@@ -156,7 +194,17 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None, *, layout="NCHW"):
     """Average pooling with torch.nn.functional.avg_pool2d's semantics; padding "same"
     and "valid" as Keras' AveragePooling2D ("same" leaves the padded pixels out of the
-    count, whatever count_include_pad says)."""
+    count, whatever count_include_pad says). PyTorch tensors that require grad go
+    through fastconv.torch.avg_pool2d, with autograd."""
+    if _needs_autograd(input):
+        return _autograd_op("avg_pool2d", layout, "auto")(
+            input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return _avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                       divisor_override, layout=layout)
+
+
+def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+                count_include_pad=True, divisor_override=None, *, layout="NCHW"):
     op = "avg_pool2d"
     a = _prepare(op, input=input)
     params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,

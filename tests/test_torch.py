@@ -1,0 +1,244 @@
+"""fastconv.torch: the registered ops (opcheck), their gradients (gradcheck, float64),
+the modules against torch.nn's with the same weights, torch.compile, and the drop-in
+fastconv.conv2d on tensors that require grad."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.autograd import gradcheck  # noqa: E402
+from torch.library import opcheck  # noqa: E402
+
+import fastconv  # noqa: E402
+import fastconv.torch as fct  # noqa: E402
+from fastconv.train import keras_init_, lenet5  # noqa: E402
+
+gpu = pytest.mark.gpu
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[gpu, pytest.mark.skipif(
+               not fastconv.cuda_available() or not torch.cuda.is_available(),
+               reason="no CUDA GPU")])]
+
+CONV_CASES = {
+    # name: (N, C, H, W, K, R, S, stride, padding, dilation, groups, bias, activation)
+    "lenet-c1": (2, 1, 11, 9, 6, 5, 5, 1, "same", 1, 1, True, "tanh"),
+    "strided-same": (2, 3, 9, 7, 4, 3, 2, 2, "same", 1, 1, True, "relu"),
+    "dilated": (1, 4, 13, 11, 5, 3, 3, 1, 2, 2, 1, False, None),
+    "groups": (2, 6, 7, 8, 4, 3, 3, (2, 1), (1, 0), 1, 2, True, "sigmoid"),
+    "depthwise": (2, 5, 7, 7, 5, 3, 3, 1, 1, 1, 5, True, None),
+    "valid": (3, 2, 8, 9, 3, 5, 5, 1, "valid", 1, 1, True, "tanh"),
+}
+
+
+def conv_inputs(case, dtype, device, seed=0, requires_grad=False):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups, bias, act = CONV_CASES[case]
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        t = torch.randn(*shape, generator=g, dtype=dtype).to(device)
+        return t.requires_grad_(requires_grad)
+
+    x, w = rand(N, C, H, W), rand(K, C // groups, R, S)
+    b = rand(K) if bias else None
+    return x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups), act
+
+
+def torch_conv(x, w, b, conf, act):
+    padding = conf["padding"]
+    if padding == "same" and conf["stride"] != 1:  # Keras' rule, the odd pixel at the end
+        H, W = x.shape[-2:]
+        R, S = w.shape[-2:]
+        s = (conf["stride"],) * 2 if isinstance(conf["stride"], int) else conf["stride"]
+        pads = []
+        for size, k, st in ((W, S, s[1]), (H, R, s[0])):
+            out = -(-size // st)
+            total = max((out - 1) * st + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        x, padding = F.pad(x, pads), 0
+    y = F.conv2d(x, w, b, conf["stride"], padding, conf["dilation"], conf["groups"])
+    return {None: y, "relu": F.relu(y), "tanh": torch.tanh(y), "sigmoid": torch.sigmoid(y)}[act]
+
+
+def rel_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+# ----------------------------------------------------------------------- opcheck
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_opcheck_conv2d(case):
+    x, w, b, conf, act = conv_inputs(case, torch.float32, "cpu", requires_grad=True)
+    stride = list(fastconv._args.pair("t", "stride", conf["stride"], 1))
+    dilation = list(fastconv._args.pair("t", "dilation", conf["dilation"], 1))
+    same = conf["padding"] == "same"
+    padding = [0, 0] if isinstance(conf["padding"], str) else \
+        list(fastconv._args.pair("t", "padding", conf["padding"], 0))
+    opcheck(torch.ops.fastconv.conv2d.default,
+            (x, w, b, stride, padding, same, dilation, conf["groups"], act or "none"))
+    y = fct.conv2d(x, w, b, **conf, activation=act).detach()
+    opcheck(torch.ops.fastconv.conv2d_backward.default,
+            (torch.randn_like(y), x.detach(), w.detach(), y if act else None, stride, padding,
+             same, dilation, conf["groups"], act or "none", [True, True, b is not None]))
+
+
+def test_opcheck_pooling_and_sobel():
+    x = torch.randn(2, 3, 11, 9, requires_grad=True)
+    opcheck(torch.ops.fastconv.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
+    opcheck(torch.ops.fastconv.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, None))
+    opcheck(torch.ops.fastconv.avg_pool2d.default, (x, [2, 2], [2, 2], [0, 0], False, True, 3))
+    y, idx = torch.ops.fastconv.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], False)
+    opcheck(torch.ops.fastconv.max_pool2d_backward.default,
+            (torch.randn_like(y), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], False))
+    opcheck(torch.ops.fastconv.avg_pool2d_backward.default,
+            (torch.randn(2, 3, 5, 4), x.detach(), [2, 2], [2, 2], [0, 0], False, True, None))
+    for axis in (None, 0, 1):
+        opcheck(torch.ops.fastconv.sobel.default, (x.detach(), axis, "reflect", 0.0))
+
+
+# ----------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_gradcheck_conv2d(case):
+    x, w, b, conf, act = conv_inputs(case, torch.float64, "cpu", requires_grad=True)
+    inputs = (x, w) if b is None else (x, w, b)
+    assert gradcheck(lambda *a: fct.conv2d(*a, **conf, activation=act), inputs)
+
+
+@pytest.mark.parametrize("conf", [dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=(2, 3), stride=(1, 2), ceil_mode=True),
+                                  dict(kernel_size=3, dilation=2, padding=1)])
+def test_gradcheck_max_pool2d(conf):
+    # Distinct values: finite differences are only meaningful away from ties.
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randperm(2 * 3 * 11 * 9, generator=g).double() / 50).reshape(2, 3, 11, 9)
+    assert gradcheck(lambda t: fct.max_pool2d(t, **conf), (x.requires_grad_(),))
+
+
+@pytest.mark.parametrize("conf", [dict(kernel_size=2),
+                                  dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                       count_include_pad=False),
+                                  dict(kernel_size=(3, 2), padding=1, divisor_override=5)])
+def test_gradcheck_avg_pool2d(conf):
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda t: fct.avg_pool2d(t, **conf), (x,))
+
+
+def test_sobel_has_no_gradient_formula():
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    with pytest.raises(RuntimeError):
+        fct.sobel(x).sum().backward()
+
+
+# ----------------------------------------------------------------------- against torch.nn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv2d_forward_and_grads_match_torch(case, device):
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    x, w, b, conf, act = conv_inputs(case, dtype, device, requires_grad=True)
+    y = fct.conv2d(x, w, b, **conf, activation=act)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy)
+    y_ref = torch_conv(x, w, b, conf, act)
+    refs = torch.autograd.grad(y_ref, [t for t in (x, w, b) if t is not None], dy)
+    bound = 1e-12 if dtype == torch.float64 else 1e-5
+    assert rel_error(y, y_ref) < bound
+    for got, want in zip(grads, refs):
+        assert rel_error(got, want) < bound
+
+
+def make_pair(kind):
+    """(torch.nn module, fastconv.torch module) with the same constructor arguments."""
+    if kind == "conv":
+        return nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=True), fct.Conv2d(3, 8, 3, 2, 1)
+    if kind == "conv-same":
+        return nn.Conv2d(3, 4, (5, 4), padding="same", dilation=(1, 2), groups=1), \
+            fct.Conv2d(3, 4, (5, 4), padding="same", dilation=(1, 2))
+    if kind == "max":
+        return nn.MaxPool2d(3, 2, 1, ceil_mode=True), fct.MaxPool2d(3, 2, 1, ceil_mode=True)
+    return nn.AvgPool2d(3, 2, 1, count_include_pad=False), fct.AvgPool2d(3, 2, 1, count_include_pad=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["conv", "conv-same", "max", "avg"])
+def test_modules_swap_in_with_the_same_weights(kind, device):
+    ref, ours = make_pair(kind)
+    assert list(ref.state_dict()) == list(ours.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    ref, ours = ref.to(device), ours.to(device)
+    x = torch.randn(2, 3, 13, 11, device=device)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ref(xa), ours(xb)
+    assert ya.shape == yb.shape and rel_error(yb, ya) < 1e-5
+    dy = torch.randn_like(ya)
+    ya.backward(dy)
+    yb.backward(dy)
+    assert rel_error(xb.grad, xa.grad) < 1e-5
+    for (name, pa), pb in zip(ref.named_parameters(), ours.parameters()):
+        assert rel_error(pb.grad, pa.grad) < 1e-5, name
+
+
+def test_conv2d_module_arguments():
+    m = fct.Conv2d(3, 6, 5, stride=2, padding="same", activation="tanh")
+    assert m.padding == "same" and "activation='tanh'" in repr(m)
+    assert fct.Conv2d(2, 2, 3, bias=False).bias is None
+    with pytest.raises(ValueError, match="padding_mode"):
+        fct.Conv2d(3, 6, 5, padding_mode="reflect")
+    with pytest.raises(ValueError, match="activation"):
+        fct.Conv2d(3, 6, 5, activation="gelu")
+    with pytest.raises(ValueError, match="padding"):
+        fct.conv2d(torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3), padding="full")
+
+
+def test_max_pool2d_module_returns_indices_like_torch():
+    x = torch.randn(2, 3, 9, 9)
+    y, idx = fct.MaxPool2d(3, 2, 1, return_indices=True)(x)
+    y_ref, idx_ref = nn.MaxPool2d(3, 2, 1, return_indices=True)(x)
+    assert torch.equal(y, y_ref) and torch.equal(idx, idx_ref)
+
+
+def test_channels_last_input_gives_the_same_result():
+    x = torch.randn(2, 3, 9, 8).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3)
+    assert rel_error(fct.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)) < 1e-5
+
+
+# ----------------------------------------------------------------------- drop-in and compile
+
+
+def test_fastconv_conv2d_is_a_drop_in_with_autograd():
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = fastconv.conv2d(x, w, None, 1, 1)
+    assert y.grad_fn is not None
+    y.sum().backward()
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv2d(x2, w2, None, 1, 1).sum().backward()
+    assert rel_error(x.grad, x2.grad) < 1e-12 and rel_error(w.grad, w2.grad) < 1e-12
+    with torch.no_grad():
+        assert fastconv.conv2d(x, w, None, 1, 1).grad_fn is None
+    pooled = fastconv.max_pool2d(x, 2)
+    assert pooled.grad_fn is not None
+    with pytest.raises(ValueError, match="layout"):
+        fastconv.avg_pool2d(x, 2, layout="NHWC")
+
+
+def test_lenet_under_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = keras_init_(lenet5("fastconv"), 0)
+    x = torch.rand(8, 1, 28, 28)
+    compiled = torch.compile(model, fullgraph=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    y_eager = model(x)
+    y_eager.square().sum().backward()
+    assert rel_error(y, y_eager) < 1e-5
+    for g, p in zip(grads, model.parameters()):
+        assert rel_error(g, p.grad) < 1e-5
