@@ -1,13 +1,20 @@
 """The `fastconv` command (also `python -m fastconv`).
 
+  fastconv demo   the main job, on the GPU when there is one, else on the CPU: the Sobel
+                  edge map of scikit-image's camera photograph written to a PNG, a short
+                  LeNet-5 training on handwritten digits, a small benchmark table
+  fastconv sobel  IMAGE -o OUT: the edge map of a photograph (any format Pillow reads)
+  fastconv train  LeNet-5 on fastconv's or PyTorch's kernels (see fastconv.train)
+  fastconv bench  side-by-side timings against PyTorch / SciPy
+  fastconv check  every op on the best backend, against the float64 reference
   fastconv info   version, backends built, GPU name and architecture, CUDA versions
-  fastconv bench  side-by-side timings against PyTorch / SciPy (benchmarks issue)
-  fastconv demo   the main job: every op on the best backend present (the GPU if there
-                  is one, else the CPU), checked against the float64 reference and timed
-                  against it, as a small table
+
+Bad input (a missing file, an unknown option value, --device cuda without a GPU) gives
+one line on stderr and a non-zero exit status, never a traceback.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -71,22 +78,20 @@ def _time(fn, repeat=5):
     return float(np.median(times))
 
 
-def cmd_demo(args):
+def cmd_check(args):
     use_gpu = fastconv.cuda_available()
     if args.device == "cuda" and not use_gpu:
-        print("fastconv demo: --device cuda, but no usable CUDA GPU (see `fastconv info`)",
-              file=sys.stderr)
-        return 2
+        raise CommandError("--device cuda, but no usable CUDA GPU (see `fastconv info`)")
     if args.device == "cpu":
         use_gpu = False
     if use_gpu:
         try:
             import cupy  # noqa: F401
         except ImportError:
-            print("fastconv demo: a GPU is present but CuPy is not installed; running on the CPU")
+            print("fastconv check: a GPU is present but CuPy is not installed; running on the CPU")
             use_gpu = False
     where = "GPU (CuPy arrays)" if use_gpu else "CPU backend (NumPy arrays)"
-    print(f"fastconv {fastconv.__version__} demo on the {where}: every op against the float64 reference\n")
+    print(f"fastconv {fastconv.__version__} check on the {where}: every op against the float64 reference\n")
     rng = np.random.default_rng(0)
     f32 = np.float32
     digits = rng.standard_normal((64, 1, 28, 28)).astype(f32)
@@ -137,14 +142,258 @@ def cmd_bench(args):
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastconv", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="version, backends, GPU").set_defaults(fn=cmd_info)
-    demo = sub.add_parser("demo", help="every op against the reference, timed")
-    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    demo.set_defaults(fn=cmd_demo)
+# ----------------------------------------------------------------------- sobel
+
+
+def read_gray(path):
+    """An image file as a 2-D float32 array: 8-bit images keep their 0-255 values,
+    colour is converted to luminance (ITU-R 601, as Pillow's "L")."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                return np.asarray(im, dtype=np.float32)
+            return np.asarray(im.convert("L"), dtype=np.float32)
+    except FileNotFoundError:
+        raise CommandError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise CommandError(f"{path}: not an image Pillow can read") from None
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def edge_image(edges, axis):
+    """Float edges as 8-bit: the magnitude scaled so its maximum is 255; a signed
+    derivative centred on 128."""
+    peak = float(np.abs(edges).max()) or 1.0
+    if axis is None:
+        return np.clip(np.rint(edges * (255.0 / peak)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(128.0 + edges * (127.0 / peak)), 0, 255).astype(np.uint8)
+
+
+def write_image(path, edges, axis):
+    """A .npy path gets the float32 values; any other the 8-bit picture, in the format
+    its extension names."""
+    if path.lower().endswith(".npy"):
+        np.save(path, edges)
+        return
+    from PIL import Image
+
+    try:
+        Image.fromarray(edge_image(edges, axis)).save(path)
+    except (KeyError, ValueError):
+        raise CommandError(f"{path}: unknown image format (use .png, .jpg, .tif, ... or .npy)") from None
+    except OSError as e:
+        raise CommandError(f"{path}: cannot write it ({e.strerror or e})") from None
+
+
+def sobel_on(image, axis, mode, device):
+    """fastconv.sobel of a 2-D float32 NumPy image on the device; a NumPy result."""
+    if device == "cpu":
+        return fastconv.sobel(image, axis=axis, mode=mode)
+    import torch
+
+    out = fastconv.sobel(torch.from_numpy(image).to("cuda"), axis=axis, mode=mode)
+    return out.cpu().numpy()
+
+
+_AXES = {"magnitude": None, "x": 1, "y": 0}
+
+
+def cmd_sobel(args):
+    device = _device(args.device)
+    image = read_gray(args.image)
+    t0 = time.perf_counter()
+    edges = sobel_on(image, _AXES[args.axis], args.mode, device)
+    ms = (time.perf_counter() - t0) * 1e3
+    write_image(args.output, edges, _AXES[args.axis])
+    print(f"{args.image}: {image.shape[1]}x{image.shape[0]} -> {args.output} "
+          f"(sobel {args.axis}, mode {args.mode}, {device}, {ms:.1f} ms)")
+    return 0
+
+
+# ----------------------------------------------------------------------- train
+
+
+def cmd_train(args):
+    from .train import Config, train
+
+    _device(args.device)  # a one-line error before any data is read
+    cfg = Config(backend=args.backend, device=args.device, epochs=args.epochs,
+                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, data=args.data,
+                 validation_split=args.validation_split, flip=args.flip,
+                 progress=not args.no_progress)
+    train(cfg)
+    return 0
+
+
+# ----------------------------------------------------------------------- demo
+
+
+def _demo_bench(device):
+    """fastconv against the peer a user would otherwise call, alternating in one process."""
+    import torch
+    import torch.nn.functional as F
+
+    from .bench import Timer
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(dev)
+
+    x1, w1, b1 = rand(256, 1, 28, 28), rand(6, 1, 5, 5) * 0.2, rand(6)
+    x2, w2, b2 = rand(256, 6, 14, 14), rand(16, 6, 5, 5) * 0.1, rand(16)
+    feat = rand(256, 6, 28, 28)
+    photo = rand(1024, 1024)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=dev)
+    kernels = torch.stack([kx, kx.T])[:, None]
+
+    def torch_sobel():
+        g = F.conv2d(F.pad(photo[None, None], (1, 1, 1, 1), mode="reflect"), kernels)
+        return torch.sqrt(g[0, 0] ** 2 + g[0, 1] ** 2)
+
+    cases = [
+        ("conv2d LeNet C1 5x5 same + bias + tanh", "torch conv2d + tanh",
+         lambda: fastconv.conv2d(x1, w1, b1, padding="same", activation="tanh"),
+         lambda: torch.tanh(F.conv2d(x1, w1, b1, padding="same"))),
+        ("conv2d LeNet C2 5x5 valid + bias + tanh", "torch conv2d + tanh",
+         lambda: fastconv.conv2d(x2, w2, b2, activation="tanh"),
+         lambda: torch.tanh(F.conv2d(x2, w2, b2))),
+        ("avg_pool2d 2x2 (256 x 6 x 28 x 28)", "torch avg_pool2d",
+         lambda: fastconv.avg_pool2d(feat, 2), lambda: F.avg_pool2d(feat, 2)),
+        ("sobel magnitude 1024 x 1024", "torch conv2d sobel",
+         lambda: fastconv.sobel(photo), torch_sobel),
+    ]
+    timer = Timer(15)
+    print(f"\n{'op':42s} {'fastconv ms':>11s} {'peer':>22s} {'peer ms':>9s} {'speedup':>8s}")
+    for name, peer, ours, theirs in cases:
+        def timed(fn):
+            def run():
+                fn()
+                sync()
+            return run
+        t_ours, t_peer = timer.pair(timed(ours), timed(theirs))
+        print(f"{name:42s} {t_ours * 1e3:11.3f} {peer:>22s} {t_peer * 1e3:9.3f} "
+              f"{t_peer / t_ours:7.2f}x")
+
+
+def cmd_demo(args):
+    import skimage.data
+
+    from .train import Config, train
+
+    device = _device(args.device)
+    where = "the GPU" if device == "cuda" else "the CPU"
+    print(f"fastconv {fastconv.__version__} demo on {where}\n")
+
+    photo = skimage.data.camera().astype(np.float32)
+    t0 = time.perf_counter()
+    edges = sobel_on(photo, None, "reflect", device)
+    ms = (time.perf_counter() - t0) * 1e3
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, "camera-sobel.png")
+    write_image(out, edges, None)
+    print(f"1. Sobel edge map of scikit-image's camera photograph "
+          f"({photo.shape[1]}x{photo.shape[0]}, {ms:.1f} ms) -> {out}\n")
+
+    print(f"2. LeNet-5 on fastconv's kernels, {args.epochs} epochs:")
+    train(Config(backend="fastconv", device=device, epochs=args.epochs, progress=False))
+
+    print("\n3. fastconv against the peer, same inputs, alternating calls (median of 15):")
+    _demo_bench(device)
+    return 0
+
+
+# ----------------------------------------------------------------------- main
+
+
+class CommandError(Exception):
+    """A user error the command reports in one line."""
+
+
+def _device(name):
+    """"auto" -> "cuda" when the GPU backend can run, else "cpu"; "cuda" without one is
+    a CommandError."""
+    gpu = fastconv.cuda_available()
+    if name == "cuda" and not gpu:
+        raise CommandError("--device cuda, but no usable CUDA GPU (see `fastconv info`)")
+    return "cuda" if name == "cuda" or (name == "auto" and gpu) else "cpu"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _positive_int(v):
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return n
+
+
+def _fraction(v):
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {v!r}") from None
+    if not 0.0 < f < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {v!r}")
+    return f
+
+
+def build_parser():
     from .bench import SUITES
+
+    parser = _Parser(prog="fastconv", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    devices = ["auto", "cpu", "cuda"]
+
+    demo = sub.add_parser("demo", help="Sobel of a photograph, a short LeNet-5 training, a "
+                                       "benchmark table")
+    demo.add_argument("--device", choices=devices, default="auto")
+    demo.add_argument("--out-dir", default=".", metavar="DIR",
+                      help="where camera-sobel.png goes (default: the current folder)")
+    demo.add_argument("--epochs", type=_positive_int, default=3)
+    demo.set_defaults(fn=cmd_demo)
+
+    sobel = sub.add_parser("sobel", help="edge map of an image file")
+    sobel.add_argument("image", help="any format Pillow reads; 8-bit, 16-bit or colour")
+    sobel.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="an image file (.png, .jpg, .tif, ...: 8-bit) or .npy (float32)")
+    sobel.add_argument("--axis", choices=list(_AXES), default="magnitude",
+                       help="magnitude sqrt(gx^2 + gy^2) (default), x (d/dx) or y (d/dy)")
+    sobel.add_argument("--mode", choices=["reflect", "mirror", "nearest", "constant", "wrap"],
+                       default="reflect", help="border mode, as scipy.ndimage names them")
+    sobel.add_argument("--device", choices=devices, default="auto")
+    sobel.set_defaults(fn=cmd_sobel)
+
+    train = sub.add_parser("train", help="LeNet-5 on handwritten digits (torchrun for DDP)")
+    train.add_argument("--backend", choices=["fastconv", "torch"], default="fastconv",
+                       help="whose kernels: fastconv's or PyTorch's (default fastconv)")
+    train.add_argument("--device", choices=devices, default="auto")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data", metavar="PATH",
+                       help="MNIST IDX files (a folder or the images file) or a folder with "
+                            "one sub-folder per class; default: scikit-learn's digits")
+    train.add_argument("--validation-split", type=_fraction, default=0.2)
+    train.add_argument("--flip", action="store_true",
+                       help="random horizontal flips of the training images")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(fn=cmd_train)
 
     bench = sub.add_parser("bench", help="side-by-side timings against the peers")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -154,12 +403,28 @@ def main(argv=None):
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
     bench.set_defaults(fn=cmd_bench)
-    args = parser.parse_args(argv)
+
+    check = sub.add_parser("check", help="every op against the float64 reference, timed")
+    check.add_argument("--device", choices=devices, default="auto")
+    check.set_defaults(fn=cmd_check)
+
+    sub.add_parser("info", help="version, backends, GPU").set_defaults(fn=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, RuntimeError, OSError) as e:
+    except CommandError as e:
+        print(f"fastconv {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
         print(f"fastconv {args.command}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"fastconv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
