@@ -8,8 +8,11 @@ written) and the float32 matrix-product rate of PyTorch's CPU GEMM, so `of_ceili
 says how close each op gets to what this machine can do.
 
 Peers: PyTorch CPU (torch.nn.functional, the same thread count), scipy.ndimage for Sobel.
-The GPU rows (cuDNN, cupyx) belong to the GPU backend's benchmarks and are not here yet:
---device cuda says so.
+`--device cuda` runs the same suites on the GPU against cuDNN and cupyx
+(fastconv/bench_gpu.py: CUDA events, eager and device timings).
+
+The `train` suite times one LeNet-5 training step (forward, backward, Adam) with
+fastconv's layers against the same model on PyTorch's, at batch 128 and 1024.
 """
 
 import datetime
@@ -43,7 +46,8 @@ POOL = {
     "gap_r50": ("gap", (32, 2048, 7, 7), {}),
 }
 SOBEL = {"img4096": (4096, 4096), "batch64_512": (64, 512, 512)}
-SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward")
+TRAIN_BATCHES = (128, 1024)
+SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward", "train")
 
 
 def conv_out(shape):
@@ -123,6 +127,14 @@ def _conv_rows(suite, table, quick, torch, timer, ceilings, rng):
                                   lambda: F.conv2d(xt, wt, None, stride, pad, 1, groups))
         rows.append(_row(suite, case, "conv2d", "NCHW", ours, "torch-cpu", theirs,
                          conv_flops(shape), "TFLOP/s", ceilings))
+        if suite == "lenet":  # as LeNet-5 runs it: bias and tanh, fused on our side
+            b = rng.standard_normal(K).astype(np.float32)
+            bt = torch.from_numpy(b)
+            ours, theirs = timer.pair(
+                lambda: ops.conv2d(x, w, b, stride, pad, 1, groups, activation="tanh"),
+                lambda: torch.tanh(F.conv2d(xt, wt, bt, stride, pad, 1, groups)))
+            rows.append(_row(suite, case, "conv2d_bias_tanh", "NCHW", ours, "torch-cpu", theirs,
+                             conv_flops(shape), "TFLOP/s", ceilings))
     return rows
 
 
@@ -171,6 +183,39 @@ def _sobel_rows(timer, ceilings, rng):
     return rows
 
 
+def train_rows(torch, device, quick, pair, ceilings):
+    """One LeNet-5 step, fastconv's layers against PyTorch's, same initial weights.
+    pair(ours, theirs) times two zero-argument callables alternately."""
+    import torch.nn.functional as F
+
+    from .train import keras_init_, lenet5
+
+    rows = []
+    for batch in TRAIN_BATCHES[:1] if quick else TRAIN_BATCHES:
+        gen = torch.Generator().manual_seed(batch)
+        x = torch.rand(batch, 1, 28, 28, generator=gen).to(device)
+        y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+        steps = []
+        for backend in ("fastconv", "torch"):
+            model = keras_init_(lenet5(backend), 0).to(device)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+            def step(model=model, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+
+            steps.append(step)
+        ours, theirs = pair(*steps)
+        # Work: the two convolutions' forward and backward FLOPs (the dense layers are
+        # PyTorch's on both sides).
+        flops = 3 * sum(conv_flops((batch,) + s[1:]) for s in LENET.values())
+        rows.append(_row("train", f"lenet5_b{batch}", "train_step", "NCHW", ours,
+                         "torch-cudnn" if device.type == "cuda" else "torch-cpu", theirs,
+                         flops, "TFLOP/s", ceilings))
+    return rows
+
+
 def _environment():
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -188,13 +233,19 @@ def _environment():
 
 def run(device="cpu", suites=SUITES, quick=False, repeat=None):
     """Runs the suites and returns the results dict (the --json layout)."""
-    if device != "cpu":
-        raise RuntimeError("the GPU rows (cuDNN and cupyx peers) are not implemented yet; "
-                           "use --device cpu")
     try:
         import torch
     except ImportError:
         raise RuntimeError("the peers need PyTorch: pip install torch") from None
+    if device == "cuda":
+        from . import bench_gpu
+
+        ceilings, rows, dev = bench_gpu.run(suites, quick, repeat)
+        commit, _ = _environment()
+        return {"commit": commit, "date": _now(), "device": {**dev, "quick": quick},
+                "ceilings": ceilings, "rows": rows}
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     from . import _cpu
 
     torch.set_num_threads(_cpu.num_threads())
@@ -215,27 +266,48 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
             rows += _pool_rows(quick, torch, timer, ceilings, rng)
         elif suite == "sobel":
             rows += _sobel_rows(timer, ceilings, rng)
+        elif suite == "train":
+            rows += train_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
         else:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     commit, cpu = _environment()
-    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"commit": commit, "date": _now(),
             "device": {"name": cpu, "threads": _cpu.num_threads(), "driver": None, "cuda": None,
                        "torch": torch.__version__, "quick": quick},
             "ceilings": ceilings, "rows": rows}
 
 
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def format_table(result):
-    lines = [f"fastconv bench on {result['device']['name']} ({result['device']['threads']} threads), "
-             f"commit {result['commit'][:10]}, {result['date']}",
+    d = result["device"]
+    where = (f"{d['name']} ({d['threads']} threads)" if "threads" in d else
+             f"{d['name']}, driver {d['driver']}, CUDA {d['cuda']}, torch {d['torch']}")
+    lines = [f"fastconv bench on {where}, commit {result['commit'][:10]}, {result['date']}",
              "ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in result["ceilings"].items()),
-             f"{'suite':10s} {'case':18s} {'op':16s} {'layout':6s} {'fastconv ms':>11s} "
-             f"{'peer':>14s} {'peer ms':>9s} {'speedup':>8s} {'achieved':>16s} {'of ceil':>8s}"]
+             f"{'suite':10s} {'case':18s} {'op':18s} {'layout':6s} {'mode':6s} {'fastconv ms':>11s} "
+             f"{'peer':>19s} {'peer ms':>9s} {'speedup':>8s} {'achieved':>16s} {'of ceil':>8s}"]
     for r in result["rows"]:
-        lines.append(f"{r['suite']:10s} {r['case']:18s} {r['op']:16s} {r['layout']:6s} "
-                     f"{r['fastconv_ms']:11.3f} {r['peer']:>14s} {r['peer_ms']:9.3f} "
-                     f"{r['speedup']:7.2f}x {r['achieved']:9.2f} {r['unit']:>6s} "
-                     f"{100 * r['of_ceiling']:7.1f}%")
+        lines.append(f"{r['suite']:10s} {r['case']:18s} {r['op']:18s} {r['layout']:6s} "
+                     f"{r['mode']:6s} {r['fastconv_ms']:11.3f} {r['peer']:>19s} "
+                     f"{r['peer_ms']:9.3f} {r['speedup']:7.2f}x {r['achieved']:9.3g} "
+                     f"{r['unit']:>6s} {100 * r['of_ceiling']:7.1f}%")
     return "\n".join(lines)
+
+
+def _label(r):
+    label = f"{r['suite']}/{r['case']}"
+    if r["layout"] not in ("NCHW", "-"):
+        label += f" {r['layout']}"
+    if r["op"].startswith("conv2d_bias"):
+        label += f" +{r['op'][len('conv2d_'):]}"
+    if r["mode"] != "eager":
+        label += f" ({r['mode']})"
+    if r["peer"].startswith("cupyx"):
+        label += " vs cupyx"
+    return label
 
 
 def plot(result, path):
@@ -247,8 +319,7 @@ def plot(result, path):
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
     rows = result["rows"]
-    labels = [f"{r['suite']}/{r['case']}" + ("" if r["layout"] in ("NCHW", "-") else f" {r['layout']}")
-              for r in rows]
+    labels = [_label(r) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.5))
     colors = ["tab:green" if r["speedup"] >= 1 else "tab:red" for r in rows]
     ax.barh(range(len(rows)), [r["speedup"] for r in rows], color=colors)

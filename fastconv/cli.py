@@ -130,6 +130,7 @@ def cmd_check(args):
 def cmd_bench(args):
     from . import bench
 
+    _device(args.device)  # --device cuda without a GPU: one line, before any work
     suites = bench.SUITES if not args.suite or "all" in args.suite else args.suite
     result = bench.run(args.device, suites, quick=args.quick)
     print(bench.format_table(result))

@@ -89,7 +89,7 @@ def test_bad_input_gives_one_line_and_a_non_zero_status(tmp_path, args, message)
 
 
 @pytest.mark.skipif(fastconv.cuda_available(), reason="a GPU is present")
-@pytest.mark.parametrize("command", [["demo"], ["train"], ["check"],
+@pytest.mark.parametrize("command", [["demo"], ["train"], ["check"], ["bench"],
                                      ["sobel", "photo.png", "-o", "out.png"]])
 def test_device_cuda_without_a_gpu(tmp_path, command):
     Image.fromarray(skdata.camera()[:64, :64]).save(tmp_path / "photo.png")

@@ -2,7 +2,6 @@
 the modules against torch.nn's with the same weights, torch.compile, and the drop-in
 fastconv.conv2d on tensors that require grad."""
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
