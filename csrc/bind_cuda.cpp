@@ -139,6 +139,14 @@ PYBIND11_MODULE(_cuda, m) {
             cuda::max_pool_fwd(p, ptr<float>(x), ptr<float>(y), ptr<int64_t>(idx), stream_of(stream));
         });
     });
+    m.def("max_pool_bad_indices", [](py::dict d, std::string dtype, int device, U stream, U idx) {
+        const Pool2dParams p = bind::pool2d_params(d);
+        int64_t bad = 0;
+        launch(device, dtype, [&] {
+            bad = cuda::max_pool_bad_indices(p, ptr<int64_t>(idx), stream_of(stream));
+        });
+        return bad;
+    });
     m.def("max_pool_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U idx, U dx) {
         const Pool2dParams p = bind::pool2d_params(d);
         launch(device, dtype, [&] {

@@ -192,10 +192,11 @@ class Backend:
         self.is_cuda = device != "cpu"
 
     def call(self, fn, *params, arrays):
-        """module.fn(*params, dtype, [device, stream,] *pointers); None gives a null pointer."""
+        """module.fn(*params, dtype, [device, stream,] *pointers); None gives a null pointer.
+        Returns what the binding returns (most return None)."""
         ctx = (self.device[1], self.stream) if self.is_cuda else ()
         ptrs = [0 if a is None else self.lib.pointer(a) for a in arrays]
-        getattr(self.module, fn)(*params, self.dtype, *ctx, *ptrs)
+        return getattr(self.module, fn)(*params, self.dtype, *ctx, *ptrs)
 
 
 class Arrays:

@@ -139,12 +139,12 @@ def _conv_rows(suite, table, quick, torch, timer, ceilings, gen):
         shape = (N,) + shape[1:]
         P, Q = bench.conv_out(shape)
         k = _copies(4 * N * C * H * W)
-        xs = [torch.randn(N, C, H, W, device="cuda", generator=gen) for _ in range(k)]
-        w = torch.randn(K, C // groups, R, R, device="cuda", generator=gen) / np.sqrt(C * R * R / groups)
-        b = torch.randn(K, device="cuda", generator=gen)
+        xs = [torch.randn(N, C, H, W, device=gen.device, generator=gen) for _ in range(k)]
+        w = torch.randn(K, C // groups, R, R, device=gen.device, generator=gen) / np.sqrt(C * R * R / groups)
+        b = torch.randn(K, device=gen.device, generator=gen)
         flops = bench.conv_flops(shape)
         if suite == "backward":
-            dys = [torch.randn(N, K, P, Q, device="cuda", generator=gen) for _ in range(k)]
+            dys = [torch.randn(N, K, P, Q, device=gen.device, generator=gen) for _ in range(k)]
             rows += _rows(
                 suite, case, "conv2d_backward", "NCHW", timer,
                 lambda i: ops.conv2d_backward(dys[i % k], xs[i % k], w, stride, pad, 1, groups,
@@ -176,7 +176,7 @@ def _pool_rows(quick, torch, timer, ceilings, gen):
         if quick and shape[0] > 8 and "big" in case:
             shape = (8,) + shape[1:]
         k = _copies(4 * int(np.prod(shape)))
-        base = [torch.randn(*shape, device="cuda", generator=gen) for _ in range(k)]
+        base = [torch.randn(*shape, device=gen.device, generator=gen) for _ in range(k)]
         for layout in ("NCHW", "NHWC"):
             if layout == "NCHW":
                 xs, peer_xs = base, base
@@ -207,12 +207,12 @@ def _sobel_rows(torch, timer, ceilings, gen):
         import cupyx.scipy.ndimage as cndi
     except ImportError:
         cupy = None
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device="cuda")
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=gen.device)
     kernels = torch.stack([kx, kx.T])[:, None]
     rows = []
     for case, shape in bench.SOBEL.items():
         k = _copies(4 * int(np.prod(shape)))
-        xs = [torch.randn(*shape, device="cuda", generator=gen) for _ in range(k)]
+        xs = [torch.randn(*shape, device=gen.device, generator=gen) for _ in range(k)]
         planes = [x.reshape(-1, 1, *shape[-2:]) for x in xs]
         work = 2 * 4 * int(np.prod(shape))
 
@@ -223,7 +223,7 @@ def _sobel_rows(torch, timer, ceilings, gen):
         ours = lambda i: ops.sobel(xs[i % k])  # noqa: E731
         rows += _rows("sobel", case, "sobel_magnitude", "-", timer, ours, torch_magnitude,
                       "torch-conv2d", work, "GB/s", ceilings, ("eager", "device"))
-        if cupy is not None:
+        if cupy is not None and gen.device.type == "cuda":
             cxs = [cupy.from_dlpack(x) for x in xs]
 
             def cupyx_magnitude(i):
@@ -256,6 +256,29 @@ def _environment(torch):
             "torch": torch.__version__}
 
 
+def suites_rows(suites, quick, torch, timer, gen, ceilings):
+    """The rows of every suite; tensors on gen's device (tests run this on the CPU with
+    a stand-in timer, to exercise everything but the CUDA events and graphs)."""
+    rows = []
+    for suite in suites:
+        if suite in ("lenet", "resnet50", "depthwise", "backward"):
+            table = {"lenet": bench.LENET, "resnet50": bench.RESNET50,
+                     "depthwise": bench.DEPTHWISE,
+                     "backward": {**bench.LENET, **bench.RESNET50}}[suite]
+            rows += _conv_rows(suite, table, quick, torch, timer, ceilings, gen)
+        elif suite == "pool":
+            rows += _pool_rows(quick, torch, timer, ceilings, gen)
+        elif suite == "sobel":
+            rows += _sobel_rows(torch, timer, ceilings, gen)
+        elif suite == "train":
+            rows += bench.train_rows(torch, gen.device, quick,
+                                     lambda a, b: timer.eager(lambda i: a(), lambda i: b()),
+                                     ceilings)
+        else:
+            raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
+    return rows
+
+
 def run(suites, quick=False, repeat=None):
     import torch
 
@@ -269,21 +292,5 @@ def run(suites, quick=False, repeat=None):
     timer = CudaTimer(torch, repeat or (10 if quick else 30))
     gen = torch.Generator(device="cuda").manual_seed(0)
     ceilings = measure_ceilings(torch, timer)
-    rows = []
-    for suite in suites:
-        if suite in ("lenet", "resnet50", "depthwise", "backward"):
-            table = {"lenet": bench.LENET, "resnet50": bench.RESNET50,
-                     "depthwise": bench.DEPTHWISE,
-                     "backward": {**bench.LENET, **bench.RESNET50}}[suite]
-            rows += _conv_rows(suite, table, quick, torch, timer, ceilings, gen)
-        elif suite == "pool":
-            rows += _pool_rows(quick, torch, timer, ceilings, gen)
-        elif suite == "sobel":
-            rows += _sobel_rows(torch, timer, ceilings, gen)
-        elif suite == "train":
-            rows += bench.train_rows(torch, torch.device("cuda"), quick,
-                                     lambda a, b: timer.eager(lambda i: a(), lambda i: b()),
-                                     ceilings)
-        else:
-            raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
+    rows = suites_rows(suites, quick, torch, timer, gen, ceilings)
     return ceilings, rows, _environment(torch)

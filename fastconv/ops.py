@@ -163,6 +163,10 @@ def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
     return (y, idx) if return_indices else y
 
 
+_BAD_INDICES = ("max_pool2d_backward: indices hold positions outside their pooling windows "
+                "(are they from this input and these pooling arguments?)")
+
+
 def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1,
                         ceil_mode=False, *, indices=None, layout="NCHW"):
     """Gradient of max_pool2d with respect to its input: each output's gradient goes to
@@ -185,6 +189,10 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
                             f"as input, got {ia.lib.name} {ia.dtype} on {ia.device}")
         _args.expect_shape(op, "indices", ia.shape("indices"), out_shape)
         indices = ia.contiguous("indices")
+        # The GPU's gather would drop an index outside its window without a word; the
+        # CPU's scatter checks each one as it goes.
+        if be.is_cuda and be.call("max_pool_bad_indices", params, arrays=(indices,)):
+            raise ValueError(_BAD_INDICES)
     dx = a.empty(a.shape("input"))
     be.call("max_pool_bwd", params, arrays=(a.contiguous("grad_output"), indices, dx))
     return dx

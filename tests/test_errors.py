@@ -111,8 +111,12 @@ def test_max_pool_backward_bad_indices():
         fastconv.max_pool2d_backward(y, X, 2, indices=idx.astype(np.int32))
     with raises(ValueError, "indices", "(2, 3, 4, 4)"):
         fastconv.max_pool2d_backward(y, X, 2, indices=idx[:, :, :3])
-    with raises(ValueError, "indices hold positions outside the input plane"):
+    with raises(ValueError, "indices hold positions outside their pooling windows"):
         fastconv.max_pool2d_backward(y, X, 2, indices=idx + 1000)
+    inside_plane = idx.copy()
+    inside_plane[0, 0, 0, 0] = X.shape[-1] - 1  # row 0, last column: not output (0, 0)'s window
+    with raises(ValueError, "indices hold positions outside their pooling windows"):
+        fastconv.max_pool2d_backward(y, X, 2, indices=inside_plane)
 
 
 def test_filter_bad_input():

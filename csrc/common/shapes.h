@@ -146,6 +146,19 @@ FC_HD PoolTaps pool_taps(int64_t o, int64_t stride, int64_t pad, int64_t k, int6
     return {start, t0, max64(t0, t1)};
 }
 
+// Whether a max-pool index `at` (h * W + w in the input plane) names a pixel of output
+// (oh, ow)'s window: the rule both backends apply to indices a caller passes back.
+FC_HD bool pool_window_holds(const Pool2dParams& p, int64_t oh, int64_t ow, int64_t at) {
+    if (at < 0 || at >= p.H * p.W) return false;
+    const int64_t h = at / p.W, w = at % p.W;
+    const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+    const PoolTaps tw = pool_taps(ow, p.stride_w, p.pad_w, p.kw, p.dil_w, p.W);
+    const int64_t dh = h - th.start, dw = w - tw.start;
+    return dh >= 0 && dw >= 0 && dh % p.dil_h == 0 && dw % p.dil_w == 0 &&
+           dh / p.dil_h >= th.t0 && dh / p.dil_h < th.t1 && dw / p.dil_w >= tw.t0 &&
+           dw / p.dil_w < tw.t1;
+}
+
 // The average pool's divisor for output (oh, ow): divisor if set; else the window
 // clipped to [-pad, in + pad_end) (count_include_pad, PyTorch's rule) or to the image.
 FC_HD int64_t pool_avg_divisor(const Pool2dParams& p, int64_t oh, int64_t ow) {

@@ -103,14 +103,15 @@ template <typename T>
 void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx) {
     const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
     std::fill(dx, dx + p.N * p.C * HW, T(0));
-    // Indices may come from the caller: one outside the plane is refused, not written.
+    // Indices may come from the caller: one that names no pixel of its output's window
+    // is refused (the GPU's gather could not find it), not written.
     int64_t bad = 0;
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) reduction(+ : bad)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane)
             for (int64_t o = 0; o < PQ; ++o) {
                 const int64_t at = idx[plane * PQ + o];
-                if (at >= 0 && at < HW)
+                if (pool_window_holds(p, o / p.Q, o % p.Q, at))
                     dx[plane * HW + at] += dy[plane * PQ + o];
                 else
                     bad += at != -1;
@@ -121,14 +122,14 @@ void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx)
             for (int64_t o = 0; o < PQ; ++o)
                 for (int64_t c = 0; c < p.C; ++c) {
                     const int64_t at = idx[(n * PQ + o) * p.C + c];
-                    if (at >= 0 && at < HW)
+                    if (pool_window_holds(p, o / p.Q, o % p.Q, at))
                         dx[(n * HW + at) * p.C + c] += dy[(n * PQ + o) * p.C + c];
                     else
                         bad += at != -1;
                 }
     }
-    FC_CHECK(bad == 0, "max_pool2d_backward: indices hold positions outside the input plane "
-                       "(are they from this input and these pooling arguments?)");
+    FC_CHECK(bad == 0, "max_pool2d_backward: indices hold positions outside their pooling "
+                       "windows (are they from this input and these pooling arguments?)");
 }
 
 template <typename T>

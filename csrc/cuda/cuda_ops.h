@@ -34,6 +34,9 @@ void conv2d_bwd_bias(const Conv2dParams& p, const float* dy, float* db, cudaStre
 // max_pool_bwd gathers (no atomics).
 void max_pool_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
                   cudaStream_t stream);
+// How many of a caller's indices name no pixel of their output's window (synchronises
+// the stream: called only for indices that did not come from max_pool_fwd).
+int64_t max_pool_bad_indices(const Pool2dParams& p, const int64_t* idx, cudaStream_t stream);
 void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, float* dx,
                   cudaStream_t stream);
 void avg_pool_fwd(const Pool2dParams& p, const float* x, float* y, cudaStream_t stream);

@@ -15,6 +15,9 @@
 //                        last_out_reaching) and whose index names it, in output raster
 //                        order, the order in which the CPU's scatter adds them: same bits,
 //                        no atomics.
+//   max_pool_bad_indices counts indices a caller passed that name no pixel of their
+//                        output's window (shapes.h pool_window_holds, the CPU's rule):
+//                        the gather would silently drop them, so the API refuses them.
 //   avg_pool_fwd         sums its clipped window.
 //   avg_pool_bwd         gather as max_pool_bwd, adding dy / divisor of every output whose
 //                        window holds the pixel, in raster order (again the CPU's bits).
@@ -79,6 +82,17 @@ __global__ void __launch_bounds__(kThreads)
                 if (idx[o] == self) acc += dy[o];
             }
         dx[i] = acc;
+    }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    max_pool_bad_indices_kernel(Pool2dParams p, const int64_t* __restrict__ idx,
+                                unsigned long long* __restrict__ bad) {
+    const int64_t count = p.N * p.C * p.P * p.Q;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const Coord4 o = unravel4(p.layout, i, p.C, p.P, p.Q);
+        const int64_t at = idx[i];
+        if (at != -1 && !pool_window_holds(p, o.h, o.w, at)) atomicAdd(bad, 1ull);
     }
 }
 
@@ -164,6 +178,24 @@ void max_pool_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
     if (count <= 0) return;
     max_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y, idx);
     FC_CUDA_CHECK_LAUNCH();
+}
+
+int64_t max_pool_bad_indices(const Pool2dParams& p, const int64_t* idx, cudaStream_t stream) {
+    const int64_t count = p.N * p.C * p.P * p.Q;
+    if (count <= 0) return 0;
+    struct Counter {  // freed on every path, exceptions included
+        unsigned long long* dev = nullptr;
+        cudaStream_t stream;
+        ~Counter() { if (dev) cudaFreeAsync(dev, stream); }
+    } counter{nullptr, stream};
+    FC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter.dev), sizeof(unsigned long long), stream));
+    FC_CUDA_CHECK(cudaMemsetAsync(counter.dev, 0, sizeof(unsigned long long), stream));
+    max_pool_bad_indices_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, idx, counter.dev);
+    FC_CUDA_CHECK_LAUNCH();
+    unsigned long long bad = 0;
+    FC_CUDA_CHECK(cudaMemcpyAsync(&bad, counter.dev, sizeof bad, cudaMemcpyDeviceToHost, stream));
+    FC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return int64_t(bad);
 }
 
 void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, float* dx,

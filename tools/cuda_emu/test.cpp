@@ -210,6 +210,26 @@ static void test_pool(int iters) {
             cuda::max_pool_bwd(p, dy.data(), idxr.data(), dx.data(), nullptr);
             cpu::max_pool_bwd<float>(p, dy.data(), idxr.data(), dxr.data());
             compare("maxpool-bwd", cfg, dx, to_d(dxr), true);
+            // The forward's own indices are all accepted; one moved to a pixel outside
+            // its window (or out of the plane) is counted, and the CPU twin refuses it.
+            ++checks;
+            if (cuda::max_pool_bad_indices(p, idxr.data(), nullptr) != 0)
+                ++failures, printf("FAIL maxpool-bad-indices (own) %s\n", cfg);
+            std::vector<int64_t> moved(idxr);
+            const int64_t o = ri(0, ny - 1);
+            moved[o] = (it % 2) ? p.H * p.W : (moved[o] + p.W * (p.kh * p.dil_h + 1)) % (p.H * p.W + 1);
+            const bool outside = !pool_window_holds(p, (o / (p.layout == Layout::NCHW ? 1 : p.C)) % (p.P * p.Q) / p.Q,
+                                                    (o / (p.layout == Layout::NCHW ? 1 : p.C)) % p.Q, moved[o]);
+            bool cpu_refused = false;
+            try {
+                cpu::max_pool_bwd<float>(p, dy.data(), moved.data(), dxr.data());
+            } catch (const std::invalid_argument&) {
+                cpu_refused = true;
+            }
+            ++checks;
+            if (cuda::max_pool_bad_indices(p, moved.data(), nullptr) != (outside ? 1 : 0) ||
+                cpu_refused != outside)
+                ++failures, printf("FAIL maxpool-bad-indices (moved) %s\n", cfg);
         } else {
             std::vector<float> y(ny, NAN), yr(ny);
             cuda::avg_pool_fwd(p, x.data(), y.data(), nullptr);

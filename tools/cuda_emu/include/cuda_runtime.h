@@ -2,12 +2,30 @@
 #pragma once
 #include <math.h>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 typedef struct CUstream_st* cudaStream_t;
 typedef int cudaError_t;
 enum { cudaSuccess = 0 };
 inline cudaError_t cudaGetLastError() { return 0; }
 inline const char* cudaGetErrorString(cudaError_t) { return "emu"; }
+// Memory and stream calls: host memory, and a stream is always done.
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) { *p = std::malloc(n); return *p ? 0 : 2; }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { std::free(p); return 0; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return 0; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+    std::memcpy(d, s, n);
+    return 0;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
+// Emulated threads are coroutines on one OS thread: a plain add is atomic here.
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    const unsigned long long old = *p;
+    *p += v;
+    return old;
+}
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 void __syncthreads();
