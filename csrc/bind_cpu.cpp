@@ -33,6 +33,7 @@ cpu::ConvVariant conv_variant(const std::string& name) {
     if (name == "direct") return cpu::ConvVariant::Direct;
     if (name == "gemm") return cpu::ConvVariant::Gemm;
     if (name == "depthwise") return cpu::ConvVariant::Depthwise;
+    if (name == "blocked") return cpu::ConvVariant::Blocked;
     throw std::invalid_argument("fastconv._cpu: unknown conv2d variant " + name);
 }
 
@@ -40,7 +41,7 @@ cpu::ConvVariant conv_variant(const std::string& name) {
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "fastconv CPU backend (C++17, OpenMP)";
-    m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise");
+    m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise", "blocked");
     m.def("num_threads", [] { return omp_get_max_threads(); });
 
     m.def("conv2d_fwd", [](py::dict d, std::string variant, std::string dtype, U x, U w, U b, U y) {

@@ -19,7 +19,7 @@ def _cases():
     out = []
     for b in BACKENDS:
         name = b.values[0]
-        vs = ("direct", "gemm", "depthwise") if name == "cpu" else ("direct", "implicit_gemm", "depthwise")
+        vs = ("direct", "gemm", "depthwise", "blocked") if name == "cpu" else ("direct", "implicit_gemm", "depthwise")
         for v in vs:
             for dt in dtypes_for(name):
                 out.append(pytest.param(name, v, dt, id=f"{name}-{v}-{dt}", marks=b.marks))
@@ -152,6 +152,13 @@ EDGE = {
     "same-stride3": dict(N=2, C=4, K=6, H=10, W=11, R=4, S=3, groups=2, stride=3, dilation=2, padding="same"),
     "lenet-c1": dict(N=4, C=1, K=6, H=28, W=28, R=5, S=5, groups=1, stride=1, dilation=1, padding="same"),
     "lenet-c2": dict(N=4, C=6, K=16, H=14, W=14, R=5, S=5, groups=1, stride=1, dilation=1, padding="valid"),
+    # The blocked variant's three register shapes (K <= 8, <= 16, <= 24), strided and
+    # dilated, with a pixel count that leaves a partial block; and K past its limit.
+    "k20-strided-dilated": dict(N=3, C=2, K=20, H=17, W=19, R=3, S=2, groups=1, stride=(2, 3),
+                                dilation=(2, 1), padding=(1, 2)),
+    "k9-same-stride2": dict(N=1, C=5, K=9, H=13, W=23, R=4, S=5, groups=1, stride=2, dilation=1,
+                            padding="same"),
+    "k25": dict(N=2, C=3, K=25, H=9, W=8, R=3, S=3, groups=1, stride=1, dilation=1, padding=1),
 }
 
 
