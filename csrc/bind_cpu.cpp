@@ -125,18 +125,27 @@ PYBIND11_MODULE(_cpu, m) {
         });
     });
 
+    // dtype names the image; a uint8 image is filtered in float32 (kernel and output).
     m.def("sobel", [](py::dict d, std::string dtype, U x, U y) {
         const Filter2dParams p = bind::filter2d_params(d);
+        if (dtype == "uint8") {
+            py::gil_scoped_release release;
+            return cpu::sobel(p, ptr<uint8_t>(x), ptr<float>(y));
+        }
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
-            cpu::sobel<T>(p, ptr<T>(x), ptr<T>(y));
+            cpu::sobel(p, ptr<T>(x), ptr<T>(y));
         });
     });
     m.def("filter2d", [](py::dict d, std::string dtype, U x, U k, U y) {
         const Filter2dParams p = bind::filter2d_params(d);
+        if (dtype == "uint8") {
+            py::gil_scoped_release release;
+            return cpu::filter2d(p, ptr<uint8_t>(x), ptr<float>(k), ptr<float>(y));
+        }
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
-            cpu::filter2d<T>(p, ptr<T>(x), ptr<T>(k), ptr<T>(y));
+            cpu::filter2d(p, ptr<T>(x), ptr<T>(k), ptr<T>(y));
         });
     });
     m.def("conv1d", [](py::dict d, std::string dtype, U x, U w, U y) {

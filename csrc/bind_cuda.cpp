@@ -174,14 +174,25 @@ PYBIND11_MODULE(_cuda, m) {
         });
     });
 
+    // dtype names the image; a uint8 image is filtered in float32 (kernel and output).
     m.def("sobel", [](py::dict d, std::string dtype, int device, U stream, U x, U y) {
         const Filter2dParams p = bind::filter2d_params(d);
-        launch(device, dtype, [&] { cuda::sobel(p, ptr<float>(x), ptr<float>(y), stream_of(stream)); });
+        const bool u8 = dtype == "uint8";
+        launch(device, u8 ? "float32" : dtype, [&] {
+            if (u8)
+                cuda::sobel(p, ptr<uint8_t>(x), ptr<float>(y), stream_of(stream));
+            else
+                cuda::sobel(p, ptr<float>(x), ptr<float>(y), stream_of(stream));
+        });
     });
     m.def("filter2d", [](py::dict d, std::string dtype, int device, U stream, U x, U k, U y) {
         const Filter2dParams p = bind::filter2d_params(d);
-        launch(device, dtype, [&] {
-            cuda::filter2d(p, ptr<float>(x), ptr<float>(k), ptr<float>(y), stream_of(stream));
+        const bool u8 = dtype == "uint8";
+        launch(device, u8 ? "float32" : dtype, [&] {
+            if (u8)
+                cuda::filter2d(p, ptr<uint8_t>(x), ptr<float>(k), ptr<float>(y), stream_of(stream));
+            else
+                cuda::filter2d(p, ptr<float>(x), ptr<float>(k), ptr<float>(y), stream_of(stream));
         });
     });
     m.def("conv1d", [](py::dict d, std::string dtype, int device, U stream, U x, U w, U y) {

@@ -147,8 +147,9 @@ def cmd_bench(args):
 
 
 def read_gray(path):
-    """An image file as a 2-D float32 array: 8-bit images keep their 0-255 values,
-    colour is converted to luminance (ITU-R 601, as Pillow's "L")."""
+    """An image file as a 2-D array: 8-bit images as uint8 (fastconv filters them in
+    float32), 16-bit and float images as float32, colour converted to 8-bit luminance
+    (ITU-R 601, as Pillow's "L")."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -156,7 +157,7 @@ def read_gray(path):
             im.load()
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 return np.asarray(im, dtype=np.float32)
-            return np.asarray(im.convert("L"), dtype=np.float32)
+            return np.asarray(im.convert("L"), dtype=np.uint8)
     except FileNotFoundError:
         raise CommandError(f"{path}: no such file") from None
     except UnidentifiedImageError:
@@ -191,7 +192,8 @@ def write_image(path, edges, axis):
 
 
 def sobel_on(image, axis, mode, device):
-    """fastconv.sobel of a 2-D float32 NumPy image on the device; a NumPy result."""
+    """fastconv.sobel of a 2-D NumPy image (uint8 or float32) on the device; a float32
+    NumPy result."""
     if device == "cpu":
         return fastconv.sobel(image, axis=axis, mode=mode)
     import torch
@@ -292,7 +294,7 @@ def cmd_demo(args):
     where = "the GPU" if device == "cuda" else "the CPU"
     print(f"fastconv {fastconv.__version__} demo on {where}\n")
 
-    photo = skimage.data.camera().astype(np.float32)
+    photo = skimage.data.camera()  # 8-bit, filtered as it is
     t0 = time.perf_counter()
     edges = sobel_on(photo, None, "reflect", device)
     ms = (time.perf_counter() - t0) * 1e3

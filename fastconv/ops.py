@@ -263,6 +263,10 @@ def global_avg_pool2d_backward(grad_output, input, *, layout="NCHW"):
 
 # ----------------------------------------------------------------------- filters
 
+# Images may also be 8-bit, as photographs are: filtered in float32, float32 out.
+IMAGE_CPU_DTYPES = ("float32", "float64", "uint8")
+IMAGE_GPU_DTYPES = ("float32", "uint8")
+
 
 def sobel(image, axis=None, mode="reflect", cval=0.0, *, layout="NCHW"):
     """Sobel edge filter of every 2-D plane of image.
@@ -273,12 +277,14 @@ def sobel(image, axis=None, mode="reflect", cval=0.0, *, layout="NCHW"):
     or 4-D in `layout`; each plane is filtered on its own (unlike scipy.ndimage.sobel on
     an N-D array, which would also smooth across the batch). mode: "reflect",
     "mirror", "nearest", "constant" (with cval) or "wrap", as SciPy names them.
+    image may be uint8 (an 8-bit photograph): it is filtered in float32 and the result is
+    float32 (scipy.ndimage.sobel would return uint8, wrapped around).
     """
     op = "sobel"
     a = _prepare(op, image=image)
     params = _args.image(op, a.shape("image"), layout, mode, cval, axis=axis)
-    be = a.select_backend()
-    y = a.empty(a.shape("image"))
+    be = a.select_backend(IMAGE_GPU_DTYPES, IMAGE_CPU_DTYPES)
+    y = a.empty(a.shape("image"), "float32" if a.dtype == "uint8" else None)
     be.call("sobel", params, arrays=(a.contiguous("image"), y))
     return y
 
@@ -286,12 +292,21 @@ def sobel(image, axis=None, mode="reflect", cval=0.0, *, layout="NCHW"):
 def filter2d(image, kernel, mode="reflect", cval=0.0, *, layout="NCHW"):
     """Cross-correlation of every 2-D plane of image with a small 2-D kernel, as
     scipy.ndimage.correlate on each plane: the kernel's centre is (kh // 2, kw // 2);
-    borders by mode as in sobel. Same output shape as image."""
+    borders by mode as in sobel. Same output shape as image. A uint8 image takes a
+    float32 kernel and gives a float32 result."""
     op = "filter2d"
-    a = _prepare(op, image=image, kernel=kernel)
+    a = _prepare(op, image=image)
+    if a.dtype == "uint8":  # an 8-bit image takes a float32 kernel, as its output is
+        k = _prepare(op, kernel=kernel)
+        if k.lib is not a.lib or k.device != a.device or k.dtype != "float32":
+            raise TypeError(f"{op}: a uint8 image takes a float32 kernel of the same library "
+                            f"and device, got a {k.lib.name} {k.dtype} kernel")
+        a.arrays["kernel"] = k.arrays["kernel"]
+    else:
+        a = _prepare(op, image=image, kernel=kernel)
     params = _args.image(op, a.shape("image"), layout, mode, cval, kernel=a.shape("kernel"))
-    be = a.select_backend()
-    y = a.empty(a.shape("image"))
+    be = a.select_backend(IMAGE_GPU_DTYPES, IMAGE_CPU_DTYPES)
+    y = a.empty(a.shape("image"), "float32" if a.dtype == "uint8" else None)
     be.call("filter2d", params, arrays=(a.contiguous("image"), a.contiguous("kernel"), y))
     return y
 

@@ -248,7 +248,8 @@ def _sobel(image: Tensor, axis: Optional[int], mode: str, cval: float) -> Tensor
 @_sobel.register_fake
 def _(image, axis, mode, cval):
     _args.image("sobel", tuple(image.shape), "NCHW", mode, cval, axis=axis)
-    return torch.empty_like(image)
+    return image.new_empty(image.shape, dtype=torch.float32 if image.dtype == torch.uint8
+                           else image.dtype)
 
 
 def sobel(image, axis=None, mode="reflect", cval=0.0):

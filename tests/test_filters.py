@@ -55,6 +55,40 @@ def test_filter2d(backend, dtype, img, mode, kh, kw, seed):
                  f"filter2d {shape} {layout} {mode} {kh}x{kw}")
 
 
+@pytest.mark.parametrize("backend", [pytest.param(b.values[0], id=b.values[0], marks=b.marks)
+                                     for b in BACKENDS])
+@given(img=images(), mode=st.sampled_from(MODES), axis=st.sampled_from([None, 0, 1]),
+       k=st.tuples(st.integers(1, 7), st.integers(1, 7)), seed=st.integers(0, 2**32 - 1))
+def test_uint8_images(backend, img, mode, axis, k, seed):
+    """8-bit images (photographs) are filtered in float32: float32 out, the derivatives
+    exact (integer sums), the magnitude and filter2d within float32 rounding."""
+    shape, layout = img
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    x64 = x.astype(np.float64)
+    out = fastconv.sobel(to_backend(x, backend), axis, mode, cval=7.0, layout=layout)
+    assert to_numpy(out).dtype == np.float32
+    want = ref.sobel(x64, axis, mode, cval=7.0, layout=layout)
+    if axis is None:
+        assert_close(out, want, "float32", f"uint8 sobel {shape} {layout} {mode}")
+    else:
+        np.testing.assert_array_equal(to_numpy(out), want)
+    kern = random(rng, k, "float32")
+    out = fastconv.filter2d(to_backend(x, backend), to_backend(kern, backend), mode, cval=-2.0,
+                            layout=layout)
+    assert to_numpy(out).dtype == np.float32
+    assert_close(out, ref.filter2d(x64, kern, mode, cval=-2.0, layout=layout), "float32",
+                 f"uint8 filter2d {shape} {layout} {mode} {k}")
+
+
+def test_uint8_image_takes_a_float32_kernel():
+    x = np.zeros((5, 5), np.uint8)
+    with pytest.raises(TypeError, match="uint8 image takes a float32 kernel"):
+        fastconv.filter2d(x, np.ones((3, 3)))
+    with pytest.raises(TypeError, match="uint8"):
+        fastconv.conv2d(np.zeros((1, 1, 5, 5), np.uint8), np.zeros((1, 1, 3, 3), np.uint8))
+
+
 @pytest.mark.parametrize("backend,dtype", cases())
 @pytest.mark.parametrize("mode", MODES)
 def test_sobel_exact_on_integers(backend, dtype, mode):

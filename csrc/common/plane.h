@@ -9,25 +9,29 @@
 
 namespace fastconv {
 
-// Element (i, j) of the plane is base[i * sy + j * sx].
-template <typename T>
+// Element (i, j) of the plane is base[i * sy + j * sx], stored as In (the image's
+// type: float, double, or uint8 for 8-bit photographs) and read as T (the arithmetic
+// type: float for uint8).
+template <typename T, typename In = T>
 struct Plane {
-    const T* base;
+    const In* base;
     int64_t sy, sx, H, W;
     Border mode;
     T cval;
 
+    FC_HD T get(int64_t i, int64_t j) const { return T(base[i * sy + j * sx]); }
+
     // The plane extended by the border mode, for any (i, j).
     FC_HD T at(int64_t i, int64_t j) const {
         const int64_t bi = border_index(i, H, mode), bj = border_index(j, W, mode);
-        return (bi < 0 || bj < 0) ? cval : base[bi * sy + bj * sx];
+        return (bi < 0 || bj < 0) ? cval : get(bi, bj);
     }
 };
 
 // Plane (n, c) of x, laid out as p says (a 2-D or 3-D input has C == 1, NCHW).
-template <typename T>
-FC_HD Plane<T> plane_of(const Filter2dParams& p, const T* x, int64_t n, int64_t c) {
-    Plane<T> im;
+template <typename T, typename In>
+FC_HD Plane<T, In> plane_of(const Filter2dParams& p, const In* x, int64_t n, int64_t c) {
+    Plane<T, In> im;
     if (p.layout == Layout::NCHW)
         im.base = x + (n * p.C + c) * p.H * p.W, im.sy = p.W, im.sx = 1;
     else
@@ -40,8 +44,8 @@ FC_HD Plane<T> plane_of(const Filter2dParams& p, const T* x, int64_t n, int64_t 
 // d/dy; 1: columns, d/dx), then the smoothing [1, 2, 1] across it, each 1-D pass
 // extending its own input by the border mode, so with Border::Constant the smoothing
 // reads cval beyond the edge rather than a derivative of cval.
-template <typename T>
-FC_HD T sobel_at(const Plane<T>& im, int axis, int64_t i, int64_t j) {
+template <typename T, typename In>
+FC_HD T sobel_at(const Plane<T, In>& im, int axis, int64_t i, int64_t j) {
     // The derivative at (a, b) of the smoothing pass's neighbourhood.
     auto deriv = [&](int64_t a, int64_t b) -> T {
         if (axis == 0) {

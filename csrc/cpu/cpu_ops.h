@@ -45,10 +45,11 @@ template <typename T>
 void global_avg_pool_bwd(const GlobalPoolParams& p, const T* dy, T* dx);
 
 // sobel.cpp: sobel (one axis or the magnitude) and filter2d.
-template <typename T>
-void sobel(const Filter2dParams& p, const T* x, T* y);
-template <typename T>
-void filter2d(const Filter2dParams& p, const T* x, const T* k, T* y);
+// In is T, or uint8_t with T float (8-bit images).
+template <typename In, typename T>
+void sobel(const Filter2dParams& p, const In* x, T* y);
+template <typename In, typename T>
+void filter2d(const Filter2dParams& p, const In* x, const T* k, T* y);
 
 // conv1d.cpp
 template <typename T>

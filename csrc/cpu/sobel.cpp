@@ -1,4 +1,5 @@
-// sobel.cpp: Sobel derivatives / magnitude and filter2d on the CPU, float and double.
+// sobel.cpp: Sobel derivatives / magnitude and filter2d on the CPU: float and double
+// images, and 8-bit images (uint8) filtered in float, as photographs come.
 // The CUDA twin is csrc/cuda/sobel.cu.
 //
 // Both work plane by plane (see Filter2dParams). Borders follow scipy.ndimage:
@@ -23,8 +24,8 @@ namespace cpu {
 
 namespace {
 
-template <typename T>
-T sobel_out(const Plane<T>& im, int axis, int64_t i, int64_t j) {
+template <typename T, typename In>
+T sobel_out(const Plane<T, In>& im, int axis, int64_t i, int64_t j) {
     if (axis >= 0) return sobel_at(im, axis, i, j);
     const T gy = sobel_at(im, 0, i, j), gx = sobel_at(im, 1, i, j);
     return std::sqrt(gx * gx + gy * gy);
@@ -32,13 +33,16 @@ T sobel_out(const Plane<T>& im, int axis, int64_t i, int64_t j) {
 
 // Interior row i of a plane with contiguous rows: columns [1, W - 1). One loop per
 // axis, so each vectorises (a per-pixel test of the axis kept the magnitude scalar).
-template <typename T>
-void sobel_row_interior(const T* r0, const T* r1, const T* r2, int axis, int64_t W, T* out) {
+template <typename T, typename In>
+void sobel_row_interior(const In* r0_, const In* r1_, const In* r2_, int axis, int64_t W, T* out) {
+    auto r0 = [&](int64_t j) { return T(r0_[j]); };
+    auto r1 = [&](int64_t j) { return T(r1_[j]); };
+    auto r2 = [&](int64_t j) { return T(r2_[j]); };
     auto gy = [&](int64_t j) {
-        return (r2[j - 1] + T(2) * r2[j] + r2[j + 1]) - (r0[j - 1] + T(2) * r0[j] + r0[j + 1]);
+        return (r2(j - 1) + T(2) * r2(j) + r2(j + 1)) - (r0(j - 1) + T(2) * r0(j) + r0(j + 1));
     };
     auto gx = [&](int64_t j) {
-        return (r0[j + 1] - r0[j - 1]) + T(2) * (r1[j + 1] - r1[j - 1]) + (r2[j + 1] - r2[j - 1]);
+        return (r0(j + 1) - r0(j - 1)) + T(2) * (r1(j + 1) - r1(j - 1)) + (r2(j + 1) - r2(j - 1));
     };
     if (axis == 0) {
         for (int64_t j = 1; j < W - 1; ++j) out[j] = gy(j);
@@ -54,16 +58,16 @@ void sobel_row_interior(const T* r0, const T* r1, const T* r2, int axis, int64_t
 
 }  // namespace
 
-template <typename T>
-void sobel(const Filter2dParams& p, const T* x, T* y) {
+template <typename In, typename T>
+void sobel(const Filter2dParams& p, const In* x, T* y) {
     const int64_t planes = p.N * p.C;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t plane = 0; plane < planes; ++plane)
         for (int64_t i = 0; i < p.H; ++i) {
-            const Plane<T> im = plane_of(p, x, plane / p.C, plane % p.C);
+            const Plane<T, In> im = plane_of<T>(p, x, plane / p.C, plane % p.C);
             T* out = y + (im.base - x) + i * im.sy;
             if (im.sx == 1 && i > 0 && i < p.H - 1 && p.W > 2) {
-                const T* r1 = im.base + i * im.sy;
+                const In* r1 = im.base + i * im.sy;
                 sobel_row_interior(r1 - im.sy, r1, r1 + im.sy, p.axis, p.W, out);
                 out[0] = sobel_out(im, p.axis, i, 0);
                 out[p.W - 1] = sobel_out(im, p.axis, i, p.W - 1);
@@ -73,15 +77,15 @@ void sobel(const Filter2dParams& p, const T* x, T* y) {
         }
 }
 
-template <typename T>
-void filter2d(const Filter2dParams& p, const T* x, const T* k, T* y) {
+template <typename In, typename T>
+void filter2d(const Filter2dParams& p, const In* x, const T* k, T* y) {
     const int64_t planes = p.N * p.C, ch = p.kh / 2, cw = p.kw / 2;
     // Rows and columns whose every tap is inside the plane.
     const int64_t i0 = ch, i1 = p.H - (p.kh - 1 - ch), j0 = cw, j1 = p.W - (p.kw - 1 - cw);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t plane = 0; plane < planes; ++plane)
         for (int64_t i = 0; i < p.H; ++i) {
-            const Plane<T> im = plane_of(p, x, plane / p.C, plane % p.C);
+            const Plane<T, In> im = plane_of<T>(p, x, plane / p.C, plane % p.C);
             T* out = y + (im.base - x) + i * im.sy;
             auto exact = [&](int64_t j) {
                 T acc = T(0);
@@ -94,10 +98,10 @@ void filter2d(const Filter2dParams& p, const T* x, const T* k, T* y) {
                 for (int64_t j = 0; j < j0; ++j) exact(j);
                 std::fill(out + j0, out + j1, T(0));
                 for (int64_t a = 0; a < p.kh; ++a) {
-                    const T* row = im.base + (i + a - ch) * im.sy - cw;
+                    const In* row = im.base + (i + a - ch) * im.sy - cw;
                     for (int64_t b = 0; b < p.kw; ++b) {
                         const T kv = k[a * p.kw + b];
-                        for (int64_t j = j0; j < j1; ++j) out[j] += kv * row[j + b];
+                        for (int64_t j = j0; j < j1; ++j) out[j] += kv * T(row[j + b]);
                     }
                 }
                 for (int64_t j = j1; j < p.W; ++j) exact(j);
@@ -107,10 +111,12 @@ void filter2d(const Filter2dParams& p, const T* x, const T* k, T* y) {
         }
 }
 
-template void sobel<float>(const Filter2dParams&, const float*, float*);
-template void sobel<double>(const Filter2dParams&, const double*, double*);
-template void filter2d<float>(const Filter2dParams&, const float*, const float*, float*);
-template void filter2d<double>(const Filter2dParams&, const double*, const double*, double*);
+template void sobel(const Filter2dParams&, const float*, float*);
+template void sobel(const Filter2dParams&, const double*, double*);
+template void sobel(const Filter2dParams&, const uint8_t*, float*);
+template void filter2d(const Filter2dParams&, const float*, const float*, float*);
+template void filter2d(const Filter2dParams&, const double*, const double*, double*);
+template void filter2d(const Filter2dParams&, const uint8_t*, const float*, float*);
 
 }  // namespace cpu
 }  // namespace fastconv

@@ -47,7 +47,11 @@ void global_avg_pool_bwd(const GlobalPoolParams& p, const float* dy, float* dx,
                          cudaStream_t stream);
 
 // sobel.cu
+// x float32, or uint8 (8-bit images) filtered in float32.
 void sobel(const Filter2dParams& p, const float* x, float* y, cudaStream_t stream);
+void sobel(const Filter2dParams& p, const uint8_t* x, float* y, cudaStream_t stream);
+void filter2d(const Filter2dParams& p, const uint8_t* x, const float* k, float* y,
+              cudaStream_t stream);
 void filter2d(const Filter2dParams& p, const float* x, const float* k, float* y,
               cudaStream_t stream);
 

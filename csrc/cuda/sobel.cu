@@ -1,5 +1,6 @@
-// sobel.cu: Sobel derivatives / magnitude and filter2d on the GPU, float32. The CPU twin
-// is csrc/cpu/sobel.cpp, whose semantics these kernels reproduce.
+// sobel.cu: Sobel derivatives / magnitude and filter2d on the GPU, float32 images and
+// 8-bit (uint8) images filtered in float32. The CPU twin is csrc/cpu/sobel.cpp, whose
+// semantics these kernels reproduce.
 //
 // Both work on a batch of 2-D planes (see Filter2dParams): N * C planes of H x W, the
 // pixels of one plane contiguous (NCHW, C == 1 for 2-D and 3-D inputs) or C apart (NHWC).
@@ -32,12 +33,13 @@ namespace cuda {
 
 namespace {
 
+template <typename In>
 __global__ void __launch_bounds__(kThreads)
-    sobel_kernel(Filter2dParams p, const float* __restrict__ x, float* __restrict__ y) {
+    sobel_kernel(Filter2dParams p, const In* __restrict__ x, float* __restrict__ y) {
     const int64_t count = p.N * p.C * p.H * p.W;
     for (int64_t e = thread_index(); e < count; e += thread_count()) {
         const Coord4 at = unravel4(p.layout, e, p.C, p.H, p.W);
-        const Plane<float> im = plane_of(p, x, at.n, at.c);
+        const Plane<float, In> im = plane_of<float>(p, x, at.n, at.c);
         float out;
         if (p.axis >= 0) {
             out = sobel_at(im, p.axis, at.h, at.w);
@@ -52,8 +54,9 @@ __global__ void __launch_bounds__(kThreads)
 // Taps of filter2d held in shared memory at a time: 4 KiB, all of any filter up to 32 x 32.
 constexpr int64_t kTapChunk = 1024;
 
+template <typename In>
 __global__ void __launch_bounds__(kThreads)
-    filter2d_kernel(Filter2dParams p, const float* __restrict__ x, const float* __restrict__ k,
+    filter2d_kernel(Filter2dParams p, const In* __restrict__ x, const float* __restrict__ k,
                     float* __restrict__ y) {
     __shared__ float taps[kTapChunk];
     const int64_t count = p.N * p.C * p.H * p.W, ntaps = p.kh * p.kw;
@@ -70,7 +73,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t e = first + threadIdx.x;
         const bool active = e < count;
         const Coord4 at = unravel4(p.layout, active ? e : first, p.C, p.H, p.W);
-        const Plane<float> im = plane_of(p, x, at.n, at.c);
+        const Plane<float, In> im = plane_of<float>(p, x, at.n, at.c);
         // Taps in (a, b) row-major order, summed from zero as the CPU does.
         float acc = 0.f;
         for (int64_t t0 = 0; t0 < ntaps; t0 += kTapChunk) {
@@ -85,7 +88,7 @@ __global__ void __launch_bounds__(kThreads)
             int64_t row = border_index(at.h + a - ch, p.H, p.mode);
             for (int64_t t = t0; t < t1; ++t) {
                 const int64_t col = border_index(at.w + b - cw, p.W, p.mode);
-                const float v = (row < 0 || col < 0) ? im.cval : im.base[row * im.sy + col * im.sx];
+                const float v = (row < 0 || col < 0) ? im.cval : im.get(row, col);
                 acc += taps[t - t0] * v;
                 if (++b == p.kw) {
                     b = 0, ++a;
@@ -99,20 +102,37 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void sobel(const Filter2dParams& p, const float* x, float* y, cudaStream_t stream) {
+template <typename In>
+void sobel_launch(const Filter2dParams& p, const In* x, float* y, cudaStream_t stream) {
     FC_CHECK(p.axis == 0 || p.axis == 1 || p.axis == -1, "sobel axis must be 0, 1 or -1");
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    sobel_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
+    sobel_kernel<In><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
     FC_CUDA_CHECK_LAUNCH();
 }
 
-void filter2d(const Filter2dParams& p, const float* x, const float* k, float* y,
-              cudaStream_t stream) {
+template <typename In>
+void filter2d_launch(const Filter2dParams& p, const In* x, const float* k, float* y,
+                     cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    filter2d_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, k, y);
+    filter2d_kernel<In><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, k, y);
     FC_CUDA_CHECK_LAUNCH();
+}
+
+void sobel(const Filter2dParams& p, const float* x, float* y, cudaStream_t stream) {
+    sobel_launch(p, x, y, stream);
+}
+void sobel(const Filter2dParams& p, const uint8_t* x, float* y, cudaStream_t stream) {
+    sobel_launch(p, x, y, stream);
+}
+void filter2d(const Filter2dParams& p, const float* x, const float* k, float* y,
+              cudaStream_t stream) {
+    filter2d_launch(p, x, k, y, stream);
+}
+void filter2d(const Filter2dParams& p, const uint8_t* x, const float* k, float* y,
+              cudaStream_t stream) {
+    filter2d_launch(p, x, k, y, stream);
 }
 
 }  // namespace cuda

@@ -281,12 +281,22 @@ static void test_filters(int iters) {
         auto k = fill<float>(p.kh * p.kw, integer);
         std::vector<float> y(n, NAN), yr(n);
         cuda::sobel(p, x.data(), y.data(), nullptr);
-        cpu::sobel<float>(p, x.data(), yr.data());
+        cpu::sobel(p, x.data(), yr.data());
         compare("sobel", cfg, y, to_d(yr), integer && p.axis >= 0, 1e-6);
         std::vector<float> f(n, NAN), fr(n);
         cuda::filter2d(p, x.data(), k.data(), f.data(), nullptr);
-        cpu::filter2d<float>(p, x.data(), k.data(), fr.data());
+        cpu::filter2d(p, x.data(), k.data(), fr.data());
         compare("filter2d", cfg, f, to_d(fr), integer, 1e-6);
+        // The same image as 8 bits (0..255): uint8 in, float32 out, on both backends.
+        std::vector<uint8_t> x8(n);
+        for (int64_t e = 0; e < n; ++e) x8[e] = uint8_t(ri(0, 255));
+        std::vector<float> y8(n, NAN), y8r(n), f8(n, NAN), f8r(n);
+        cuda::sobel(p, x8.data(), y8.data(), nullptr);
+        cpu::sobel(p, x8.data(), y8r.data());
+        compare("sobel-u8", cfg, y8, to_d(y8r), p.axis >= 0, 1e-6);
+        cuda::filter2d(p, x8.data(), k.data(), f8.data(), nullptr);
+        cpu::filter2d(p, x8.data(), k.data(), f8r.data());
+        compare("filter2d-u8", cfg, f8, to_d(f8r), integer, 1e-6);
     }
 }
 
