@@ -12,11 +12,24 @@
 //           no two threads touch one element.
 //           grad weight: dw_g += dy . col^T image after image (beta 1); the GEMM splits
 //           the output matrix between threads and keeps each element's sum in order.
+//   blocked grad weight where the forward's blocked variant applies (K <= 24, NCHW,
+//           groups 1, float, AVX2 + FMA): no im2col. dy is turned pixel-major (K
+//           channels per pixel, padded to 8 * VK) and the input padded once per image;
+//           a block of 12 / VK taps x 8 * VK channels accumulates in 12 ymm registers
+//           over the pixels, one dy load per channel vector and one input broadcast per
+//           tap. Images go in fixed chunks of kChunk, each chunk's partial sum kept
+//           apart and the partials added in chunk order: the bits depend on the shapes
+//           only. Grad input runs as gemm.
 // Depthwise runs as gemm (the forward's depthwise variant has no backward of its own yet).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "../common/activation.h"
 #include "../common/shapes.h"
@@ -157,6 +170,100 @@ void bwd_filter_gemm(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
             }
 }
 
+#if FC_BLOCKED
+constexpr int64_t kChunk = 8;  // images per partial sum of the blocked grad weight
+
+// The partial grad weight of images [n0, n1): part[t * KV + k] for taps t = (c, r, s).
+template <int VK>
+__attribute__((target("avx2,fma"))) void bwd_filter_blocked_chunk(
+    const Conv2dParams& p, const BlockedShape& b, const float* dy, const float* x,
+    int64_t n0, int64_t n1, float* xp, float* dyt, float* part) {
+    constexpr int TB = 12 / VK, KV = 8 * VK;
+    const int64_t taps = p.C * p.R * p.S, PQ = p.P * p.Q;
+    std::fill(part, part + taps * KV, 0.f);
+    std::vector<int64_t> tap_off(taps);  // a tap's offset into the padded image
+    for (int64_t c = 0; c < p.C; ++c)
+        for (int64_t r = 0; r < p.R; ++r)
+            for (int64_t s = 0; s < p.S; ++s)
+                tap_off[(c * p.R + r) * p.S + s] = (c * b.Hp + r * p.dil_h) * b.Wp + s * p.dil_w;
+    for (int64_t n = n0; n < n1; ++n) {
+        pad_image(p, b, x + n * p.C * p.H * p.W, xp);
+        const float* g = dy + n * p.K * PQ;
+        for (int64_t j = 0; j < PQ; ++j)
+            for (int64_t k = 0; k < KV; ++k) dyt[j * KV + k] = k < p.K ? g[k * PQ + j] : 0.f;
+        for (int64_t t0 = 0; t0 < taps; t0 += TB) {
+            const int tb = int(std::min<int64_t>(TB, taps - t0));
+            __m256 acc[TB][VK];
+            for (int i = 0; i < TB; ++i)
+                for (int v = 0; v < VK; ++v) acc[i][v] = _mm256_setzero_ps();
+            const int64_t* off = tap_off.data() + t0;
+            for (int64_t oh = 0; oh < p.P; ++oh)
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    const float* d = dyt + (oh * p.Q + ow) * KV;
+                    __m256 dv[VK];
+                    for (int v = 0; v < VK; ++v) dv[v] = _mm256_loadu_ps(d + 8 * v);
+                    const float* xo = xp + oh * p.stride_h * b.Wp + ow * p.stride_w;
+                    if (tb == TB) {
+                        for (int i = 0; i < TB; ++i) {
+                            const __m256 xv = _mm256_broadcast_ss(xo + off[i]);
+                            for (int v = 0; v < VK; ++v) acc[i][v] = _mm256_fmadd_ps(xv, dv[v], acc[i][v]);
+                        }
+                    } else {
+                        for (int i = 0; i < tb; ++i) {
+                            const __m256 xv = _mm256_broadcast_ss(xo + off[i]);
+                            for (int v = 0; v < VK; ++v) acc[i][v] = _mm256_fmadd_ps(xv, dv[v], acc[i][v]);
+                        }
+                    }
+                }
+            for (int i = 0; i < tb; ++i)
+                for (int v = 0; v < VK; ++v) {
+                    float* dst = part + (t0 + i) * KV + 8 * v;
+                    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), acc[i][v]));
+                }
+        }
+    }
+}
+
+template <int VK>
+void bwd_filter_blocked_vk(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
+    constexpr int KV = 8 * VK;
+    const BlockedShape b(p, 1);
+    const int64_t taps = p.C * p.R * p.S, chunks = ceil_div(p.N, kChunk);
+    std::vector<float> parts(chunks * taps * KV);
+#pragma omp parallel
+    {
+        std::vector<float> xp(p.C * b.Hp * b.Wp), dyt(p.P * p.Q * KV);
+#pragma omp for schedule(dynamic)
+        for (int64_t ch = 0; ch < chunks; ++ch)
+            bwd_filter_blocked_chunk<VK>(p, b, dy, x, ch * kChunk, std::min(p.N, (ch + 1) * kChunk),
+                                         xp.data(), dyt.data(), parts.data() + ch * taps * KV);
+    }
+    // Chunks added in order; dw is (K, C, R, S), taps innermost.
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < p.K; ++k)
+        for (int64_t t = 0; t < taps; ++t) {
+            float acc = 0.f;
+            for (int64_t ch = 0; ch < chunks; ++ch) acc += parts[(ch * taps + t) * KV + k];
+            dw[k * taps + t] = acc;
+        }
+}
+#endif
+
+void bwd_filter_blocked(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
+#if FC_BLOCKED
+    if (blocked_applies(p)) {
+        if (p.K <= 8) return bwd_filter_blocked_vk<1>(p, dy, x, dw);
+        if (p.K <= 16) return bwd_filter_blocked_vk<2>(p, dy, x, dw);
+        return bwd_filter_blocked_vk<3>(p, dy, x, dw);
+    }
+#endif
+    bwd_filter_gemm(p, dy, x, dw);
+}
+
+void bwd_filter_blocked(const Conv2dParams& p, const double* dy, const double* x, double* dw) {
+    bwd_filter_gemm(p, dy, x, dw);
+}
+
 }  // namespace
 
 template <typename T>
@@ -168,6 +275,9 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const T* dy, const T*
 template <typename T>
 void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const T* dy, const T* x, T* dw) {
     if (v == ConvVariant::Direct) return bwd_filter_direct(p, dy, x, dw);
+    if (v == ConvVariant::Blocked ||
+        (v == ConvVariant::Auto && std::is_same<T, float>::value && blocked_applies(p)))
+        return bwd_filter_blocked(p, dy, x, dw);
     bwd_filter_gemm(p, dy, x, dw);
 }
 

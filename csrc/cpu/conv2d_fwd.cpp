@@ -215,48 +215,6 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
 
 // ----------------------------------------------------------------------- blocked
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FC_BLOCKED 1
-const bool kHasAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-#define FC_BLOCKED 0
-const bool kHasAvx2Fma = false;
-#endif
-constexpr int64_t kBlockedMaxK = 24;
-
-bool blocked_applies(const Conv2dParams& p) {
-    return FC_BLOCKED && kHasAvx2Fma && p.layout == Layout::NCHW && p.groups == 1 &&
-           p.K <= kBlockedMaxK;
-}
-
-// The padded scratch of one image: rows 0 .. (P-1)*sh + (R-1)*dh, columns 0 ..
-// (Qb-1)*sw + (S-1)*dw, where Qb rounds Q up to whole pixel blocks (the extra columns
-// are zeros; their outputs are computed and dropped).
-struct BlockedShape {
-    int64_t Hp, Wp, Qb;
-    BlockedShape(const Conv2dParams& p, int64_t pb)
-        : Hp((p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1),
-          Wp((ceil_div(p.Q, pb) * pb - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1),
-          Qb(ceil_div(p.Q, pb) * pb) {}
-};
-
-inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp) {
-    for (int64_t c = 0; c < p.C; ++c)
-        for (int64_t i = 0; i < b.Hp; ++i) {
-            float* dst = xp + (c * b.Hp + i) * b.Wp;
-            const int64_t h = i - p.pad_h;
-            if (h < 0 || h >= p.H) {
-                std::fill(dst, dst + b.Wp, 0.f);
-                continue;
-            }
-            // Columns j = w + pad_w for w in [0, W), clipped to the scratch; zeros around.
-            const int64_t j0 = std::min(p.pad_w, b.Wp), j1 = std::min(p.pad_w + p.W, b.Wp);
-            std::fill(dst, dst + j0, 0.f);
-            if (j1 > j0) std::copy(x + (c * p.H + h) * p.W, x + (c * p.H + h) * p.W + (j1 - j0), dst + j0);
-            std::fill(dst + std::max(j0, j1), dst + b.Wp, 0.f);
-        }
-}
-
 #if FC_BLOCKED
 // Output rows [p0, p1) of one image. wt: (C*R*S) x 8VK weights, channel-minor, zero
 // beyond K. tile: Qb x 8VK floats.
