@@ -154,7 +154,7 @@ def resolve_device(name):
     return torch.device("cpu")
 
 
-def _evaluate(model, x, y, batch_size, dist, device):
+def _evaluate(model, x, y, dist, device):
     model.eval()
     loss = correct = 0.0
     with torch.no_grad():
@@ -238,7 +238,7 @@ def _train(cfg, device, dist, log):
             bar.close()
         loss_total, correct_total, seen_total = dist.all_sum(
             [loss_sum.item(), correct.item(), seen], device)
-        val_loss, val_acc = _evaluate(net, x_val, y_val, cfg.batch_size, dist, device)
+        val_loss, val_acc = _evaluate(net, x_val, y_val, dist, device)
         r = EpochResult(epoch, loss_total / seen_total, correct_total / seen_total, val_loss,
                         val_acc, step_ms)
         results.append(r)
