@@ -59,6 +59,9 @@ def test_max_pool(backend, dtype, layout, data, seed):
     y, idx = fastconv.max_pool2d(to_backend(x, backend), **cfg, return_indices=True, layout=layout)
     assert_close(y, y_ref, dtype, f"max_pool2d {cfg}")
     np.testing.assert_array_equal(to_numpy(idx), i_ref)
+    # Without indices the CPU takes another path (whole rows at a time): same values.
+    y_only = fastconv.max_pool2d(to_backend(x, backend), **cfg, layout=layout)
+    np.testing.assert_array_equal(to_numpy(y_only), to_numpy(y))
     dy = random(rng, y_ref.shape, dtype)
     dx_ref = ref.max_pool2d_backward(dy, x, **cfg, layout=layout)
     for indices in (None, idx):

@@ -37,12 +37,120 @@ inline std::vector<PoolTaps> column_taps(const Pool2dParams& p, int64_t dil) {
 template <typename T>
 inline bool takes(T v, T best) { return v > best || std::isnan(v); }
 
+// Output columns [q0, q1) whose windows need no clipping (all kw taps inside the row).
+inline void interior_columns(const std::vector<PoolTaps>& cols, int64_t kw, int64_t& q0,
+                             int64_t& q1) {
+    const int64_t Q = int64_t(cols.size());
+    q0 = 0;
+    while (q0 < Q && !(cols[q0].t0 == 0 && cols[q0].t1 == kw)) ++q0;
+    q1 = q0;
+    while (q1 < Q && cols[q1].t0 == 0 && cols[q1].t1 == kw) ++q1;
+}
+
+// NCHW max (no indices) or average pooling of planes [plane0, plane1): border columns
+// pixel by pixel, interior columns a whole row at a time, tap by tap, so the loop over
+// columns vectorises (kSW: the stride as a constant, 0 for any). Each output takes its
+// taps in the per-pixel loops' order (rows, then columns, from -inf or 0): the same bits.
+template <typename T, bool kMax, int kSW>
+__attribute__((always_inline)) inline void pool_nchw_planes(const Pool2dParams& p,
+                                                            const PoolTaps* cols, int64_t q0,
+                                                            int64_t q1, const T* x, T* y,
+                                                            int64_t plane0, int64_t plane1) {
+    const int64_t sw = kSW ? kSW : p.stride_w;
+    const int64_t dh = kMax ? p.dil_h : 1, dw = kMax ? p.dil_w : 1;
+    const T lowest = -std::numeric_limits<T>::infinity();
+    for (int64_t plane = plane0; plane < plane1; ++plane) {
+        const T* xp = x + plane * p.H * p.W;
+        for (int64_t oh = 0; oh < p.P; ++oh) {
+            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, dh, p.H);
+            T* yr = y + (plane * p.P + oh) * p.Q;
+            auto one = [&](int64_t ow) {
+                const PoolTaps& tw = cols[ow];
+                T acc = kMax ? lowest : T(0);
+                for (int64_t i = th.t0; i < th.t1; ++i)
+                    for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                        const T v = xp[(th.start + i * dh) * p.W + tw.start + j * dw];
+                        acc = kMax ? (takes(v, acc) ? v : acc) : acc + v;
+                    }
+                yr[ow] = kMax ? acc : acc / T(pool_avg_divisor(p, oh, ow));
+            };
+            for (int64_t ow = 0; ow < q0; ++ow) one(ow);
+            for (int64_t ow = q1; ow < p.Q; ++ow) one(ow);
+            if (q1 <= q0) continue;
+            for (int64_t q = q0; q < q1; ++q) yr[q] = kMax ? lowest : T(0);
+            for (int64_t i = th.t0; i < th.t1; ++i) {
+                const T* row = xp + (th.start + i * dh) * p.W - p.pad_w;
+                for (int64_t j = 0; j < p.kw; ++j) {
+                    const T* r = row + j * dw;
+                    for (int64_t q = q0; q < q1; ++q) {
+                        const T v = r[q * sw];
+                        yr[q] = kMax ? (takes(v, yr[q]) ? v : yr[q]) : yr[q] + v;
+                    }
+                }
+            }
+            if (!kMax) {
+                const T div = T(pool_avg_divisor(p, oh, q0));  // alike for interior columns
+                for (int64_t q = q0; q < q1; ++q) yr[q] /= div;
+            }
+        }
+    }
+}
+
+template <typename T, bool kMax>
+inline void pool_nchw_any_stride(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                 int64_t q1, const T* x, T* y, int64_t b0, int64_t b1) {
+    if (p.stride_w == 1) return pool_nchw_planes<T, kMax, 1>(p, cols, q0, q1, x, y, b0, b1);
+    if (p.stride_w == 2) return pool_nchw_planes<T, kMax, 2>(p, cols, q0, q1, x, y, b0, b1);
+    pool_nchw_planes<T, kMax, 0>(p, cols, q0, q1, x, y, b0, b1);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FC_POOL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FC_POOL_CLONES
+#endif
+
+// Float is built for AVX2 and baseline x86-64, chosen at run time; called from inside the
+// OpenMP loop (an attribute on the function around `omp parallel` would not reach it).
+FC_POOL_CLONES void max_nchw_f32(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                 int64_t q1, const float* x, float* y, int64_t b0, int64_t b1) {
+    pool_nchw_any_stride<float, true>(p, cols, q0, q1, x, y, b0, b1);
+}
+FC_POOL_CLONES void avg_nchw_f32(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                 int64_t q1, const float* x, float* y, int64_t b0, int64_t b1) {
+    pool_nchw_any_stride<float, false>(p, cols, q0, q1, x, y, b0, b1);
+}
+
+template <bool kMax>
+inline void pool_nchw(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                      const float* x, float* y, int64_t b0, int64_t b1) {
+    (kMax ? max_nchw_f32 : avg_nchw_f32)(p, cols, q0, q1, x, y, b0, b1);
+}
+template <bool kMax>
+inline void pool_nchw(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                      const double* x, double* y, int64_t b0, int64_t b1) {
+    pool_nchw_any_stride<double, kMax>(p, cols, q0, q1, x, y, b0, b1);
+}
+
+// Every NCHW plane, in blocks of planes shared out between the threads.
+template <bool kMax, typename T>
+void pool_nchw_all(const Pool2dParams& p, const std::vector<PoolTaps>& cols, const T* x, T* y) {
+    int64_t q0, q1;
+    interior_columns(cols, p.kw, q0, q1);
+    const int64_t planes = p.N * p.C, block = 16, blocks = ceil_div(planes, block);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b)
+        pool_nchw<kMax>(p, cols.data(), q0, q1, x, y, b * block,
+                        std::min(planes, (b + 1) * block));
+}
+
 }  // namespace
 
 template <typename T>
 void max_pool_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
     const std::vector<PoolTaps> cols = column_taps(p, p.dil_w);
     const T lowest = -std::numeric_limits<T>::infinity();
+    if (p.layout == Layout::NCHW && !idx) return pool_nchw_all<true>(p, cols, x, y);
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
@@ -135,25 +243,7 @@ void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx)
 template <typename T>
 void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
     const std::vector<PoolTaps> cols = column_taps(p, 1);
-    if (p.layout == Layout::NCHW) {
-#pragma omp parallel for schedule(static)
-        for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
-            const T* xp = x + plane * p.H * p.W;
-            for (int64_t oh = 0; oh < p.P; ++oh) {
-                const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
-                for (int64_t ow = 0; ow < p.Q; ++ow) {
-                    const PoolTaps& tw = cols[ow];
-                    T acc = T(0);
-                    for (int64_t i = th.t0; i < th.t1; ++i) {
-                        const T* row = xp + (th.start + i) * p.W + tw.start;
-                        for (int64_t j = tw.t0; j < tw.t1; ++j) acc += row[j];
-                    }
-                    y[(plane * p.P + oh) * p.Q + ow] = acc / T(pool_avg_divisor(p, oh, ow));
-                }
-            }
-        }
-        return;
-    }
+    if (p.layout == Layout::NCHW) return pool_nchw_all<false>(p, cols, x, y);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < p.N; ++n)
         for (int64_t oh = 0; oh < p.P; ++oh) {
