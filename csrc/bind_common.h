@@ -37,6 +37,14 @@ inline Conv2dParams conv2d_params(const py::dict& d) {
     return p;
 }
 
+inline Conv2dPoolParams conv2d_pool_params(const py::dict& d) {
+    Conv2dPoolParams p{};
+    p.conv = conv2d_params(d);
+    p.pool_h = field<int64_t>(d, "pool_h"), p.pool_w = field<int64_t>(d, "pool_w");
+    p.save_activation = field<bool>(d, "save_activation");
+    return p;
+}
+
 inline Pool2dParams pool2d_params(const py::dict& d) {
     Pool2dParams p{};
     p.N = field<int64_t>(d, "N"), p.C = field<int64_t>(d, "C");

@@ -42,6 +42,8 @@ cpu::ConvVariant conv_variant(const std::string& name) {
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "fastconv CPU backend (C++17, OpenMP)";
     m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise", "blocked");
+    // The block runs any conv variant, then the average pool (no fused variant here).
+    m.attr("conv2d_avgpool_variants") = m.attr("conv2d_variants");
     m.def("num_threads", [] { return omp_get_max_threads(); });
 
     m.def("conv2d_fwd", [](py::dict d, std::string variant, std::string dtype, U x, U w, U b, U y) {
@@ -50,6 +52,22 @@ PYBIND11_MODULE(_cpu, m) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv2d_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y));
+        });
+    });
+    m.def("conv2d_avgpool_fwd", [](py::dict d, std::string variant, std::string dtype, U x, U w,
+                                   U b, U y, U a) {
+        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
+        const cpu::ConvVariant v = conv_variant(variant);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::conv2d_avgpool_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y), ptr<T>(a));
+        });
+    });
+    m.def("avgpool_act_bwd", [](py::dict d, std::string dtype, U dy, U a, U dz) {
+        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::avgpool_act_bwd<T>(p, ptr<T>(dy), ptr<T>(a), ptr<T>(dz));
         });
     });
     m.def("activation_bwd", [](int act, int64_t count, std::string dtype, U y, U dy, U dz) {

@@ -44,6 +44,7 @@ cuda::ConvVariant conv_variant(const std::string& name) {
     if (name == "direct") return cuda::ConvVariant::Direct;
     if (name == "implicit_gemm") return cuda::ConvVariant::ImplicitGemm;
     if (name == "depthwise") return cuda::ConvVariant::Depthwise;
+    if (name == "fused") return cuda::ConvVariant::Fused;
     throw std::invalid_argument("fastconv._cuda: unknown conv2d variant " + name);
 }
 
@@ -61,6 +62,8 @@ void launch(int device, const std::string& dtype, F&& f) {
 PYBIND11_MODULE(_cuda, m) {
     m.doc() = "fastconv GPU backend (CUDA)";
     m.attr("conv2d_variants") = py::make_tuple("direct", "implicit_gemm", "depthwise");
+    m.attr("conv2d_avgpool_variants") =
+        py::make_tuple("fused", "direct", "implicit_gemm", "depthwise");
 
     // Never throws: 0 where there is no driver or no device.
     m.def("device_count", [] {
@@ -99,6 +102,23 @@ PYBIND11_MODULE(_cuda, m) {
         launch(device, dtype, [&] {
             cuda::conv2d_fwd(p, v, ptr<float>(x), ptr<float>(w), ptr<float>(b), ptr<float>(y),
                              stream_of(stream));
+        });
+    });
+    m.def("conv2d_avgpool_fwd", [](py::dict d, std::string variant, std::string dtype, int device,
+                                   U stream, U x, U w, U b, U y, U a) {
+        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
+        const cuda::ConvVariant v = conv_variant(variant);
+        launch(device, dtype, [&] {
+            cuda::conv2d_avgpool_fwd(p, v, ptr<float>(x), ptr<float>(w), ptr<float>(b),
+                                     ptr<float>(y), ptr<float>(a), stream_of(stream));
+        });
+    });
+    m.def("avgpool_act_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U a,
+                                U dz) {
+        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
+        launch(device, dtype, [&] {
+            cuda::avgpool_act_bwd(p, ptr<float>(dy), ptr<float>(a), ptr<float>(dz),
+                                  stream_of(stream));
         });
     });
     m.def("activation_bwd", [](int act, int64_t count, std::string dtype, int device, U stream,

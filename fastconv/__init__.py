@@ -12,6 +12,8 @@ from .ops import (
     avg_pool2d_backward,
     conv1d,
     conv2d,
+    conv2d_avgpool,
+    conv2d_avgpool_backward,
     conv2d_backward,
     filter2d,
     global_avg_pool2d,
@@ -45,7 +47,8 @@ def conv2d_variants(backend="cpu"):
 
 
 __all__ = [
-    "avg_pool2d", "avg_pool2d_backward", "conv1d", "conv2d", "conv2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "conv1d", "conv2d", "conv2d_avgpool",
+    "conv2d_avgpool_backward", "conv2d_backward",
     "conv2d_variants", "cuda_available", "filter2d", "global_avg_pool2d",
     "global_avg_pool2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "sobel",
 ]

@@ -147,6 +147,19 @@ def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay):
     return params, _out4(lay_i, N, K, P, Q)
 
 
+def conv2d_avgpool(op, x, w, b, stride, padding, dilation, groups, act, lay, pool):
+    """Params, the convolution's output shape and the pooled output shape of the LeNet-5
+    block: conv2d's arguments plus pool, the average pool's window and stride."""
+    params, conv_shape = conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay)
+    ph, pw = pair(op, "pool", pool, 1)
+    P, Q = params["P"], params["Q"]
+    if P < ph or Q < pw:
+        raise ValueError(f"{op}: the {ph}x{pw} pool window does not fit the convolution's "
+                         f"{P}x{Q} output")
+    params.update(pool_h=ph, pool_w=pw, save_activation=False)
+    return params, conv_shape, _out4(params["layout"], params["N"], params["K"], P // ph, Q // pw)
+
+
 def expect_shape(op, name, shape, expected):
     if shape is None:
         raise TypeError(f"{op}: {name} is required")

@@ -12,7 +12,9 @@ Peers: PyTorch CPU (torch.nn.functional, the same thread count), scipy.ndimage f
 (fastconv/bench_gpu.py: CUDA events, eager and device timings).
 
 The `train` suite times one LeNet-5 training step (forward, backward, Adam) with
-fastconv's layers against the same model on PyTorch's, at batch 128 and 1024.
+fastconv's layers against the same model on PyTorch's, at batch 128 and 1024, and each
+of LeNet-5's two blocks (conv + bias + tanh + 2x2 average pool, forward and backward
+through autograd) as fastconv's one op against PyTorch's four.
 """
 
 import datetime
@@ -216,6 +218,42 @@ def train_rows(torch, device, quick, pair, ceilings):
     return rows
 
 
+def block_rows(torch, device, quick, pair, ceilings):
+    """LeNet-5's blocks, forward + backward through autograd: fastconv.torch's
+    conv2d_avgpool against PyTorch's conv2d, tanh and avg_pool2d (bias in the conv)."""
+    import torch.nn.functional as F
+
+    from . import torch as fct
+
+    rows = []
+    for batch in TRAIN_BATCHES[:1] if quick else TRAIN_BATCHES:
+        for case, shape in LENET.items():
+            _, C, H, W, K, R, stride, pad, _ = shape
+            gen = torch.Generator().manual_seed(batch + K)
+            x = torch.rand(batch, C, H, W, generator=gen).to(device).requires_grad_()
+            w = (torch.randn(K, C, R, R, generator=gen) / (C * R * R) ** 0.5).to(device)
+            b = torch.randn(K, generator=gen).to(device)
+            w.requires_grad_(), b.requires_grad_()
+            P, Q = conv_out((batch,) + shape[1:])
+            dy = torch.randn(batch, K, P // 2, Q // 2, generator=gen).to(device)
+            padding = "same" if pad else 0
+
+            def ours():
+                y = fct.conv2d_avgpool(x, w, b, stride, padding, activation="tanh", pool=2)
+                torch.autograd.grad(y, (x, w, b), dy)
+
+            def theirs():
+                y = F.avg_pool2d(torch.tanh(F.conv2d(x, w, b, stride, pad)), 2)
+                torch.autograd.grad(y, (x, w, b), dy)
+
+            t_ours, t_theirs = pair(ours, theirs)
+            flops = 3 * conv_flops((batch,) + shape[1:])
+            rows.append(_row("train", f"{case}_block_b{batch}", "conv2d_avgpool_fwd_bwd", "NCHW",
+                             t_ours, "torch-cudnn" if device.type == "cuda" else "torch-cpu",
+                             t_theirs, flops, "TFLOP/s", ceilings))
+    return rows
+
+
 def _environment():
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -267,6 +305,7 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
         elif suite == "sobel":
             rows += _sobel_rows(timer, ceilings, rng)
         elif suite == "train":
+            rows += block_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
             rows += train_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
         else:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
@@ -287,10 +326,10 @@ def format_table(result):
              f"{d['name']}, driver {d['driver']}, CUDA {d['cuda']}, torch {d['torch']}")
     lines = [f"fastconv bench on {where}, commit {result['commit'][:10]}, {result['date']}",
              "ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in result["ceilings"].items()),
-             f"{'suite':10s} {'case':18s} {'op':18s} {'layout':6s} {'mode':6s} {'fastconv ms':>11s} "
+             f"{'suite':10s} {'case':20s} {'op':22s} {'layout':6s} {'mode':6s} {'fastconv ms':>11s} "
              f"{'peer':>19s} {'peer ms':>9s} {'speedup':>8s} {'achieved':>16s} {'of ceil':>8s}"]
     for r in result["rows"]:
-        lines.append(f"{r['suite']:10s} {r['case']:18s} {r['op']:18s} {r['layout']:6s} "
+        lines.append(f"{r['suite']:10s} {r['case']:20s} {r['op']:22s} {r['layout']:6s} "
                      f"{r['mode']:6s} {r['fastconv_ms']:11.3f} {r['peer']:>19s} "
                      f"{r['peer_ms']:9.3f} {r['speedup']:7.2f}x {r['achieved']:9.3g} "
                      f"{r['unit']:>6s} {100 * r['of_ceiling']:7.1f}%")
@@ -301,6 +340,8 @@ def _label(r):
     label = f"{r['suite']}/{r['case']}"
     if r["layout"] not in ("NCHW", "-"):
         label += f" {r['layout']}"
+    if r["op"] == "conv2d_avgpool_fwd_bwd":
+        label += " fwd+bwd"
     if r["op"].startswith("conv2d_bias"):
         label += f" +{r['op'][len('conv2d_'):]}"
     if r["mode"] != "eager":

@@ -8,11 +8,16 @@ Method (benchmarks issue):
     and `device` (GPU time alone: `calls` calls captured in a CUDA graph, replayed
     alternately; where a callable cannot be captured, back-to-back calls between
     events, which still hides host time when kernels are longer than the launch);
+  - convolutions also get a `first` row: the wall-clock time of each side's first call
+    on the shape (cuDNN's includes cudnn.benchmark's autotuning; fastconv chooses its
+    kernel by a shape rule, so its first call should cost what the later ones do);
   - inputs are rotated through enough copies to overflow the 50 MB L2 when one copy
     would fit in it, so no case times a warm cache;
   - the ceilings are measured in the same run: device-to-device copy (bytes read +
     written), strict-fp32 and bf16 matrix products (8192^3).
 """
+
+import time
 
 import numpy as np
 
@@ -28,6 +33,18 @@ class CudaTimer:
     def _events(self):
         E = self.torch.cuda.Event
         return E(enable_timing=True), E(enable_timing=True)
+
+    def first(self, ours, theirs):
+        """Wall-clock seconds of each side's very first call on a new shape, to the end of
+        its GPU work (with cudnn.benchmark on, cuDNN's includes its autotuning)."""
+        out = []
+        for fn in (ours, theirs):
+            self.torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(0)
+            self.torch.cuda.synchronize()
+            out.append(time.perf_counter() - t0)
+        return out[0], out[1]
 
     def eager(self, ours, theirs):
         """Median seconds of one call each, alternating; fn(i) uses input copy i."""
@@ -116,6 +133,10 @@ def measure_ceilings(torch, timer):
 
 def _rows(suite, case, op, layout, timer, ours, theirs, peer, work, unit, ceilings, modes):
     rows = []
+    if "first" in modes:  # before anything else has run this shape
+        t_ours, t_peer = timer.first(ours, theirs)
+        rows.append(bench._row(suite, case, op, layout, t_ours, peer, t_peer, work, unit,
+                               ceilings, mode="first"))
     if "eager" in modes:
         t_ours, t_peer = timer.eager(ours, theirs)
         rows.append(bench._row(suite, case, op, layout, t_ours, peer, t_peer, work, unit,
@@ -152,12 +173,12 @@ def _conv_rows(suite, table, quick, torch, timer, ceilings, gen):
                 lambda i: torch.ops.aten.convolution_backward(
                     dys[i % k], xs[i % k], w, None, [stride] * 2, [pad] * 2, [1, 1], False,
                     [0, 0], groups, [True, True, False]),
-                "torch-cudnn", 2 * flops, "TFLOP/s", ceilings, ("eager", "device"))
+                "torch-cudnn", 2 * flops, "TFLOP/s", ceilings, ("first", "eager", "device"))
             continue
         rows += _rows(suite, case, "conv2d", "NCHW", timer,
                       lambda i: ops.conv2d(xs[i % k], w, None, stride, pad, 1, groups),
                       lambda i: F.conv2d(xs[i % k], w, None, stride, pad, 1, groups),
-                      "torch-cudnn", flops, "TFLOP/s", ceilings, ("eager", "device"))
+                      "torch-cudnn", flops, "TFLOP/s", ceilings, ("first", "eager", "device"))
         act = "tanh" if suite == "lenet" else "relu" if suite == "resnet50" else None
         if act:
             fn = torch.tanh if act == "tanh" else torch.relu
@@ -271,9 +292,11 @@ def suites_rows(suites, quick, torch, timer, gen, ceilings):
         elif suite == "sobel":
             rows += _sobel_rows(torch, timer, ceilings, gen)
         elif suite == "train":
-            rows += bench.train_rows(torch, gen.device, quick,
-                                     lambda a, b: timer.eager(lambda i: a(), lambda i: b()),
-                                     ceilings)
+            def pair(a, b):
+                return timer.eager(lambda i: a(), lambda i: b())
+
+            rows += bench.block_rows(torch, gen.device, quick, pair, ceilings)
+            rows += bench.train_rows(torch, gen.device, quick, pair, ceilings)
         else:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
     return rows

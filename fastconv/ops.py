@@ -101,7 +101,6 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), None, stride,
                                      padding, dilation, groups, activation, layout)
     _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
-    want_x, want_w, want_b = (bool(m) for m in output_mask)
     be = a.select_backend()
     variant = _args.variant(op, variant, _conv_variants(be))
     dy = a.contiguous("grad_output")
@@ -114,20 +113,109 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         be.call("activation_bwd", params["act"], math.prod(out_shape),
                 arrays=(a.contiguous("output"), dy, dz))
         dy = dz
-    params["act"] = 0
+    return _conv_grads(a, be, params, variant, dy, output_mask)
+
+
+def _conv_grads(a, be, params, variant, dz, output_mask):
+    """The three gradients of a convolution from dz, its pre-activation gradient."""
+    want_x, want_w, want_b = (bool(m) for m in output_mask)
+    params = dict(params, act=0)
     grad_input = grad_weight = grad_bias = None
     if want_x:
         grad_input = a.empty(a.shape("input"))
         be.call("conv2d_bwd_data", params, variant,
-                arrays=(dy, a.contiguous("weight"), grad_input))
+                arrays=(dz, a.contiguous("weight"), grad_input))
     if want_w:
         grad_weight = a.empty(a.shape("weight"))
         be.call("conv2d_bwd_filter", params, variant,
-                arrays=(dy, a.contiguous("input"), grad_weight))
+                arrays=(dz, a.contiguous("input"), grad_weight))
     if want_b:
         grad_bias = a.empty((params["K"],))
-        be.call("conv2d_bwd_bias", params, arrays=(dy, grad_bias))
+        be.call("conv2d_bwd_bias", params, arrays=(dz, grad_bias))
     return grad_input, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------- the LeNet-5 block
+
+
+def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                   activation=None, pool=2, layout="NCHW", variant="auto",
+                   return_activation=False):
+    """The LeNet-5 block in one call: avg_pool2d(conv2d(input, ..., activation), pool).
+
+    Arguments as conv2d's; pool (int or (h, w)) is the average pool's window and stride,
+    with no padding and rows / columns that do not fill a window dropped (floor), as
+    torch.nn.AvgPool2d(pool) and Keras' AveragePooling2D(pool).
+    variant: "auto", or one of the backend's conv2d_avgpool variants: on the GPU "fused"
+    (one kernel: convolution, activation and pool) or a conv2d variant (that kernel, then
+    the pool); on the CPU a conv2d variant.
+    return_activation: also return act(conv2d(...)) at full resolution, (N, K, P, Q), what
+    conv2d_avgpool_backward needs.
+
+    PyTorch tensors that require grad go through fastconv.torch.conv2d_avgpool, with
+    autograd (return_activation must then be False).
+    """
+    if _needs_autograd(input, weight, bias):
+        if return_activation:
+            raise ValueError("conv2d_avgpool: return_activation=True is for tensors that do not "
+                             "require grad (autograd keeps the activation itself)")
+        return _autograd_op("conv2d_avgpool", layout, variant)(
+            input, weight, bias, stride, padding, dilation, groups, activation=activation,
+            pool=pool)
+    return _conv2d_avgpool(input, weight, bias, stride, padding, dilation, groups,
+                           activation=activation, pool=pool, layout=layout, variant=variant,
+                           return_activation=return_activation)
+
+
+def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                    activation=None, pool=2, layout="NCHW", variant="auto",
+                    return_activation=False):
+    op = "conv2d_avgpool"
+    a = _prepare(op, input=input, weight=weight, bias=bias)
+    params, conv_shape, out_shape = _args.conv2d_avgpool(
+        op, a.shape("input"), a.shape("weight"), a.shape("bias"), stride, padding, dilation,
+        groups, activation, layout, pool)
+    be = a.select_backend()
+    variant = _args.variant(op, variant, be.module.conv2d_avgpool_variants)
+    params["save_activation"] = bool(return_activation)
+    # The composed variants always write the activation; the fused one when asked.
+    act = a.empty(conv_shape)
+    y = a.empty(out_shape)
+    be.call("conv2d_avgpool_fwd", params, variant,
+            arrays=(a.contiguous("input"), a.contiguous("weight"), a.contiguous("bias"), y, act))
+    return (y, act) if return_activation else y
+
+
+def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
+                            groups=1, *, activation=None, pool=2, activation_output=None,
+                            layout="NCHW", output_mask=(True, True, True), variant="auto"):
+    """Gradients of conv2d_avgpool: (grad_input, grad_weight, grad_bias).
+
+    Arguments as conv2d_avgpool's. With an activation, activation_output must be the
+    full-resolution activation that conv2d_avgpool(..., return_activation=True) returned.
+    variant: a conv2d variant for the convolution's gradients. Deterministic.
+    """
+    op = "conv2d_avgpool_backward"
+    a = _prepare(op, grad_output=grad_output, input=input, weight=weight,
+                 activation_output=activation_output)
+    params, conv_shape, out_shape = _args.conv2d_avgpool(
+        op, a.shape("input"), a.shape("weight"), None, stride, padding, dilation, groups,
+        activation, layout, pool)
+    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+    be = a.select_backend()
+    variant = _args.variant(op, variant, _conv_variants(be))
+    if activation is not None:
+        if activation_output is None:
+            raise TypeError(f"{op}: activation_output (conv2d_avgpool's full-resolution "
+                            f"activation, return_activation=True) is required with "
+                            f"activation={activation!r}")
+        _args.expect_shape(op, "activation_output", a.shape("activation_output"), conv_shape)
+        act = a.contiguous("activation_output")
+    else:
+        act = None
+    dz = a.empty(conv_shape)
+    be.call("avgpool_act_bwd", params, arrays=(a.contiguous("grad_output"), act, dz))
+    return _conv_grads(a, be, params, variant, dz, output_mask)
 
 
 # ----------------------------------------------------------------------- pooling

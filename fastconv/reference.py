@@ -170,6 +170,22 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     return _from_nchw(dx, layout), _weights_from_oihw(dw, layout), dz.sum(axis=(0, 2, 3))
 
 
+def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                   activation=None, pool=2, layout="NCHW"):
+    """The LeNet-5 block: avg_pool2d(conv2d(...), pool), window = stride = pool."""
+    a = conv2d(input, weight, bias, stride, padding, dilation, groups, activation, layout)
+    return avg_pool2d(a, pool, layout=layout)
+
+
+def conv2d_avgpool_backward(grad_output, input, weight, bias=None, stride=1, padding=0,
+                            dilation=1, groups=1, activation=None, pool=2, layout="NCHW"):
+    """(grad_input, grad_weight, grad_bias) of conv2d_avgpool: the two backwards chained."""
+    a = conv2d(input, weight, bias, stride, padding, dilation, groups, activation, layout)
+    da = avg_pool2d_backward(grad_output, a, pool, layout=layout)
+    return conv2d_backward(da, input, weight, stride, padding, dilation, groups, activation,
+                           output=a, layout=layout)
+
+
 # --------------------------------------------------------------------------- pooling
 
 

@@ -5,7 +5,8 @@
                           fct.AvgPool2d(2), ...)
 
 The ops are registered with torch.library (namespace `fastconv`: conv2d, conv2d_backward,
-max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward, sobel), each with a
+conv2d_avgpool, conv2d_avgpool_backward, max_pool2d, max_pool2d_backward, avg_pool2d,
+avg_pool2d_backward, sobel), each with a
 fake (meta) implementation for torch.compile and an autograd formula that calls
 fastconv's backward kernels. CPU tensors run on the C++ backend, CUDA tensors on the GPU
 backend, on PyTorch's current stream. float32 everywhere, float64 on the CPU.
@@ -18,6 +19,13 @@ same weights. What differs:
     at the bottom / right), where torch.nn.Conv2d refuses a strided "same";
     padding_mode must be "zeros".
   - sobel has no gradient formula: its backward raises.
+
+The LeNet-5 block, a convolution with its activation followed by an average pool whose
+window is its stride, runs as one op (one kernel on the GPU): explicitly as
+Conv2dAvgPool2d (the Conv2d's parameters and state_dict, plus pool=), or found in an
+existing model by fuse(model), which returns a torch.fx GraphModule with every such
+Conv2d -> [Tanh/ReLU/Sigmoid] -> AvgPool2d chain replaced by a block sharing the
+Conv2d's parameters.
 Tensors of any memory format are accepted; the kernels read NCHW, so a channels_last
 tensor is copied to NCHW first.
 """
@@ -107,7 +115,85 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
            activation=None):
     """torch.nn.functional.conv2d with a fused activation, differentiable; padding also
     "same" with any stride (Keras' rule)."""
-    op = "conv2d"
+    stride, padding, same, dilation, activation = _conv_conf(
+        "conv2d", stride, padding, dilation, activation)
+    return _conv2d(input, weight, bias, stride, padding, same, dilation, groups, activation)
+
+
+# ----------------------------------------------------------------------- the LeNet-5 block
+
+
+@torch.library.custom_op(f"{_NS}::conv2d_avgpool", mutates_args=())
+def _conv2d_avgpool(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                    padding: List[int], same: bool, dilation: List[int], groups: int,
+                    activation: str, pool: List[int], save: bool) -> Tuple[Tensor, Tensor]:
+    """(pooled output, full-resolution activation); the second is empty unless `save`."""
+    out = ops._conv2d_avgpool(input, weight, bias, tuple(stride), _conv_padding(padding, same),
+                              tuple(dilation), groups, activation=_act(activation),
+                              pool=tuple(pool), return_activation=save)
+    return out if save else (out, input.new_empty(0))
+
+
+@_conv2d_avgpool.register_fake
+def _(input, weight, bias, stride, padding, same, dilation, groups, activation, pool, save):
+    _, conv_shape, shape = _args.conv2d_avgpool(
+        "conv2d_avgpool", tuple(input.shape), tuple(weight.shape),
+        None if bias is None else tuple(bias.shape), tuple(stride),
+        _conv_padding(padding, same), tuple(dilation), groups, _act(activation), "NCHW",
+        tuple(pool))
+    return input.new_empty(shape), input.new_empty(conv_shape if save else (0,))
+
+
+@torch.library.custom_op(f"{_NS}::conv2d_avgpool_backward", mutates_args=())
+def _conv2d_avgpool_backward(grad_output: Tensor, input: Tensor, weight: Tensor,
+                             activation_output: Optional[Tensor], stride: List[int],
+                             padding: List[int], same: bool, dilation: List[int], groups: int,
+                             activation: str, pool: List[int],
+                             output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    grads = ops.conv2d_avgpool_backward(
+        grad_output, input, weight, tuple(stride), _conv_padding(padding, same),
+        tuple(dilation), groups, activation=_act(activation), pool=tuple(pool),
+        activation_output=activation_output, output_mask=tuple(output_mask))
+    return tuple(g if g is not None else input.new_empty(0) for g in grads)
+
+
+@_conv2d_avgpool_backward.register_fake
+def _(grad_output, input, weight, activation_output, stride, padding, same, dilation, groups,
+      activation, pool, output_mask):
+    shapes = (input.shape, weight.shape, (weight.shape[0],))
+    return tuple(input.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
+
+
+def _conv2d_avgpool_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, same, dilation, groups, activation, pool, save = inputs
+    ctx.conf = (stride, padding, same, dilation, groups, activation, pool)
+    ctx.has_bias = bias is not None
+    keep = activation != _NONE and save
+    ctx.save_for_backward(input, weight, bias if activation != _NONE and not save else None,
+                          output[1] if keep else None)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _conv2d_avgpool_grad(ctx, grad_output, grad_activation):
+    input, weight, bias, act = ctx.saved_tensors
+    stride, padding, same, dilation, groups, activation, pool = ctx.conf
+    if activation != _NONE and act is None:
+        # The forward was told no gradient would be asked for (save=False) and kept no
+        # activation: recompute it.
+        act = _conv2d(input, weight, bias, stride, padding, same, dilation, groups, activation)
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], ctx.has_bias and need[2]]
+    gx, gw, gb = _conv2d_avgpool_backward(grad_output.contiguous(), input, weight, act, stride,
+                                          padding, same, dilation, groups, activation, pool,
+                                          mask)
+    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+            None, None, None, None, None, None, None, None)
+
+
+_conv2d_avgpool.register_autograd(_conv2d_avgpool_grad, setup_context=_conv2d_avgpool_setup)
+
+
+def _conv_conf(op, stride, padding, dilation, activation):
     stride = list(_args.pair(op, "stride", stride, 1))
     dilation = list(_args.pair(op, "dilation", dilation, 1))
     same = isinstance(padding, str)
@@ -119,8 +205,20 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     else:
         padding = list(_args.pair(op, "padding", padding, 0))
     _args.activation(op, activation)
-    return _conv2d(input, weight, bias, stride, padding, same, dilation, groups,
-                   _NONE if activation is None else activation)
+    return stride, padding, same, dilation, _NONE if activation is None else activation
+
+
+def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                   activation=None, pool=2):
+    """The LeNet-5 block, avg_pool2d(conv2d(..., activation), pool) in one op,
+    differentiable (fastconv.conv2d_avgpool's semantics)."""
+    stride, padding, same, dilation, activation = _conv_conf(
+        "conv2d_avgpool", stride, padding, dilation, activation)
+    pool = list(_args.pair("conv2d_avgpool", "pool", pool, 1))
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias))
+    return _conv2d_avgpool(input, weight, bias, stride, padding, same, dilation, groups,
+                           activation, pool, save)[0]
 
 
 # ----------------------------------------------------------------------- pooling
@@ -288,6 +386,38 @@ class Conv2d(nn.Conv2d):
                       self.groups, activation=self.activation)
 
 
+class Conv2dAvgPool2d(Conv2d):
+    """The LeNet-5 block: Conv2d (with its fused activation) followed by AvgPool2d(pool),
+    as one op. Its parameters and state_dict are the Conv2d's, so a model whose conv and
+    pool are replaced by this block (and an Identity) loads the same weights."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None, *, activation=None, pool=2):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype, activation=activation)
+        self.pool = _args.pair("Conv2dAvgPool2d", "pool", pool, 1)
+
+    @classmethod
+    def from_modules(cls, conv, pool_size, activation=None):
+        """The block computing `conv` then an average pool of window = stride =
+        pool_size; it shares conv's parameters (no copy). activation overrides conv's."""
+        block = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                    device="meta", activation=activation or getattr(conv, "activation", None),
+                    pool=pool_size)
+        block.weight, block.bias = conv.weight, conv.bias
+        return block
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, pool={self.pool}"
+
+    def forward(self, input):
+        return conv2d_avgpool(input, self.weight, self.bias, self.stride, self.padding,
+                              self.dilation, self.groups, activation=self.activation,
+                              pool=self.pool)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """torch.nn.MaxPool2d on fastconv's kernels."""
 
@@ -304,4 +434,81 @@ class AvgPool2d(nn.AvgPool2d):
                           self.count_include_pad, self.divisor_override)
 
 
-__all__ = ["AvgPool2d", "Conv2d", "MaxPool2d", "avg_pool2d", "conv2d", "max_pool2d", "sobel"]
+# ----------------------------------------------------------------------- fusion
+
+_ACTIVATION_MODULES = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
+
+
+def _block_pool_size(m):
+    """The pool size of an average pool the block can absorb (window = stride, no
+    padding, floor, no divisor override), else None."""
+    if not isinstance(m, nn.AvgPool2d):
+        return None
+    k = _args.pair("fuse", "kernel_size", m.kernel_size, 1)
+    s = k if m.stride in (None, (), []) else _args.pair("fuse", "stride", m.stride, 1)
+    if s != k or _args.pair("fuse", "padding", m.padding, 0) != (0, 0) or m.ceil_mode \
+            or m.divisor_override is not None:
+        return None
+    return k
+
+
+def fuse(model):
+    """`model` with every fastconv Conv2d that feeds only an average pool replaced by one
+    Conv2dAvgPool2d block, the pool's own work folded in; returned as a torch.fx
+    GraphModule whose state_dict keys and parameters are the model's (shared, not
+    copied). Fused where the conv's output goes, through any nn.Identity, to nothing but
+    an nn.AvgPool2d (torch's or fastconv's) whose window equals its stride, with no
+    padding, ceil_mode or divisor_override; an nn.Tanh / nn.ReLU / nn.Sigmoid between
+    them joins the block when the conv has no activation of its own. The model must be
+    traceable by torch.fx (no data-dependent control flow); methods other than forward
+    are not carried over."""
+    import torch.fx as fx
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, (Conv2d, MaxPool2d, AvgPool2d)) or \
+                super().is_leaf_module(m, qualname)
+
+    graph = Tracer().trace(model)
+    gm = fx.GraphModule(model, graph)
+    modules = dict(gm.named_modules())
+
+    def module_of(node):
+        return modules.get(node.target) if node.op == "call_module" else None
+
+    def only_user(node):
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+    for node in list(graph.nodes):
+        conv = module_of(node)
+        if type(conv) is not Conv2d:
+            continue
+        chain, nxt, activation = [], only_user(node), conv.activation
+        while nxt is not None and isinstance(module_of(nxt), nn.Identity):
+            chain.append(nxt)
+            nxt = only_user(nxt)
+        act_module = module_of(nxt) if nxt is not None else None
+        if activation is None and type(act_module) in _ACTIVATION_MODULES:
+            activation = _ACTIVATION_MODULES[type(act_module)]
+            chain.append(nxt)
+            nxt = only_user(nxt)
+            while nxt is not None and isinstance(module_of(nxt), nn.Identity):
+                chain.append(nxt)
+                nxt = only_user(nxt)
+        size = _block_pool_size(module_of(nxt)) if nxt is not None else None
+        if size is None:
+            continue
+        block = Conv2dAvgPool2d.from_modules(conv, size, activation)
+        gm.add_submodule(node.target, block)
+        modules[node.target] = block
+        nxt.replace_all_uses_with(node)
+        for dead in [nxt] + chain[::-1]:
+            graph.erase_node(dead)
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+__all__ = ["AvgPool2d", "Conv2d", "Conv2dAvgPool2d", "MaxPool2d", "avg_pool2d", "conv2d",
+           "conv2d_avgpool", "fuse", "max_pool2d", "sobel"]

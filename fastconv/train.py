@@ -30,21 +30,23 @@ BACKENDS = ("fastconv", "torch")
 
 class LeNet5(nn.Module):
     """LeNet-5 of the course notes, with LeCun's layer names. backend "fastconv" builds
-    the convolutions and pools from fastconv.torch's modules (tanh fused into the
-    convolution kernels), "torch" from torch.nn's; the parameters and state_dict keys are
-    the same, so either loads the other's weights. Returns logits: the softmax is in
-    the loss, and in predict()."""
+    each convolution + tanh + average pool as one fastconv.torch.Conv2dAvgPool2d block
+    (held by c1 and c3; s2 and s4 are identities), "torch" from torch.nn's modules;
+    the parameters and state_dict keys are the same, so either loads the other's
+    weights. Returns logits: the softmax is in the loss, and in predict()."""
 
     def __init__(self, backend="fastconv"):
         super().__init__()
         if backend == "fastconv":
             from . import torch as fct
 
-            self.c1 = fct.Conv2d(1, 6, 5, padding="same", activation="tanh")
-            self.s2 = fct.AvgPool2d(2)
-            self.c3 = fct.Conv2d(6, 16, 5, activation="tanh")
-            self.s4 = fct.AvgPool2d(2)
-            self.conv_act = nn.Identity()  # fused into c1 and c3
+            # Each convolution, its tanh and the average pool after it are one block
+            # (one kernel on the GPU); the blocks hold the convolutions' parameters.
+            self.c1 = fct.Conv2dAvgPool2d(1, 6, 5, padding="same", activation="tanh", pool=2)
+            self.s2 = nn.Identity()
+            self.c3 = fct.Conv2dAvgPool2d(6, 16, 5, activation="tanh", pool=2)
+            self.s4 = nn.Identity()
+            self.conv_act = nn.Identity()
         elif backend == "torch":
             self.c1 = nn.Conv2d(1, 6, 5, padding="same")
             self.s2 = nn.AvgPool2d(2)

@@ -40,6 +40,11 @@ class StandInTimer:
             self.calls += 2
         return 1e-3, 2e-3
 
+    def first(self, ours, theirs):
+        ours(0), theirs(0)
+        self.calls += 2
+        return 1e-3, 2e-3
+
     def device(self, ours, theirs):
         self.eager(ours, theirs)
         return 1e-3, 2e-3, ("loop", "loop")
@@ -56,9 +61,12 @@ def test_gpu_harness_suites_on_cpu_tensors(tiny_shapes):
         assert r["speedup"] == pytest.approx(2.0) and r["of_ceiling"] > 0
     modes = {(r["suite"], r["mode"]) for r in rows}
     assert ("lenet", "device") in modes and ("pool", "eager") in modes
+    assert ("resnet50", "first") in modes and ("backward", "first") in modes
     assert {r["op"] for r in rows if r["suite"] == "lenet"} == {"conv2d", "conv2d_bias_tanh"}
     assert {r["op"] for r in rows if r["suite"] == "resnet50"} == {"conv2d", "conv2d_bias_relu"}
     assert {r["layout"] for r in rows if r["suite"] == "pool"} == {"NCHW", "NHWC"}
+    assert {r["op"] for r in rows if r["suite"] == "train"} == {"conv2d_avgpool_fwd_bwd",
+                                                                "train_step"}
     assert timer.calls > 100
     bench._label(rows[0])
 

@@ -241,3 +241,110 @@ def test_lenet_under_torch_compile_fullgraph_matches_eager():
     assert rel_error(y, y_eager) < 1e-5
     for g, p in zip(grads, model.parameters()):
         assert rel_error(g, p.grad) < 1e-5
+
+
+# ----------------------------------------------------------------------- the LeNet-5 block
+
+
+def torch_block(x, w, b, conf, act, pool):
+    return F.avg_pool2d(torch_conv(x, w, b, conf, act), pool)
+
+
+BLOCK_CASES = [("lenet-c1", 2), ("valid", 2), ("strided-same", (1, 2)), ("groups", 3),
+               ("dilated", (2, 3))]
+
+
+@pytest.mark.parametrize("case,pool", BLOCK_CASES)
+def test_block_opcheck(case, pool):
+    x, w, b, conf, act = conv_inputs(case, torch.float32, "cpu", requires_grad=True)
+    stride, padding, same, dilation, act_s = fct._conv_conf("t", conf["stride"], conf["padding"],
+                                                            conf["dilation"], act)
+    pool = list(fastconv._args.pair("t", "pool", pool, 1))
+    for save in (True, False):
+        opcheck(torch.ops.fastconv.conv2d_avgpool.default,
+                (x, w, b, stride, padding, same, dilation, conf["groups"], act_s, pool, save))
+    y, a = torch.ops.fastconv.conv2d_avgpool(x.detach(), w.detach(), None if b is None else b.detach(),
+                                             stride, padding, same, dilation, conf["groups"], act_s,
+                                             pool, True)
+    opcheck(torch.ops.fastconv.conv2d_avgpool_backward.default,
+            (torch.randn_like(y), x.detach(), w.detach(), a if act else None, stride, padding, same,
+             dilation, conf["groups"], act_s, pool, [True, True, b is not None]))
+
+
+@pytest.mark.parametrize("case,pool", BLOCK_CASES)
+def test_block_gradcheck(case, pool):
+    x, w, b, conf, act = conv_inputs(case, torch.float64, "cpu", requires_grad=True)
+    inputs = (x, w) if b is None else (x, w, b)
+    assert torch.autograd.gradcheck(
+        lambda *t: fct.conv2d_avgpool(*t, **conf, activation=act, pool=pool), inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case,pool", BLOCK_CASES)
+def test_block_matches_torch_forward_and_gradients(case, pool, device):
+    x, w, b, conf, act = conv_inputs(case, torch.float32, device, requires_grad=True)
+    y = fct.conv2d_avgpool(x, w, b, **conf, activation=act, pool=pool)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy)
+    want = torch_block(x, w, b, conf, act, pool)
+    refs = torch.autograd.grad(want, [t for t in (x, w, b) if t is not None], dy)
+    assert rel_error(y, want) < 1e-5
+    for got, ref_grad in zip(grads, refs):
+        assert rel_error(got, ref_grad) < 1e-5
+    # fastconv.conv2d_avgpool routes tensors that require grad here too.
+    assert fastconv.conv2d_avgpool(x, w, b, **conf, activation=act, pool=pool).grad_fn is not None
+
+
+def test_block_module_holds_the_convolutions_parameters():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    block = fct.Conv2dAvgPool2d(3, 4, 3, padding=1, activation="tanh", pool=2)
+    assert list(block.state_dict()) == list(conv.state_dict())
+    block.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 9, 8)
+    assert rel_error(block(x), F.avg_pool2d(torch.tanh(conv(x)), 2)) < 1e-5
+    assert "pool=(2, 2)" in repr(block)
+    with pytest.raises(ValueError, match="pool must be >= 1"):
+        fct.Conv2dAvgPool2d(3, 4, 3, pool=0)
+
+
+def test_fuse_folds_conv_activation_and_pool_into_blocks():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        fct.Conv2d(1, 6, 5, padding="same", activation="tanh"), fct.AvgPool2d(2),  # fused
+        fct.Conv2d(6, 8, 3), nn.Tanh(), nn.Identity(), nn.AvgPool2d(2),             # fused, tanh joins
+        fct.Conv2d(8, 8, 1, activation="relu"), nn.AvgPool2d(2, stride=1),          # stride != window
+        fct.Conv2d(8, 8, 1), nn.AvgPool2d(1, padding=0, ceil_mode=True),            # ceil_mode
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    fused = fct.fuse(model)
+    kinds = [type(m).__name__ for m in fused.children()]
+    assert kinds == ["Conv2dAvgPool2d", "Conv2dAvgPool2d", "Conv2d", "AvgPool2d", "Conv2d",
+                     "AvgPool2d", "Flatten", "Linear"]
+    assert fused.get_submodule("2").activation == "tanh"
+    assert list(fused.state_dict()) == list(model.state_dict())
+    assert fused.get_submodule("0").weight is model[0].weight  # shared, not copied
+    x = torch.randn(3, 1, 24, 24, requires_grad=True)
+    y, y_ref = fused(x), model(x)
+    assert rel_error(y, y_ref) < 1e-5
+    (g,) = torch.autograd.grad(y.sum(), model[2].weight)
+    (g_ref,) = torch.autograd.grad(y_ref.sum(), model[2].weight)
+    assert rel_error(g, g_ref) < 1e-5
+
+
+def test_fuse_leaves_a_conv_whose_output_is_used_twice():
+    class TwoUses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = fct.Conv2d(2, 2, 3, activation="tanh"), fct.AvgPool2d(2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.pool(y), y
+
+    fused = fct.fuse(TwoUses())
+    assert type(fused.conv) is fct.Conv2d and isinstance(fused.pool, fct.AvgPool2d)
+
+
+def test_lenet_uses_the_blocks_and_keeps_torchs_state_dict():
+    model = lenet5("fastconv")
+    assert isinstance(model.c1, fct.Conv2dAvgPool2d) and isinstance(model.c3, fct.Conv2dAvgPool2d)
+    assert list(model.state_dict()) == list(lenet5("torch").state_dict())

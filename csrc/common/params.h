@@ -38,6 +38,17 @@ struct Conv2dParams {
     bool has_bias;
 };
 
+// conv2d_avgpool, the LeNet-5 block: y = avg_pool(act(conv2d(x))) with a pool_h x pool_w
+// window moved by its own size, no padding, floor (PyTorch's AvgPool2d(k), Keras'
+// AveragePooling2D(k)): y is (N, K, P / pool_h, Q / pool_w) in conv.layout. The
+// full-resolution a = act(conv2d(x)), (N, K, P, Q), is what the backward needs; the
+// fused GPU kernel writes it only when save_activation, the composed paths always.
+struct Conv2dPoolParams {
+    Conv2dParams conv;
+    int64_t pool_h, pool_w;
+    bool save_activation;
+};
+
 // max / average pooling over each channel.
 // pad_h / pad_w are top / left; pad_h_end / pad_w_end bottom / right. Windows are
 // clipped to [-pad_h, H + pad_h_end) for the average's count_include_pad divisor

@@ -172,4 +172,18 @@ FC_HD int64_t pool_avg_divisor(const Pool2dParams& p, int64_t oh, int64_t ow) {
     return (min64(h0 + p.kh, p.H) - max64(h0, 0)) * (min64(w0 + p.kw, p.W) - max64(w0, 0));
 }
 
+// conv2d_avgpool's pooling, as the Pool2dParams of an average pool over the block's
+// activation (N, K, P, Q): window = stride = pool, no padding, floor.
+FC_HD Pool2dParams block_pool(const Conv2dPoolParams& b) {
+    const Conv2dParams& c = b.conv;
+    Pool2dParams p{};
+    p.N = c.N, p.C = c.K, p.H = c.P, p.W = c.Q;
+    p.P = c.P / b.pool_h, p.Q = c.Q / b.pool_w;
+    p.kh = p.stride_h = b.pool_h, p.kw = p.stride_w = b.pool_w;
+    p.dil_h = p.dil_w = 1;
+    p.count_include_pad = true;
+    p.layout = c.layout;
+    return p;
+}
+
 }  // namespace fastconv

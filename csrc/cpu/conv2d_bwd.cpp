@@ -21,6 +21,10 @@
 //           apart and the partials added in chunk order: the bits depend on the shapes
 //           only. Grad input runs as gemm.
 // Depthwise runs as gemm (the forward's depthwise variant has no backward of its own yet).
+//
+// conv2d_avgpool (the LeNet-5 block) comes back through avgpool_act_bwd, which spreads
+// the pooled gradient over each window and through the activation's derivative in one
+// pass, and then through the three gradients above.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -47,6 +51,45 @@ void activation_bwd(Activation act, int64_t count, const T* y, const T* dy, T* d
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < count; ++i)
         dz[i] = T(double(dy[i]) * activate_grad(act, double(y[i])));
+}
+
+template <typename T>
+void avgpool_act_bwd(const Conv2dPoolParams& bp, const T* dy, const T* a, T* dz) {
+    const Conv2dParams& p = bp.conv;
+    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
+    const double area = double(bp.pool_h * bp.pool_w);
+    const bool nchw = p.layout == Layout::NCHW;
+    // One row of dz at a time: (n, k, h) in NCHW, the K channels of pixel (n, h, w) in NHWC.
+    const int64_t rows = nchw ? p.N * p.K * p.P : p.N * p.P * p.Q;
+    const int64_t len = nchw ? p.Q : p.K;
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+        T* out = dz + row * len;
+        const T* act = a ? a + row * len : nullptr;
+        int64_t h, w = 0;  // w: the pixel's column (NHWC only)
+        const T* g;        // the pooled gradient row (NCHW) or pixel (NHWC) above this row
+        if (nchw) {
+            h = row % p.P;
+            g = dy + (row / p.P * PP + h / bp.pool_h) * QQ;
+        } else {
+            w = row % p.Q, h = row / p.Q % p.P;
+            g = dy + ((row / (p.P * p.Q) * PP + h / bp.pool_h) * QQ + w / bp.pool_w) * p.K;
+        }
+        if (h / bp.pool_h >= PP || (!nchw && w / bp.pool_w >= QQ)) {  // dropped by the floor
+            std::fill(out, out + len, T(0));
+            continue;
+        }
+        for (int64_t i = 0; i < len; ++i) {
+            const int64_t qi = nchw ? i / bp.pool_w : 0;
+            if (qi >= QQ) {
+                out[i] = T(0);
+                continue;
+            }
+            const double d = double(g[nchw ? qi : i]) / area;
+            // In double, rounded once, as activation_bwd.
+            out[i] = T(act ? d * activate_grad(p.act, double(act[i])) : d);
+        }
+    }
 }
 
 namespace {
@@ -304,6 +347,7 @@ void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
 
 #define FC_INSTANTIATE(T)                                                                    \
     template void activation_bwd<T>(Activation, int64_t, const T*, const T*, T*);           \
+    template void avgpool_act_bwd<T>(const Conv2dPoolParams&, const T*, const T*, T*);      \
     template void conv2d_bwd_data<T>(const Conv2dParams&, ConvVariant, const T*, const T*, T*); \
     template void conv2d_bwd_filter<T>(const Conv2dParams&, ConvVariant, const T*, const T*,  \
                                        T*);                                                  \

@@ -22,6 +22,10 @@
 //              gemm where it does not apply (and for double).
 // Auto picks depthwise when Cg == 1 and groups > 1, blocked where it applies, gemm
 // otherwise.
+//
+// conv2d_avgpool (the LeNet-5 block: conv + bias + activation + average pool) runs the
+// chosen variant into the full-resolution activation, then pool.cpp's average pool over
+// it: one call from Python, two passes here. (The GPU fuses the two into one kernel.)
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -327,10 +331,21 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, co
     }
 }
 
-template void conv2d_fwd<float>(const Conv2dParams&, ConvVariant, const float*, const float*,
-                                const float*, float*);
-template void conv2d_fwd<double>(const Conv2dParams&, ConvVariant, const double*, const double*,
-                                 const double*, double*);
+template <typename T>
+void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const T* x, const T* w,
+                        const T* b, T* y, T* a) {
+    conv2d_fwd<T>(p.conv, v, x, w, b, a);
+    avg_pool_fwd<T>(block_pool(p), a, y);
+}
+
+#define FC_INSTANTIATE(T)                                                                     \
+    template void conv2d_fwd<T>(const Conv2dParams&, ConvVariant, const T*, const T*, const T*, \
+                                T*);                                                          \
+    template void conv2d_avgpool_fwd<T>(const Conv2dPoolParams&, ConvVariant, const T*,        \
+                                        const T*, const T*, T*, T*);
+FC_INSTANTIATE(float)
+FC_INSTANTIATE(double)
+#undef FC_INSTANTIATE
 
 }  // namespace cpu
 }  // namespace fastconv

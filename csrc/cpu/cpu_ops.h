@@ -18,11 +18,20 @@ enum class ConvVariant : int { Auto = 0, Direct = 1, Gemm = 2, Depthwise = 3, Bl
 // conv2d_fwd.cpp. bias may be null (p.has_bias false).
 template <typename T>
 void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y);
+// The LeNet-5 block: y = avg_pool(a), a = act(conv2d(x)) written in full (N, K, P, Q).
+template <typename T>
+void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const T* x, const T* w,
+                        const T* b, T* y, T* a);
 
 // conv2d_bwd.cpp. dy is the gradient of the convolution's output before the
 // activation: activation_bwd turns the gradient of act(z) into that of z.
 template <typename T>
 void activation_bwd(Activation act, int64_t count, const T* y, const T* dy, T* dz);
+// The block's backward, first step: dz (N, K, P, Q), the gradient of the convolution
+// before the activation, from dy (the pooled output's gradient) and a (null when
+// p.conv.act is None); zero on the rows and columns the pooling's floor left out.
+template <typename T>
+void avgpool_act_bwd(const Conv2dPoolParams& p, const T* dy, const T* a, T* dz);
 template <typename T>
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const T* dy, const T* w, T* dx);
 template <typename T>

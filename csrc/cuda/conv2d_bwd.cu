@@ -9,6 +9,10 @@
 // Kernels (one per result; the ConvVariant argument is accepted and ignored, every
 // variant runs these):
 //   activation_bwd  element-wise dz = dy * act'(y), in double rounded once (the CPU's).
+//   avgpool_act_bwd the LeNet-5 block's (conv2d_avgpool's) first step, element-wise over
+//                   the full-resolution dz: dy of the pooled output above it / window
+//                   area * act'(a), 0 where the pooling's floor dropped the pixel; then
+//                   the three kernels below.
 //   bwd_data        gather, one thread per input pixel: the outputs whose windows reach
 //                   it (first_out_reaching / last_out_reaching, then the dilation
 //                   divisibility test), for each filter of its group; the CPU's
@@ -35,6 +39,26 @@ __global__ void __launch_bounds__(kThreads)
     // where tanh saturates (y = 0.9999), and grad bias sums these with heavy cancellation.
     for (int64_t i = thread_index(); i < count; i += thread_count())
         dz[i] = float(double(dy[i]) * activate_grad(act, double(y[i])));
+}
+
+// One thread per element of dz (N, K, P, Q), in its memory order; the CPU's formula.
+__global__ void __launch_bounds__(kThreads)
+    avgpool_act_bwd_kernel(Conv2dPoolParams bp, const float* __restrict__ dy,
+                           const float* __restrict__ a, float* __restrict__ dz) {
+    const Conv2dParams& p = bp.conv;
+    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
+    const int64_t count = p.N * p.K * p.P * p.Q;
+    const double area = double(bp.pool_h * bp.pool_w);
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);
+        const int64_t pi = o.h / bp.pool_h, qi = o.w / bp.pool_w;
+        if (pi >= PP || qi >= QQ) {
+            dz[i] = 0.f;
+            continue;
+        }
+        const double d = double(dy[offset4(p.layout, o.n, o.c, pi, qi, p.K, PP, QQ)]) / area;
+        dz[i] = float(a ? d * activate_grad(p.act, double(a[i])) : d);
+    }
 }
 
 // One thread per element of dx, in dx's memory order.
@@ -126,6 +150,14 @@ void activation_bwd(Activation act, int64_t count, const float* y, const float* 
     if (count <= 0) return;
     activation_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(act, count, y, dy,
                                                                                 dz);
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a, float* dz,
+                     cudaStream_t stream) {
+    const int64_t count = p.conv.N * p.conv.K * p.conv.P * p.conv.Q;
+    if (count <= 0) return;
+    avgpool_act_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, a, dz);
     FC_CUDA_CHECK_LAUNCH();
 }
 

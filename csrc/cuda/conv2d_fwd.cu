@@ -20,7 +20,15 @@
 //   depthwise      groups == C: depthwise.cu, one thread per output with the channel's taps
 //                  staged in shared memory (NCHW) or read coalesced along k (NHWC).
 // Auto picks depthwise when C == groups > 1, direct for LeNet-sized layers (see
-// pick_variant), implicit_gemm otherwise.
+// conv2d_auto_variant), implicit_gemm otherwise.
+//
+// conv2d_avgpool (the LeNet-5 block: conv + bias + activation + average pool):
+//   fused          one thread per pooled output computes the pool window's convolution
+//                  outputs as direct does, activates and averages them: one launch, and
+//                  the full-resolution activation is written only when the backward
+//                  will need it. Auto's choice wherever auto would pick direct.
+//   (any other)    that conv variant into the full-resolution activation, then pool.cu's
+//                  average pool over it: two launches.
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
@@ -35,28 +43,66 @@ namespace {
 
 // ---------------------------------------------------------------------------------- direct
 
+// bias + the window sum of output (n, k, oh, ow), every tap bounds-checked.
+__device__ __forceinline__ float direct_output(const Conv2dParams& p, const float* __restrict__ x,
+                                               const float* __restrict__ w,
+                                               const float* __restrict__ b, int64_t n,
+                                               int64_t k, int64_t oh, int64_t ow) {
+    const int64_t Cg = p.C / p.groups, g = k / (p.K / p.groups);
+    float acc = p.has_bias ? b[k] : 0.f;
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+            if (h < 0 || h >= p.H) continue;
+            for (int64_t s = 0; s < p.S; ++s) {
+                const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
+                if (wi < 0 || wi >= p.W) continue;
+                acc += x[offset4(p.layout, n, g * Cg + c, h, wi, p.C, p.H, p.W)] *
+                       w[weight_offset(p.layout, k, c, r, s, p.K, Cg, p.R, p.S)];
+            }
+        }
+    return acc;
+}
+
 // One thread per output, in y's memory order.
 __global__ void __launch_bounds__(kThreads)
     conv2d_direct(Conv2dParams p, const float* __restrict__ x, const float* __restrict__ w,
                   const float* __restrict__ b, float* __restrict__ y) {
-    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
     const int64_t count = p.N * p.K * p.P * p.Q;
     for (int64_t i = thread_index(); i < count; i += thread_count()) {
         const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);  // (n, k, oh, ow)
-        const int64_t g = o.c / Kg;
-        float acc = p.has_bias ? b[o.c] : 0.f;
-        for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t r = 0; r < p.R; ++r) {
-                const int64_t h = o.h * p.stride_h - p.pad_h + r * p.dil_h;
-                if (h < 0 || h >= p.H) continue;
-                for (int64_t s = 0; s < p.S; ++s) {
-                    const int64_t wi = o.w * p.stride_w - p.pad_w + s * p.dil_w;
-                    if (wi < 0 || wi >= p.W) continue;
-                    acc += x[offset4(p.layout, o.n, g * Cg + c, h, wi, p.C, p.H, p.W)] *
-                           w[weight_offset(p.layout, o.c, c, r, s, p.K, Cg, p.R, p.S)];
-                }
+        y[i] = activate(p.act, direct_output(p, x, w, b, o.n, o.c, o.h, o.w));
+    }
+}
+
+// The LeNet-5 block in one kernel: one thread per pooled output, in y's memory order.
+// It computes the pool_h x pool_w convolution outputs under its window as direct does,
+// each through the activation (kept in `a` when save_activation), and averages them:
+// summed in row-major order and divided, as pool.cu's avg_pool_fwd_kernel, so the
+// fused and composed paths differ only where the convolution sums do.
+__global__ void __launch_bounds__(kThreads)
+    conv2d_avgpool_fused(Conv2dPoolParams bp, const float* __restrict__ x,
+                         const float* __restrict__ w, const float* __restrict__ b,
+                         float* __restrict__ y, float* __restrict__ a) {
+    const Conv2dParams& p = bp.conv;
+    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
+    const int64_t count = p.N * p.K * PP * QQ;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const Coord4 o = unravel4(p.layout, i, p.K, PP, QQ);  // (n, k, pooled row, col)
+        // When saving, the last pooled row / column also covers the rows / columns the
+        // floor drops, so the whole activation is written.
+        const bool save = bp.save_activation;
+        const int64_t rows = save && o.h == PP - 1 ? p.P - o.h * bp.pool_h : bp.pool_h;
+        const int64_t cols = save && o.w == QQ - 1 ? p.Q - o.w * bp.pool_w : bp.pool_w;
+        float sum = 0.f;
+        for (int64_t dr = 0; dr < rows; ++dr)
+            for (int64_t ds = 0; ds < cols; ++ds) {
+                const int64_t oh = o.h * bp.pool_h + dr, ow = o.w * bp.pool_w + ds;
+                const float v = activate(p.act, direct_output(p, x, w, b, o.n, o.c, oh, ow));
+                if (save) a[offset4(p.layout, o.n, o.c, oh, ow, p.K, p.P, p.Q)] = v;
+                if (dr < bp.pool_h && ds < bp.pool_w) sum += v;
             }
-        y[i] = activate(p.act, acc);
+        y[i] = sum / float(bp.pool_h * bp.pool_w);
     }
 }
 
@@ -246,29 +292,48 @@ void launch_implicit_gemm(const Conv2dParams& p, const float* x, const float* w,
     FC_CUDA_CHECK_LAUNCH();
 }
 
+}  // namespace
+
 // Auto's choice. A 64-wide filter tile with at most 16 filters per group is three
 // quarters empty, and a short reduction (red <= 256: LeNet-5's 1x5x5 and 6x5x5) gives it
 // few slices to amortise its loads over, so direct wins there.
-ConvVariant pick_variant(const Conv2dParams& p) {
+ConvVariant conv2d_auto_variant(const Conv2dParams& p) {
     const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
     if (p.C == p.groups && p.groups > 1) return ConvVariant::Depthwise;
     if (Kg <= 16 && Cg * p.R * p.S <= 256) return ConvVariant::Direct;
     return ConvVariant::ImplicitGemm;
 }
 
-}  // namespace
-
 void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const float* w,
                 const float* b, float* y, cudaStream_t stream) {
     FC_CHECK(v != ConvVariant::Depthwise || p.C == p.groups,
              "the depthwise variant needs groups == channels");
+    FC_CHECK(v != ConvVariant::Fused, "the fused variant is conv2d_avgpool's alone");
     if (p.N * p.K * p.P * p.Q <= 0) return;
-    if (v == ConvVariant::Auto) v = pick_variant(p);
+    if (v == ConvVariant::Auto) v = conv2d_auto_variant(p);
     switch (v) {
         case ConvVariant::Direct: return launch_direct(p, x, w, b, y, stream);
         case ConvVariant::Depthwise: return depthwise_conv2d_fwd(p, x, w, b, y, stream);
         default: return launch_implicit_gemm(p, x, w, b, y, stream);
     }
+}
+
+void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x,
+                        const float* w, const float* b, float* y, float* a,
+                        cudaStream_t stream) {
+    const Conv2dParams& c = p.conv;
+    if (c.N * c.K * c.P * c.Q <= 0) return;
+    if (v == ConvVariant::Auto)
+        v = conv2d_auto_variant(c) == ConvVariant::Direct ? ConvVariant::Fused : ConvVariant::Auto;
+    if (v == ConvVariant::Fused) {
+        const int64_t count = c.N * c.K * (c.P / p.pool_h) * (c.Q / p.pool_w);
+        conv2d_avgpool_fused<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, w, b, y,
+                                                                                   a);
+        FC_CUDA_CHECK_LAUNCH();
+        return;
+    }
+    conv2d_fwd(c, v, x, w, b, a, stream);
+    avg_pool_fwd(block_pool(p), a, y, stream);
 }
 
 }  // namespace cuda

@@ -15,15 +15,27 @@
 namespace fastconv {
 namespace cuda {
 
-enum class ConvVariant : int { Auto = 0, Direct = 1, ImplicitGemm = 2, Depthwise = 3 };
+// Fused: conv2d_avgpool's one-kernel block only.
+enum class ConvVariant : int { Auto = 0, Direct = 1, ImplicitGemm = 2, Depthwise = 3, Fused = 4 };
 
 // conv2d_fwd.cu (direct, implicit_gemm) and depthwise.cu. b may be null.
 void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const float* w,
                 const float* b, float* y, cudaStream_t stream);
+// The variant Auto runs for these params.
+ConvVariant conv2d_auto_variant(const Conv2dParams& p);
+// The LeNet-5 block: y = avg_pool(a), a = act(conv2d(x)) (N, K, P, Q), written by every
+// variant but Fused, and by Fused when p.save_activation.
+void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x,
+                        const float* w, const float* b, float* y, float* a,
+                        cudaStream_t stream);
 
 // conv2d_bwd.cu: deterministic (no atomics; a fixed summation order per element).
 void activation_bwd(Activation act, int64_t count, const float* y, const float* dy, float* dz,
                     cudaStream_t stream);
+// The block's backward, first step: dz from the pooled gradient dy and a (null when
+// the activation is None), as csrc/cpu's avgpool_act_bwd.
+void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a, float* dz,
+                     cudaStream_t stream);
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
                      float* dx, cudaStream_t stream);
 void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,

@@ -157,6 +157,55 @@ static void test_conv_special() {
     if (!threw) ++failures, printf("FAIL depthwise with C != groups did not throw\n");
 }
 
+// The LeNet-5 block: every variant's pooled output, the fused kernel's saved activation,
+// and avgpool_act_bwd (same formula in double as the CPU's: exact).
+static void test_block(int iters) {
+    for (int it = 0; it < iters; ++it) {
+        Conv2dPoolParams bp{};
+        if (!make_conv(bp.conv, false, false)) { --it; continue; }
+        Conv2dParams& p = bp.conv;
+        bp.pool_h = ri(1, 3), bp.pool_w = ri(1, 3);
+        if (p.P < bp.pool_h || p.Q < bp.pool_w) { --it; continue; }
+        const int64_t Cg = p.C / p.groups, PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
+        auto x = fill<float>(p.N * p.C * p.H * p.W, false);
+        auto w = fill<float>(p.K * Cg * p.R * p.S, false);
+        auto b = fill<float>(p.K, false);
+        const float* bias = p.has_bias ? b.data() : nullptr;
+        const int64_t na = p.N * p.K * p.P * p.Q, ny = p.N * p.K * PP * QQ;
+        auto xd = to_d(x), wd = to_d(w), bd = to_d(b);
+        std::vector<double> yref(ny), aref(na);
+        cpu::conv2d_avgpool_fwd<double>(bp, cpu::ConvVariant::Direct, xd.data(), wd.data(),
+                                        p.has_bias ? bd.data() : nullptr, yref.data(), aref.data());
+        char extra[64];
+        snprintf(extra, sizeof extra, " pool %ldx%ld", bp.pool_h, bp.pool_w);
+        const std::string cfg = conv_str(p) + extra;
+        for (auto v : {cuda::ConvVariant::Fused, cuda::ConvVariant::Direct,
+                       cuda::ConvVariant::ImplicitGemm, cuda::ConvVariant::Auto}) {
+            bp.save_activation = true;
+            std::vector<float> y(ny, NAN), a(na, NAN);
+            cuda::conv2d_avgpool_fwd(bp, v, x.data(), w.data(), bias, y.data(), a.data(), nullptr);
+            compare("block-fwd", cfg, y, yref, false);
+            compare("block-act", cfg, a, aref, false);
+        }
+        bp.save_activation = false;  // the fused kernel must then leave a alone
+        std::vector<float> y(ny, NAN), a(na, 123.f);
+        cuda::conv2d_avgpool_fwd(bp, cuda::ConvVariant::Fused, x.data(), w.data(), bias, y.data(),
+                                 a.data(), nullptr);
+        compare("block-fwd-nosave", cfg, y, yref, false);
+        ++checks;
+        for (float e : a)
+            if (e != 123.f) { ++failures, printf("FAIL block-nosave wrote a %s\n", cfg.c_str()); break; }
+        // Backward, first step.
+        auto dy = fill<float>(ny, false);
+        std::vector<float> af(aref.begin(), aref.end()), dz(na, NAN), dzr(na);
+        for (const float* act : {(const float*)af.data(), (const float*)nullptr}) {
+            cuda::avgpool_act_bwd(bp, dy.data(), act, dz.data(), nullptr);
+            cpu::avgpool_act_bwd<float>(bp, dy.data(), act, dzr.data());
+            compare("block-bwd", cfg, dz, to_d(dzr), true);
+        }
+    }
+}
+
 static void test_activation_bwd() {
     for (int a = 0; a < 4; ++a) {
         auto y = fill<float>(1000, false), dy = fill<float>(1000, false);
@@ -320,6 +369,7 @@ int main(int argc, char** argv) {
     test_filters(200 * scale);
     test_pool(300 * scale);
     test_conv_special();
+    test_block(60 * scale);
     test_conv(150 * scale, false, false);
     test_conv(100 * scale, true, false);
     test_conv(12 * scale, false, true);
