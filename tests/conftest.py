@@ -107,3 +107,11 @@ def small_ints(rng, shape, dtype="float64", lo=-3, hi=3):
 def permute(a, axes):
     """Transpose a NumPy / CuPy array or a torch tensor (a strided view, no copy)."""
     return a.permute(*axes) if hasattr(a, "permute") else a.transpose(axes)
+
+
+def misaligned(a, backend):
+    """A NumPy array as the backend's array, contiguous but starting one element past an
+    aligned address, so kernels with 16-byte vector paths must take their fallbacks."""
+    a = np.asarray(a)
+    padded = to_backend(np.concatenate([a.ravel()[:1], a.ravel()]), backend)
+    return padded[1:].reshape(a.shape)

@@ -143,3 +143,23 @@ def test_nan_reaches_every_output_that_reads_it(backend, dtype):
     k = random(np.random.default_rng(2), (3, 5), dtype)
     out = to_numpy(fastconv.filter2d(to_backend(x, backend), to_backend(k, backend)))
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref.filter2d(x, k)))
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_sobel_rows_of_every_alignment(backend, dtype, aligned):
+    """Widths around the GPU's 4-pixel row groups (interior groups with vector stores
+    where W % 4 == 0, scalar stores elsewhere, border groups at both ends), through an
+    aligned and a misaligned image, uint8 too."""
+    from conftest import misaligned
+
+    rng = np.random.default_rng(4)
+    put = (lambda a: to_backend(a, backend)) if aligned else (lambda a: misaligned(a, backend))
+    for shape in ((2, 3, 9, 32), (5, 6, 13), (17, 64), (2, 1, 7, 10), (3, 11)):
+        x = random(rng, shape, dtype)
+        for axis in (None, 0, 1):
+            assert_close(fastconv.sobel(put(x), axis, "reflect"), ref.sobel(x, axis, "reflect"),
+                         dtype, f"sobel {shape} axis={axis}")
+        u8 = rng.integers(0, 256, shape).astype(np.uint8)
+        assert_close(fastconv.sobel(put(u8), None, "nearest"), ref.sobel(u8, None, "nearest"),
+                     "float32", f"sobel uint8 {shape}")

@@ -124,3 +124,38 @@ def test_max_pool_propagates_nan(backend, dtype):
     expect = ref.max_pool2d(x, 3, 2, 1)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expect))
     assert np.isnan(y).sum() == 4  # the four windows that contain (3, 3)
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_2x2_stride_2_shapes(backend, dtype, layout, aligned):
+    """The large-tensor case the GPU runs with 16-byte vector paths (2x2 windows moved by
+    2, even sides, W % 4 == 0 in NCHW, C % 4 == 0 in NHWC), and the same shapes through
+    a misaligned input, which the generic kernels take: max with indices and NaN / -inf,
+    average with and without divisor_override, both backwards."""
+    from conftest import misaligned
+
+    rng = np.random.default_rng(11)
+    x = random(rng, (3, 8, 10, 12), dtype)
+    x[0, 1, 2, 3], x[1, 2, 5, 5] = np.nan, -np.inf
+    x[2, 3, 4:6, 6:8] = -np.inf  # a whole window of -inf: index -1, as the reference
+    x = nhwc(x, layout)
+    put = (lambda a: to_backend(a, backend)) if aligned else (lambda a: misaligned(a, backend))
+    xb = put(x)
+    y, idx = fastconv.max_pool2d(xb, 2, return_indices=True, layout=layout)
+    y_ref, idx_ref = ref.max_pool2d(x, 2, return_indices=True, layout=layout)
+    np.testing.assert_array_equal(to_numpy(y), y_ref)
+    np.testing.assert_array_equal(to_numpy(idx), idx_ref)
+    dy = random(rng, y_ref.shape, dtype)
+    dx = fastconv.max_pool2d_backward(put(dy), xb, 2, indices=idx, layout=layout)
+    assert_close(dx, ref.max_pool2d_backward(dy, x, 2, layout=layout), dtype, "max 2x2 backward")
+    for divisor in (None, 3):
+        y = fastconv.avg_pool2d(xb, 2, divisor_override=divisor, layout=layout)
+        y_ref = ref.avg_pool2d(x, 2, divisor_override=divisor, layout=layout)
+        finite = np.isfinite(y_ref)
+        np.testing.assert_array_equal(np.isfinite(to_numpy(y)), finite)
+        assert_close(to_numpy(y)[finite], y_ref[finite], dtype, "avg 2x2")
+        dx = fastconv.avg_pool2d_backward(put(dy), xb, 2, divisor_override=divisor, layout=layout)
+        assert_close(dx, ref.avg_pool2d_backward(dy, x, 2, divisor_override=divisor, layout=layout),
+                     dtype, "avg 2x2 backward")

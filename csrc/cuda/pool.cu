@@ -26,6 +26,17 @@
 //                        (n, c), threads along c so each step over the pixels is one
 //                        coalesced read; each sums its plane in the CPU's order.
 //   global_avg_pool_bwd  element-wise dx = dy / (H * W).
+//
+// Fast paths for the large-tensor case, 2x2 windows moved by 2 with no padding, where
+// both image sides are even and every pointer is 16-byte aligned (pool2x2_applies):
+// every byte moves once, 16 bytes an access, and a thread takes several outputs.
+//   pool2x2_nchw_*       (W % 4 == 0) two neighbouring windows of one output row: a
+//                        float4 from each of the two input rows, two outputs (float2,
+//                        indices as longlong2); the backward writes the two float4 rows.
+//   pool2x2_nhwc_*       (C % 4 == 0) one window, four channels: four float4 pixels,
+//                        one float4 output; the backward the reverse.
+// The taps are visited in the generic kernels' order with their arithmetic, so the
+// bits are the same (the CUDA emulation compares the two exactly).
 #include <cmath>
 
 #include "../common/check.h"
@@ -170,12 +181,188 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// ------------------------------------------------------------------ 2x2 / stride 2
+
+__device__ __forceinline__ void max_tap(float v, int64_t at, float& best, int64_t& arg) {
+    if (v > best || isnan(v)) best = v, arg = at;
+}
+
+// The max / mean of one window whose taps, in row-major order, are a, b (top row) and
+// c, d (bottom row), top-left at input position `at` of a plane W wide.
+struct Window {
+    float v;
+    int64_t arg;
+};
+
+template <bool kMax>
+__device__ __forceinline__ Window window2x2(float a, float b, float c, float d, int64_t at,
+                                            int64_t W, float div) {
+    Window r{-INFINITY, -1};
+    if (kMax) {
+        max_tap(a, at, r.v, r.arg), max_tap(b, at + 1, r.v, r.arg);
+        max_tap(c, at + W, r.v, r.arg), max_tap(d, at + W + 1, r.v, r.arg);
+    } else {
+        float acc = 0.f;
+        acc += a, acc += b, acc += c, acc += d;
+        r.v = acc / div;
+    }
+    return r;
+}
+
+// The gradient the window's tap at `self` receives: dy if it was the maximum (max), or
+// dy / div (average); the generic gather's 0.f + ... kept for the same bits.
+template <bool kMax>
+__device__ __forceinline__ float tap_grad(float g, int64_t arg, int64_t self, float div) {
+    if (kMax) return arg == self ? 0.f + g : 0.f;
+    return 0.f + g / div;
+}
+
+template <bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    pool2x2_nchw_fwd(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y,
+                     int64_t* __restrict__ idx, float div) {
+    const int64_t pairs = p.Q / 2, per_plane = p.P * pairs, count = p.N * p.C * per_plane;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const int64_t plane = i / per_plane, r = i % per_plane;
+        const int64_t oh = r / pairs, j = r % pairs;
+        const int64_t at = 2 * oh * p.W + 4 * j;  // top-left tap of the first window
+        const float* xp = x + plane * p.H * p.W + at;
+        const float4 a = *reinterpret_cast<const float4*>(xp);
+        const float4 b = *reinterpret_cast<const float4*>(xp + p.W);
+        const Window w0 = window2x2<kMax>(a.x, a.y, b.x, b.y, at, p.W, div);
+        const Window w1 = window2x2<kMax>(a.z, a.w, b.z, b.w, at + 2, p.W, div);
+        const int64_t o = plane * p.P * p.Q + oh * p.Q + 2 * j;
+        *reinterpret_cast<float2*>(y + o) = make_float2(w0.v, w1.v);
+        if (kMax && idx) *reinterpret_cast<longlong2*>(idx + o) = make_longlong2(w0.arg, w1.arg);
+    }
+}
+
+template <bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    pool2x2_nchw_bwd(Pool2dParams p, const float* __restrict__ dy,
+                     const int64_t* __restrict__ idx, float* __restrict__ dx, float div) {
+    const int64_t pairs = p.Q / 2, per_plane = p.P * pairs, count = p.N * p.C * per_plane;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const int64_t plane = i / per_plane, r = i % per_plane;
+        const int64_t oh = r / pairs, j = r % pairs;
+        const int64_t at = 2 * oh * p.W + 4 * j;
+        const int64_t o = plane * p.P * p.Q + oh * p.Q + 2 * j;
+        const float2 g = *reinterpret_cast<const float2*>(dy + o);
+        longlong2 arg{-1, -1};
+        if (kMax) arg = *reinterpret_cast<const longlong2*>(idx + o);
+        float* dp = dx + plane * p.H * p.W + at;
+        *reinterpret_cast<float4*>(dp) =
+            make_float4(tap_grad<kMax>(g.x, arg.x, at, div), tap_grad<kMax>(g.x, arg.x, at + 1, div),
+                        tap_grad<kMax>(g.y, arg.y, at + 2, div), tap_grad<kMax>(g.y, arg.y, at + 3, div));
+        const int64_t below = at + p.W;
+        *reinterpret_cast<float4*>(dp + p.W) = make_float4(
+            tap_grad<kMax>(g.x, arg.x, below, div), tap_grad<kMax>(g.x, arg.x, below + 1, div),
+            tap_grad<kMax>(g.y, arg.y, below + 2, div), tap_grad<kMax>(g.y, arg.y, below + 3, div));
+    }
+}
+
+// NHWC: item i is (n, oh, ow, four channels), and 4 * i is its offset in y.
+template <bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    pool2x2_nhwc_fwd(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y,
+                     int64_t* __restrict__ idx, float div) {
+    const int64_t C4 = p.C / 4, count = p.N * p.P * p.Q * C4;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const int64_t c4 = i % C4, pix = i / C4;
+        const int64_t ow = pix % p.Q, oh = pix / p.Q % p.P, n = pix / (p.Q * p.P);
+        const int64_t at = 2 * oh * p.W + 2 * ow;
+        const float* x00 = x + (n * p.H * p.W + at) * p.C + 4 * c4;
+        const float4 a = *reinterpret_cast<const float4*>(x00);
+        const float4 b = *reinterpret_cast<const float4*>(x00 + p.C);
+        const float4 c = *reinterpret_cast<const float4*>(x00 + p.W * p.C);
+        const float4 d = *reinterpret_cast<const float4*>(x00 + (p.W + 1) * p.C);
+        const Window r0 = window2x2<kMax>(a.x, b.x, c.x, d.x, at, p.W, div);
+        const Window r1 = window2x2<kMax>(a.y, b.y, c.y, d.y, at, p.W, div);
+        const Window r2 = window2x2<kMax>(a.z, b.z, c.z, d.z, at, p.W, div);
+        const Window r3 = window2x2<kMax>(a.w, b.w, c.w, d.w, at, p.W, div);
+        *reinterpret_cast<float4*>(y + 4 * i) = make_float4(r0.v, r1.v, r2.v, r3.v);
+        if (kMax && idx) {
+            *reinterpret_cast<longlong2*>(idx + 4 * i) = make_longlong2(r0.arg, r1.arg);
+            *reinterpret_cast<longlong2*>(idx + 4 * i + 2) = make_longlong2(r2.arg, r3.arg);
+        }
+    }
+}
+
+template <bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    pool2x2_nhwc_bwd(Pool2dParams p, const float* __restrict__ dy,
+                     const int64_t* __restrict__ idx, float* __restrict__ dx, float div) {
+    const int64_t C4 = p.C / 4, count = p.N * p.P * p.Q * C4;
+    for (int64_t i = thread_index(); i < count; i += thread_count()) {
+        const int64_t c4 = i % C4, pix = i / C4;
+        const int64_t ow = pix % p.Q, oh = pix / p.Q % p.P, n = pix / (p.Q * p.P);
+        const int64_t at = 2 * oh * p.W + 2 * ow;
+        const float4 g = *reinterpret_cast<const float4*>(dy + 4 * i);
+        longlong2 a01{-1, -1}, a23{-1, -1};
+        if (kMax) {
+            a01 = *reinterpret_cast<const longlong2*>(idx + 4 * i);
+            a23 = *reinterpret_cast<const longlong2*>(idx + 4 * i + 2);
+        }
+        float* d00 = dx + (n * p.H * p.W + at) * p.C + 4 * c4;
+        const int64_t taps[4] = {at, at + 1, at + p.W, at + p.W + 1};
+        float* dst[4] = {d00, d00 + p.C, d00 + p.W * p.C, d00 + (p.W + 1) * p.C};
+#pragma unroll
+        for (int t = 0; t < 4; ++t)
+            *reinterpret_cast<float4*>(dst[t]) = make_float4(
+                tap_grad<kMax>(g.x, a01.x, taps[t], div), tap_grad<kMax>(g.y, a01.y, taps[t], div),
+                tap_grad<kMax>(g.z, a23.x, taps[t], div), tap_grad<kMax>(g.w, a23.y, taps[t], div));
+    }
+}
+
+bool aligned16(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Whether the 2x2 fast paths apply to p and these arrays.
+bool pool2x2_applies(const Pool2dParams& p, const void* a, const void* b, const void* c) {
+    const bool nchw = p.layout == Layout::NCHW;
+    return p.kh == 2 && p.kw == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
+           p.pad_w == 0 && p.dil_h == 1 && p.dil_w == 1 && p.H % 2 == 0 && p.W % 2 == 0 &&
+           p.P == p.H / 2 && p.Q == p.W / 2 && (nchw ? p.W % 4 == 0 : p.C % 4 == 0) &&
+           aligned16(a) && aligned16(b) && aligned16(c);
+}
+
+// Every 2x2 window is inside the image: one divisor for all.
+float pool2x2_divisor(const Pool2dParams& p) { return float(pool_avg_divisor(p, 0, 0)); }
+
+template <bool kMax>
+void launch_pool2x2_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
+                        cudaStream_t stream) {
+    const float div = pool2x2_divisor(p);
+    if (p.layout == Layout::NCHW) {
+        const int64_t items = p.N * p.C * p.P * (p.Q / 2);
+        pool2x2_nchw_fwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, x, y, idx, div);
+    } else {
+        const int64_t items = p.N * p.P * p.Q * (p.C / 4);
+        pool2x2_nhwc_fwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, x, y, idx, div);
+    }
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+template <bool kMax>
+void launch_pool2x2_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, float* dx,
+                        cudaStream_t stream) {
+    const float div = pool2x2_divisor(p);
+    if (p.layout == Layout::NCHW) {
+        const int64_t items = p.N * p.C * p.P * (p.Q / 2);
+        pool2x2_nchw_bwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx, div);
+    } else {
+        const int64_t items = p.N * p.P * p.Q * (p.C / 4);
+        pool2x2_nhwc_bwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx, div);
+    }
+    FC_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void max_pool_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
                   cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.P * p.Q;
     if (count <= 0) return;
+    if (pool2x2_applies(p, x, y, idx)) return launch_pool2x2_fwd<true>(p, x, y, idx, stream);
     max_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y, idx);
     FC_CUDA_CHECK_LAUNCH();
 }
@@ -202,6 +389,7 @@ void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, fl
                   cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
+    if (pool2x2_applies(p, dy, idx, dx)) return launch_pool2x2_bwd<true>(p, dy, idx, dx, stream);
     max_pool_bwd_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx);
     FC_CUDA_CHECK_LAUNCH();
 }
@@ -209,6 +397,7 @@ void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, fl
 void avg_pool_fwd(const Pool2dParams& p, const float* x, float* y, cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.P * p.Q;
     if (count <= 0) return;
+    if (pool2x2_applies(p, x, y, nullptr)) return launch_pool2x2_fwd<false>(p, x, y, nullptr, stream);
     avg_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
     FC_CUDA_CHECK_LAUNCH();
 }
@@ -216,6 +405,8 @@ void avg_pool_fwd(const Pool2dParams& p, const float* x, float* y, cudaStream_t 
 void avg_pool_bwd(const Pool2dParams& p, const float* dy, float* dx, cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
+    if (pool2x2_applies(p, dy, dx, nullptr))
+        return launch_pool2x2_bwd<false>(p, dy, nullptr, dx, stream);
     avg_pool_bwd_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, dx);
     FC_CUDA_CHECK_LAUNCH();
 }

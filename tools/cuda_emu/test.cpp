@@ -206,6 +206,53 @@ static void test_block(int iters) {
     }
 }
 
+// The 2x2 / stride 2 fast paths of pool.cu (even sides, W % 4 == 0 in NCHW, C % 4 == 0
+// in NHWC, 16-byte aligned arrays) against the CPU twin, bit for bit; and the same
+// shapes through the generic kernels (an input one float off alignment).
+static void test_pool2x2(int iters) {
+    for (int it = 0; it < iters; ++it) {
+        Pool2dParams p{};
+        p.layout = it % 2 ? Layout::NCHW : Layout::NHWC;
+        const bool nchw = p.layout == Layout::NCHW;
+        p.N = ri(1, 2), p.C = nchw ? ri(1, 3) : 4 * ri(1, 3);
+        p.H = 2 * ri(1, 6), p.W = nchw ? 4 * ri(1, 4) : 2 * ri(1, 6);
+        p.kh = p.kw = p.stride_h = p.stride_w = 2, p.dil_h = p.dil_w = 1;
+        p.P = p.H / 2, p.Q = p.W / 2;
+        p.count_include_pad = ri(0, 1), p.divisor = ri(0, 2) == 0 ? ri(1, 7) : 0;
+        char cfg[160];
+        snprintf(cfg, sizeof cfg, "[2x2 %s N%ld C%ld H%ld W%ld div%ld]", nchw ? "NCHW" : "NHWC",
+                 p.N, p.C, p.H, p.W, p.divisor);
+        const int64_t nx = p.N * p.C * p.H * p.W, ny = p.N * p.C * p.P * p.Q;
+        std::vector<float> xs = fill<float>(nx + 4, it % 4 < 2);  // small integers: ties
+        if (it % 3 == 0) xs[ri(0, nx - 1)] = NAN;
+        if (it % 5 == 0) xs[ri(0, nx - 1)] = -INFINITY;
+        auto dy = fill<float>(ny, false);
+        for (int shift : {0, 1}) {  // 1: misaligned, the generic kernels
+            const float* x = xs.data() + shift;
+            std::vector<float> y(ny, NAN), yr(ny), y2(ny, NAN), a(ny, NAN), ar(ny);
+            std::vector<int64_t> idx(ny, 77), idxr(ny);
+            cuda::max_pool_fwd(p, x, y.data(), idx.data(), nullptr);
+            cpu::max_pool_fwd<float>(p, x, yr.data(), idxr.data());
+            compare(shift ? "max2x2-generic" : "max2x2-fwd", cfg, y, to_d(yr), true);
+            ++checks;
+            if (idx != idxr) ++failures, printf("FAIL max2x2-idx %s shift %d\n", cfg, shift);
+            cuda::max_pool_fwd(p, x, y2.data(), nullptr, nullptr);
+            compare("max2x2-noidx", cfg, y2, to_d(yr), true);
+            std::vector<float> dx(nx, NAN), dxr(nx);
+            cuda::max_pool_bwd(p, dy.data(), idxr.data(), dx.data(), nullptr);
+            cpu::max_pool_bwd<float>(p, dy.data(), idxr.data(), dxr.data());
+            compare("max2x2-bwd", cfg, dx, to_d(dxr), true);
+            cuda::avg_pool_fwd(p, x, a.data(), nullptr);
+            cpu::avg_pool_fwd<float>(p, x, ar.data());
+            compare("avg2x2-fwd", cfg, a, to_d(ar), true);
+            std::fill(dx.begin(), dx.end(), NAN);
+            cuda::avg_pool_bwd(p, dy.data(), dx.data(), nullptr);
+            cpu::avg_pool_bwd<float>(p, dy.data(), dxr.data());
+            compare("avg2x2-bwd", cfg, dx, to_d(dxr), true);
+        }
+    }
+}
+
 static void test_activation_bwd() {
     for (int a = 0; a < 4; ++a) {
         auto y = fill<float>(1000, false), dy = fill<float>(1000, false);
@@ -368,6 +415,7 @@ int main(int argc, char** argv) {
     test_conv1d();
     test_filters(200 * scale);
     test_pool(300 * scale);
+    test_pool2x2(80 * scale);
     test_conv_special();
     test_block(60 * scale);
     test_conv(150 * scale, false, false);

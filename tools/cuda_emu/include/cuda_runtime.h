@@ -27,6 +27,13 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
     return old;
 }
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
+// The vector types the kernels load and store, with CUDA's alignment.
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) longlong2 { long long x, y; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline longlong2 make_longlong2(long long x, long long y) { return {x, y}; }
 extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 void __syncthreads();
 void emu_launch(unsigned grid, unsigned block, std::function<void()> body);
@@ -34,6 +41,7 @@ void emu_launch(unsigned grid, unsigned block, std::function<void()> body);
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 #define __restrict__
 #define __shared__ static
