@@ -87,6 +87,22 @@ inline Conv1dParams conv1d_params(const py::dict& d) {
     return p;
 }
 
+// The params structs as Python classes, so the Python layer's call plans build each
+// one once (parsing the dict by name costs microseconds a call, a LeNet layer's kernel
+// on the GPU about ten). Module-local: each backend registers its own. A dict still
+// converts implicitly wherever a struct is expected.
+inline void register_params(py::module_& m) {
+    py::class_<Conv2dParams>(m, "Conv2dParams", py::module_local())
+        .def(py::init([](const py::dict& d) { return conv2d_params(d); }));
+    py::class_<Conv2dPoolParams>(m, "Conv2dPoolParams", py::module_local())
+        .def(py::init([](const py::dict& d) { return conv2d_pool_params(d); }));
+    py::class_<Pool2dParams>(m, "Pool2dParams", py::module_local())
+        .def(py::init([](const py::dict& d) { return pool2d_params(d); }));
+    py::implicitly_convertible<py::dict, Conv2dParams>();
+    py::implicitly_convertible<py::dict, Conv2dPoolParams>();
+    py::implicitly_convertible<py::dict, Pool2dParams>();
+}
+
 // Array pointers travel from Python as integers (NumPy's, CuPy's or torch's data pointer).
 template <typename T>
 T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }

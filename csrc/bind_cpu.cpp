@@ -41,30 +41,28 @@ cpu::ConvVariant conv_variant(const std::string& name) {
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "fastconv CPU backend (C++17, OpenMP)";
+    bind::register_params(m);
     m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise", "blocked");
     // The block runs any conv variant, then the average pool (no fused variant here).
     m.attr("conv2d_avgpool_variants") = m.attr("conv2d_variants");
     m.def("num_threads", [] { return omp_get_max_threads(); });
 
-    m.def("conv2d_fwd", [](py::dict d, std::string variant, std::string dtype, U x, U w, U b, U y) {
-        const Conv2dParams p = bind::conv2d_params(d);
+    m.def("conv2d_fwd", [](const Conv2dParams& p, std::string variant, std::string dtype, U x, U w, U b, U y) {
         const cpu::ConvVariant v = conv_variant(variant);
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv2d_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y));
         });
     });
-    m.def("conv2d_avgpool_fwd", [](py::dict d, std::string variant, std::string dtype, U x, U w,
+    m.def("conv2d_avgpool_fwd", [](const Conv2dPoolParams& p, std::string variant, std::string dtype, U x, U w,
                                    U b, U y, U a) {
-        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
         const cpu::ConvVariant v = conv_variant(variant);
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv2d_avgpool_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y), ptr<T>(a));
         });
     });
-    m.def("avgpool_act_bwd", [](py::dict d, std::string dtype, U dy, U a, U dz) {
-        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
+    m.def("avgpool_act_bwd", [](const Conv2dPoolParams& p, std::string dtype, U dy, U a, U dz) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::avgpool_act_bwd<T>(p, ptr<T>(dy), ptr<T>(a), ptr<T>(dz));
@@ -76,53 +74,46 @@ PYBIND11_MODULE(_cpu, m) {
             cpu::activation_bwd<T>(Activation(act), count, ptr<T>(y), ptr<T>(dy), ptr<T>(dz));
         });
     });
-    m.def("conv2d_bwd_data", [](py::dict d, std::string variant, std::string dtype, U dy, U w, U dx) {
-        const Conv2dParams p = bind::conv2d_params(d);
+    m.def("conv2d_bwd_data", [](const Conv2dParams& p, std::string variant, std::string dtype, U dy, U w, U dx) {
         const cpu::ConvVariant v = conv_variant(variant);
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv2d_bwd_data<T>(p, v, ptr<T>(dy), ptr<T>(w), ptr<T>(dx));
         });
     });
-    m.def("conv2d_bwd_filter", [](py::dict d, std::string variant, std::string dtype, U dy, U x, U dw) {
-        const Conv2dParams p = bind::conv2d_params(d);
+    m.def("conv2d_bwd_filter", [](const Conv2dParams& p, std::string variant, std::string dtype, U dy, U x, U dw) {
         const cpu::ConvVariant v = conv_variant(variant);
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv2d_bwd_filter<T>(p, v, ptr<T>(dy), ptr<T>(x), ptr<T>(dw));
         });
     });
-    m.def("conv2d_bwd_bias", [](py::dict d, std::string dtype, U dy, U db) {
-        const Conv2dParams p = bind::conv2d_params(d);
+    m.def("conv2d_bwd_bias", [](const Conv2dParams& p, std::string dtype, U dy, U db) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv2d_bwd_bias<T>(p, ptr<T>(dy), ptr<T>(db));
         });
     });
 
-    m.def("max_pool_fwd", [](py::dict d, std::string dtype, U x, U y, U idx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("max_pool_fwd", [](const Pool2dParams& p, std::string dtype, U x, U y, U idx) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::max_pool_fwd<T>(p, ptr<T>(x), ptr<T>(y), ptr<int64_t>(idx));
         });
     });
-    m.def("max_pool_bwd", [](py::dict d, std::string dtype, U dy, U idx, U dx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("max_pool_bwd", [](const Pool2dParams& p, std::string dtype, U dy, U idx, U dx) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::max_pool_bwd<T>(p, ptr<T>(dy), ptr<int64_t>(idx), ptr<T>(dx));
         });
     });
-    m.def("avg_pool_fwd", [](py::dict d, std::string dtype, U x, U y) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("avg_pool_fwd", [](const Pool2dParams& p, std::string dtype, U x, U y) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::avg_pool_fwd<T>(p, ptr<T>(x), ptr<T>(y));
         });
     });
-    m.def("avg_pool_bwd", [](py::dict d, std::string dtype, U dy, U dx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("avg_pool_bwd", [](const Pool2dParams& p, std::string dtype, U dy, U dx) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::avg_pool_bwd<T>(p, ptr<T>(dy), ptr<T>(dx));

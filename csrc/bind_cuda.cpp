@@ -61,6 +61,7 @@ void launch(int device, const std::string& dtype, F&& f) {
 
 PYBIND11_MODULE(_cuda, m) {
     m.doc() = "fastconv GPU backend (CUDA)";
+    bind::register_params(m);
     m.attr("conv2d_variants") = py::make_tuple("direct", "implicit_gemm", "depthwise");
     m.attr("conv2d_avgpool_variants") =
         py::make_tuple("fused", "direct", "implicit_gemm", "depthwise");
@@ -95,27 +96,24 @@ PYBIND11_MODULE(_cuda, m) {
         FC_CUDA_CHECK(cudaDeviceSynchronize());
     });
 
-    m.def("conv2d_fwd", [](py::dict d, std::string variant, std::string dtype, int device, U stream,
+    m.def("conv2d_fwd", [](const Conv2dParams& p, std::string variant, std::string dtype, int device, U stream,
                            U x, U w, U b, U y) {
-        const Conv2dParams p = bind::conv2d_params(d);
         const cuda::ConvVariant v = conv_variant(variant);
         launch(device, dtype, [&] {
             cuda::conv2d_fwd(p, v, ptr<float>(x), ptr<float>(w), ptr<float>(b), ptr<float>(y),
                              stream_of(stream));
         });
     });
-    m.def("conv2d_avgpool_fwd", [](py::dict d, std::string variant, std::string dtype, int device,
+    m.def("conv2d_avgpool_fwd", [](const Conv2dPoolParams& p, std::string variant, std::string dtype, int device,
                                    U stream, U x, U w, U b, U y, U a) {
-        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
         const cuda::ConvVariant v = conv_variant(variant);
         launch(device, dtype, [&] {
             cuda::conv2d_avgpool_fwd(p, v, ptr<float>(x), ptr<float>(w), ptr<float>(b),
                                      ptr<float>(y), ptr<float>(a), stream_of(stream));
         });
     });
-    m.def("avgpool_act_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U a,
+    m.def("avgpool_act_bwd", [](const Conv2dPoolParams& p, std::string dtype, int device, U stream, U dy, U a,
                                 U dz) {
-        const Conv2dPoolParams p = bind::conv2d_pool_params(d);
         launch(device, dtype, [&] {
             cuda::avgpool_act_bwd(p, ptr<float>(dy), ptr<float>(a), ptr<float>(dz),
                                   stream_of(stream));
@@ -128,57 +126,49 @@ PYBIND11_MODULE(_cuda, m) {
                                  ptr<float>(dz), stream_of(stream));
         });
     });
-    m.def("conv2d_bwd_data", [](py::dict d, std::string variant, std::string dtype, int device,
+    m.def("conv2d_bwd_data", [](const Conv2dParams& p, std::string variant, std::string dtype, int device,
                                 U stream, U dy, U w, U dx) {
-        const Conv2dParams p = bind::conv2d_params(d);
         const cuda::ConvVariant v = conv_variant(variant);
         launch(device, dtype, [&] {
             cuda::conv2d_bwd_data(p, v, ptr<float>(dy), ptr<float>(w), ptr<float>(dx),
                                   stream_of(stream));
         });
     });
-    m.def("conv2d_bwd_filter", [](py::dict d, std::string variant, std::string dtype, int device,
+    m.def("conv2d_bwd_filter", [](const Conv2dParams& p, std::string variant, std::string dtype, int device,
                                   U stream, U dy, U x, U dw) {
-        const Conv2dParams p = bind::conv2d_params(d);
         const cuda::ConvVariant v = conv_variant(variant);
         launch(device, dtype, [&] {
             cuda::conv2d_bwd_filter(p, v, ptr<float>(dy), ptr<float>(x), ptr<float>(dw),
                                     stream_of(stream));
         });
     });
-    m.def("conv2d_bwd_bias", [](py::dict d, std::string dtype, int device, U stream, U dy, U db) {
-        const Conv2dParams p = bind::conv2d_params(d);
+    m.def("conv2d_bwd_bias", [](const Conv2dParams& p, std::string dtype, int device, U stream, U dy, U db) {
         launch(device, dtype, [&] {
             cuda::conv2d_bwd_bias(p, ptr<float>(dy), ptr<float>(db), stream_of(stream));
         });
     });
 
-    m.def("max_pool_fwd", [](py::dict d, std::string dtype, int device, U stream, U x, U y, U idx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("max_pool_fwd", [](const Pool2dParams& p, std::string dtype, int device, U stream, U x, U y, U idx) {
         launch(device, dtype, [&] {
             cuda::max_pool_fwd(p, ptr<float>(x), ptr<float>(y), ptr<int64_t>(idx), stream_of(stream));
         });
     });
-    m.def("max_pool_bad_indices", [](py::dict d, std::string dtype, int device, U stream, U idx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("max_pool_bad_indices", [](const Pool2dParams& p, std::string dtype, int device, U stream, U idx) {
         int64_t bad = 0;
         launch(device, dtype, [&] {
             bad = cuda::max_pool_bad_indices(p, ptr<int64_t>(idx), stream_of(stream));
         });
         return bad;
     });
-    m.def("max_pool_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U idx, U dx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("max_pool_bwd", [](const Pool2dParams& p, std::string dtype, int device, U stream, U dy, U idx, U dx) {
         launch(device, dtype, [&] {
             cuda::max_pool_bwd(p, ptr<float>(dy), ptr<int64_t>(idx), ptr<float>(dx), stream_of(stream));
         });
     });
-    m.def("avg_pool_fwd", [](py::dict d, std::string dtype, int device, U stream, U x, U y) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("avg_pool_fwd", [](const Pool2dParams& p, std::string dtype, int device, U stream, U x, U y) {
         launch(device, dtype, [&] { cuda::avg_pool_fwd(p, ptr<float>(x), ptr<float>(y), stream_of(stream)); });
     });
-    m.def("avg_pool_bwd", [](py::dict d, std::string dtype, int device, U stream, U dy, U dx) {
-        const Pool2dParams p = bind::pool2d_params(d);
+    m.def("avg_pool_bwd", [](const Pool2dParams& p, std::string dtype, int device, U stream, U dy, U dx) {
         launch(device, dtype, [&] { cuda::avg_pool_bwd(p, ptr<float>(dy), ptr<float>(dx), stream_of(stream)); });
     });
     m.def("global_avg_pool_fwd", [](py::dict d, std::string dtype, int device, U stream, U x, U y) {

@@ -11,7 +11,7 @@ Every function here follows the same three steps and computes nothing itself:
 import math
 import sys
 
-from . import _args
+from . import _args, _arrays
 from ._arrays import Arrays
 
 
@@ -26,12 +26,25 @@ def _prepare(op, **arrays):
     return a
 
 
+def _planned(op, arrays, args, build):
+    """(plan, arrays): the plan of an earlier call with arrays of the same kinds and
+    equal args (_arrays.plan_key), or build(), which checks everything and returns
+    (plan, the arrays as checked: lists turned into NumPy arrays and the like)."""
+    key = _arrays.plan_key(op, arrays, args)
+    plan = _arrays.find_plan(key)
+    if plan is not None:
+        return plan, arrays
+    plan, arrays = build()
+    return _arrays.keep_plan(key, plan), arrays
+
+
 def _needs_autograd(*arrays):
     """True for PyTorch tensors that require grad while grad mode is on: those calls go
     through fastconv.torch's registered ops, so autograd sees them."""
-    torch = sys.modules.get("torch")
-    return (torch is not None and torch.is_grad_enabled()
-            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in arrays))
+    for a in arrays:
+        if getattr(a, "requires_grad", False):  # only torch tensors have it
+            return sys.modules["torch"].is_grad_enabled()
+    return False
 
 
 def _autograd_op(op, layout, variant):
@@ -73,15 +86,22 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             activation=None, layout="NCHW", variant="auto"):
-    op = "conv2d"
-    a = _prepare(op, input=input, weight=weight, bias=bias)
-    params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), a.shape("bias"),
-                                     stride, padding, dilation, groups, activation, layout)
-    be = a.select_backend()
-    variant = _args.variant(op, variant, _conv_variants(be))
-    x, w, b = a.contiguous("input"), a.contiguous("weight"), a.contiguous("bias")
-    y = a.empty(out_shape)
-    be.call("conv2d_fwd", params, variant, arrays=(x, w, b, y))
+    def build():
+        op = "conv2d"
+        a = _prepare(op, input=input, weight=weight, bias=bias)
+        params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"),
+                                         a.shape("bias"), stride, padding, dilation, groups,
+                                         activation, layout)
+        be = a.select_backend()
+        plan = be, be.params(params), _args.variant(op, variant, _conv_variants(be)), out_shape
+        return plan, a.values("input", "weight", "bias")
+
+    (be, params, variant, out_shape), (x, w, b) = _planned(
+        "conv2d", (input, weight, bias),
+        (stride, padding, dilation, groups, activation, layout, variant), build)
+    x = be.ready(x)
+    y = be.empty(out_shape, x)
+    be.call("conv2d_fwd", params, variant, arrays=(x, be.ready(w), be.ready(b), y))
     return y
 
 
@@ -96,43 +116,57 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     grad_bias is the sum of the (pre-activation) gradient over N, H and W, shape (K,).
     Deterministic: bitwise identical from run to run.
     """
-    op = "conv2d_backward"
-    a = _prepare(op, grad_output=grad_output, input=input, weight=weight, output=output)
-    params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), None, stride,
-                                     padding, dilation, groups, activation, layout)
-    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
-    be = a.select_backend()
-    variant = _args.variant(op, variant, _conv_variants(be))
-    dy = a.contiguous("grad_output")
-    if activation is not None:
-        if output is None:
-            raise TypeError(f"{op}: output (conv2d's result) is required with activation="
-                            f"{activation!r}")
-        _args.expect_shape(op, "output", a.shape("output"), out_shape)
-        dz = a.empty(out_shape)
-        be.call("activation_bwd", params["act"], math.prod(out_shape),
-                arrays=(a.contiguous("output"), dy, dz))
+    def build():
+        op = "conv2d_backward"
+        a = _prepare(op, grad_output=grad_output, input=input, weight=weight, output=output)
+        params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), None, stride,
+                                         padding, dilation, groups, activation, layout)
+        _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+        be = a.select_backend()
+        if activation is not None:
+            if output is None:
+                raise TypeError(f"{op}: output (conv2d's result) is required with activation="
+                                f"{activation!r}")
+            _args.expect_shape(op, "output", a.shape("output"), out_shape)
+        plan = (be, _args.variant(op, variant, _conv_variants(be)), params["act"],
+                out_shape, _ConvGrads(be, params, a.shape("input"), a.shape("weight")))
+        return plan, a.values("grad_output", "input", "weight", "output")
+
+    (be, variant, act, out_shape, grads), (dy, x, w, y) = _planned(
+        "conv2d_backward", (grad_output, input, weight, output),
+        (stride, padding, dilation, groups, activation, layout, variant), build)
+    dy = be.ready(dy)
+    if act:
+        dz = be.empty(out_shape, dy)
+        be.call("activation_bwd", act, math.prod(out_shape), arrays=(be.ready(y), dy, dz))
         dy = dz
-    return _conv_grads(a, be, params, variant, dy, output_mask)
+    return grads(variant, dy, x, w, output_mask)
 
 
-def _conv_grads(a, be, params, variant, dz, output_mask):
+class _ConvGrads:
     """The three gradients of a convolution from dz, its pre-activation gradient."""
-    want_x, want_w, want_b = (bool(m) for m in output_mask)
-    params = dict(params, act=0)
-    grad_input = grad_weight = grad_bias = None
-    if want_x:
-        grad_input = a.empty(a.shape("input"))
-        be.call("conv2d_bwd_data", params, variant,
-                arrays=(dz, a.contiguous("weight"), grad_input))
-    if want_w:
-        grad_weight = a.empty(a.shape("weight"))
-        be.call("conv2d_bwd_filter", params, variant,
-                arrays=(dz, a.contiguous("input"), grad_weight))
-    if want_b:
-        grad_bias = a.empty((params["K"],))
-        be.call("conv2d_bwd_bias", params, arrays=(dz, grad_bias))
-    return grad_input, grad_weight, grad_bias
+
+    def __init__(self, be, params, x_shape, w_shape):
+        self.be, self.x_shape, self.w_shape = be, x_shape, w_shape
+        self.params = be.params(dict(params, act=0))
+        self.K = params["K"]
+
+    def __call__(self, variant, dz, input, weight, output_mask):
+        be, params = self.be, self.params
+        want_x, want_w, want_b = (bool(m) for m in output_mask)
+        grad_input = grad_weight = grad_bias = None
+        if want_x:
+            grad_input = be.empty(self.x_shape, dz)
+            be.call("conv2d_bwd_data", params, variant,
+                    arrays=(dz, be.ready(weight), grad_input))
+        if want_w:
+            grad_weight = be.empty(self.w_shape, dz)
+            be.call("conv2d_bwd_filter", params, variant,
+                    arrays=(dz, be.ready(input), grad_weight))
+        if want_b:
+            grad_bias = be.empty((self.K,), dz)
+            be.call("conv2d_bwd_bias", params, arrays=(dz, grad_bias))
+        return grad_input, grad_weight, grad_bias
 
 
 # ----------------------------------------------------------------------- the LeNet-5 block
@@ -170,19 +204,28 @@ def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
 def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                     activation=None, pool=2, layout="NCHW", variant="auto",
                     return_activation=False):
-    op = "conv2d_avgpool"
-    a = _prepare(op, input=input, weight=weight, bias=bias)
-    params, conv_shape, out_shape = _args.conv2d_avgpool(
-        op, a.shape("input"), a.shape("weight"), a.shape("bias"), stride, padding, dilation,
-        groups, activation, layout, pool)
-    be = a.select_backend()
-    variant = _args.variant(op, variant, be.module.conv2d_avgpool_variants)
-    params["save_activation"] = bool(return_activation)
+    def build():
+        op = "conv2d_avgpool"
+        a = _prepare(op, input=input, weight=weight, bias=bias)
+        params, conv_shape, out_shape = _args.conv2d_avgpool(
+            op, a.shape("input"), a.shape("weight"), a.shape("bias"), stride, padding, dilation,
+            groups, activation, layout, pool)
+        be = a.select_backend()
+        variant_ = _args.variant(op, variant, be.module.conv2d_avgpool_variants)
+        params["save_activation"] = bool(return_activation)
+        plan = be, be.params(params, "conv2d_avgpool"), variant_, conv_shape, out_shape
+        return plan, a.values("input", "weight", "bias")
+
+    (be, params, variant, conv_shape, out_shape), (x, w, b) = _planned(
+        "conv2d_avgpool", (input, weight, bias),
+        (stride, padding, dilation, groups, activation, pool, layout, variant,
+         bool(return_activation)), build)
+    x = be.ready(x)
     # The composed variants always write the activation; the fused one when asked.
-    act = a.empty(conv_shape)
-    y = a.empty(out_shape)
+    act = be.empty(conv_shape, x)
+    y = be.empty(out_shape, x)
     be.call("conv2d_avgpool_fwd", params, variant,
-            arrays=(a.contiguous("input"), a.contiguous("weight"), a.contiguous("bias"), y, act))
+            arrays=(x, be.ready(w), be.ready(b), y, act))
     return (y, act) if return_activation else y
 
 
@@ -195,27 +238,34 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
     full-resolution activation that conv2d_avgpool(..., return_activation=True) returned.
     variant: a conv2d variant for the convolution's gradients. Deterministic.
     """
-    op = "conv2d_avgpool_backward"
-    a = _prepare(op, grad_output=grad_output, input=input, weight=weight,
-                 activation_output=activation_output)
-    params, conv_shape, out_shape = _args.conv2d_avgpool(
-        op, a.shape("input"), a.shape("weight"), None, stride, padding, dilation, groups,
-        activation, layout, pool)
-    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
-    be = a.select_backend()
-    variant = _args.variant(op, variant, _conv_variants(be))
-    if activation is not None:
-        if activation_output is None:
-            raise TypeError(f"{op}: activation_output (conv2d_avgpool's full-resolution "
-                            f"activation, return_activation=True) is required with "
-                            f"activation={activation!r}")
-        _args.expect_shape(op, "activation_output", a.shape("activation_output"), conv_shape)
-        act = a.contiguous("activation_output")
-    else:
-        act = None
-    dz = a.empty(conv_shape)
-    be.call("avgpool_act_bwd", params, arrays=(a.contiguous("grad_output"), act, dz))
-    return _conv_grads(a, be, params, variant, dz, output_mask)
+    def build():
+        op = "conv2d_avgpool_backward"
+        a = _prepare(op, grad_output=grad_output, input=input, weight=weight,
+                     activation_output=activation_output)
+        params, conv_shape, out_shape = _args.conv2d_avgpool(
+            op, a.shape("input"), a.shape("weight"), None, stride, padding, dilation, groups,
+            activation, layout, pool)
+        _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+        be = a.select_backend()
+        if activation is not None:
+            if activation_output is None:
+                raise TypeError(f"{op}: activation_output (conv2d_avgpool's full-resolution "
+                                f"activation, return_activation=True) is required with "
+                                f"activation={activation!r}")
+            _args.expect_shape(op, "activation_output", a.shape("activation_output"),
+                               conv_shape)
+        plan = (be, be.params(params, "conv2d_avgpool"),
+                _args.variant(op, variant, _conv_variants(be)), conv_shape,
+                _ConvGrads(be, params, a.shape("input"), a.shape("weight")))
+        return plan, a.values("grad_output", "input", "weight", "activation_output")
+
+    (be, params, variant, conv_shape, grads), (dy, x, w, act) = _planned(
+        "conv2d_avgpool_backward", (grad_output, input, weight, activation_output),
+        (stride, padding, dilation, groups, activation, pool, layout, variant), build)
+    dy = be.ready(dy)
+    dz = be.empty(conv_shape, dy)
+    be.call("avgpool_act_bwd", params, arrays=(dy, be.ready(act) if activation else None, dz))
+    return grads(variant, dz, x, w, output_mask)
 
 
 # ----------------------------------------------------------------------- pooling
@@ -240,14 +290,21 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 return_indices=False, *, layout="NCHW"):
-    op = "max_pool2d"
-    a = _prepare(op, input=input)
-    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
-                                     dilation, ceil_mode, layout)
-    be = a.select_backend()
-    y = a.empty(out_shape)
-    idx = a.empty(out_shape, "int64") if return_indices else None
-    be.call("max_pool_fwd", params, arrays=(a.contiguous("input"), y, idx))
+    def build():
+        op = "max_pool2d"
+        a = _prepare(op, input=input)
+        params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
+                                         dilation, ceil_mode, layout)
+        be = a.select_backend()
+        return (be, be.params(params, "pool2d"), out_shape), a.values("input")
+
+    (be, params, out_shape), (x,) = _planned(
+        "max_pool2d", (input,), (kernel_size, stride, padding, dilation, ceil_mode, layout),
+        build)
+    x = be.ready(x)
+    y = be.empty(out_shape, x)
+    idx = be.empty(out_shape, x, "int64") if return_indices else None
+    be.call("max_pool_fwd", params, arrays=(x, y, idx))
     return (y, idx) if return_indices else y
 
 
@@ -260,29 +317,39 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     """Gradient of max_pool2d with respect to its input: each output's gradient goes to
     the pixel its maximum came from. Pass the forward's indices to skip recomputing
     them. Deterministic (no atomics)."""
-    op = "max_pool2d_backward"
-    a = _prepare(op, grad_output=grad_output, input=input)
-    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
-                                     dilation, ceil_mode, layout)
-    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
-    be = a.select_backend()
-    if indices is None:
-        indices = a.empty(out_shape, "int64")
-        scratch = a.empty(out_shape)
-        be.call("max_pool_fwd", params, arrays=(a.contiguous("input"), scratch, indices))
+    def build():
+        op = "max_pool2d_backward"
+        a = _prepare(op, grad_output=grad_output, input=input)
+        params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding,
+                                         dilation, ceil_mode, layout)
+        _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+        be = a.select_backend()
+        idx = indices
+        if indices is not None:
+            ia = Arrays(op, indices=indices)
+            if ia.lib is not a.lib or ia.device != a.device or ia.dtype != "int64":
+                raise TypeError(f"{op}: indices must be an int64 array of the same library and "
+                                f"device as input, got {ia.lib.name} {ia.dtype} on {ia.device}")
+            _args.expect_shape(op, "indices", ia.shape("indices"), out_shape)
+            (idx,) = ia.values("indices")
+        plan = be, be.params(params, "pool2d"), out_shape, a.shape("input")
+        return plan, a.values("grad_output", "input") + (idx,)
+
+    (be, params, out_shape, x_shape), (dy, x, idx) = _planned(
+        "max_pool2d_backward", (grad_output, input, indices),
+        (kernel_size, stride, padding, dilation, ceil_mode, layout), build)
+    dy = be.ready(dy)
+    if idx is None:
+        idx = be.empty(out_shape, dy, "int64")
+        be.call("max_pool_fwd", params, arrays=(be.ready(x), be.empty(out_shape, dy), idx))
     else:
-        ia = Arrays(op, indices=indices)
-        if ia.lib is not a.lib or ia.device != a.device or ia.dtype != "int64":
-            raise TypeError(f"{op}: indices must be an int64 array of the same library and device "
-                            f"as input, got {ia.lib.name} {ia.dtype} on {ia.device}")
-        _args.expect_shape(op, "indices", ia.shape("indices"), out_shape)
-        indices = ia.contiguous("indices")
+        idx = be.ready(idx)
         # The GPU's gather would drop an index outside its window without a word; the
         # CPU's scatter checks each one as it goes.
-        if be.is_cuda and be.call("max_pool_bad_indices", params, arrays=(indices,)):
+        if be.is_cuda and be.call("max_pool_bad_indices", params, arrays=(idx,)):
             raise ValueError(_BAD_INDICES)
-    dx = a.empty(a.shape("input"))
-    be.call("max_pool_bwd", params, arrays=(a.contiguous("grad_output"), indices, dx))
+    dx = be.empty(x_shape, dy)
+    be.call("max_pool_bwd", params, arrays=(dy, idx, dx))
     return dx
 
 
@@ -301,13 +368,21 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                 count_include_pad=True, divisor_override=None, *, layout="NCHW"):
-    op = "avg_pool2d"
-    a = _prepare(op, input=input)
-    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,
-                                     ceil_mode, layout, count_include_pad, divisor_override)
-    be = a.select_backend()
-    y = a.empty(out_shape)
-    be.call("avg_pool_fwd", params, arrays=(a.contiguous("input"), y))
+    def build():
+        op = "avg_pool2d"
+        a = _prepare(op, input=input)
+        params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,
+                                         ceil_mode, layout, count_include_pad, divisor_override)
+        be = a.select_backend()
+        return (be, be.params(params, "pool2d"), out_shape), a.values("input")
+
+    (be, params, out_shape), (x,) = _planned(
+        "avg_pool2d", (input,),
+        (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, layout),
+        build)
+    x = be.ready(x)
+    y = be.empty(out_shape, x)
+    be.call("avg_pool_fwd", params, arrays=(x, y))
     return y
 
 
@@ -315,14 +390,23 @@ def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None, *,
                         layout="NCHW"):
     """Gradient of avg_pool2d with respect to its input (input gives the shape)."""
-    op = "avg_pool2d_backward"
-    a = _prepare(op, grad_output=grad_output, input=input)
-    params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,
-                                     ceil_mode, layout, count_include_pad, divisor_override)
-    _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
-    be = a.select_backend()
-    dx = a.empty(a.shape("input"))
-    be.call("avg_pool_bwd", params, arrays=(a.contiguous("grad_output"), dx))
+    def build():
+        op = "avg_pool2d_backward"
+        a = _prepare(op, grad_output=grad_output, input=input)
+        params, out_shape = _args.pool2d(op, a.shape("input"), kernel_size, stride, padding, 1,
+                                         ceil_mode, layout, count_include_pad, divisor_override)
+        _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
+        be = a.select_backend()
+        plan = be, be.params(params, "pool2d"), a.shape("input")
+        return plan, a.values("grad_output", "input")
+
+    (be, params, x_shape), (dy, _) = _planned(
+        "avg_pool2d_backward", (grad_output, input),
+        (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, layout),
+        build)
+    dy = be.ready(dy)
+    dx = be.empty(x_shape, dy)
+    be.call("avg_pool_bwd", params, arrays=(dy, dx))
     return dx
 
 

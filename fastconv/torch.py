@@ -30,6 +30,7 @@ Tensors of any memory format are accepted; the kernels read NCHW, so a channels_
 tensor is copied to NCHW first.
 """
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -49,15 +50,38 @@ def _conv_padding(padding: Sequence[int], same: bool):
     return "same" if same else tuple(padding)
 
 
+def _eager(impl, setup, grad):
+    """The autograd.Function eager mode runs for an op: the op's body and its autograd
+    formula called directly. Calling a torch.library custom op costs tens of
+    microseconds of dispatch, several times a small kernel; torch.compile traces the
+    custom op itself (see _call)."""
+    def forward(ctx, *args):  # setup inside forward: a separate setup_context would make
+        out = impl(*args)     # every apply bind its arguments with inspect (~100 us)
+        setup(ctx, args, out)
+        return out
+
+    return type(f"{impl.__name__}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(functools.partial(grad, eager=True)),
+    })
+
+
+def _call(op, eager, *args):
+    """op's custom op under torch.compile, its autograd.Function in eager mode."""
+    return op(*args) if torch.compiler.is_compiling() else eager.apply(*args)
+
+
 # ----------------------------------------------------------------------- conv2d
 
 
-@torch.library.custom_op(f"{_NS}::conv2d", mutates_args=())
-def _conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
-            padding: List[int], same: bool, dilation: List[int], groups: int,
-            activation: str) -> Tensor:
+def _conv2d_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                 padding: List[int], same: bool, dilation: List[int], groups: int,
+                 activation: str) -> Tensor:
     return ops._conv2d(input, weight, bias, tuple(stride), _conv_padding(padding, same),
                       tuple(dilation), groups, activation=_act(activation))
+
+
+_conv2d = torch.library.custom_op(f"{_NS}::conv2d", mutates_args=())(_conv2d_impl)
 
 
 @_conv2d.register_fake
@@ -69,11 +93,10 @@ def _(input, weight, bias, stride, padding, same, dilation, groups, activation):
     return input.new_empty(shape)
 
 
-@torch.library.custom_op(f"{_NS}::conv2d_backward", mutates_args=())
-def _conv2d_backward(grad_output: Tensor, input: Tensor, weight: Tensor,
-                     output: Optional[Tensor], stride: List[int], padding: List[int],
-                     same: bool, dilation: List[int], groups: int, activation: str,
-                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+def _conv2d_backward_impl(grad_output: Tensor, input: Tensor, weight: Tensor,
+                          output: Optional[Tensor], stride: List[int], padding: List[int],
+                          same: bool, dilation: List[int], groups: int, activation: str,
+                          output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias); a gradient not asked for by output_mask is
     an empty tensor (a custom op returns no None)."""
     grads = ops.conv2d_backward(grad_output, input, weight, tuple(stride),
@@ -81,6 +104,10 @@ def _conv2d_backward(grad_output: Tensor, input: Tensor, weight: Tensor,
                                 activation=_act(activation), output=output,
                                 output_mask=tuple(output_mask))
     return tuple(g if g is not None else input.new_empty(0) for g in grads)
+
+
+_conv2d_backward = torch.library.custom_op(f"{_NS}::conv2d_backward",
+                   mutates_args=())(_conv2d_backward_impl)
 
 
 @_conv2d_backward.register_fake
@@ -97,18 +124,20 @@ def _conv2d_setup(ctx, inputs, output):
     ctx.save_for_backward(input, weight, output if activation != _NONE else None)
 
 
-def _conv2d_grad(ctx, grad_output):
+def _conv2d_grad(ctx, grad_output, eager=False):
+    backward = _conv2d_backward_impl if eager else _conv2d_backward
     input, weight, output = ctx.saved_tensors
     stride, padding, same, dilation, groups, activation = ctx.conf
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
-    gx, gw, gb = _conv2d_backward(grad_output.contiguous(), input, weight, output, stride,
-                                  padding, same, dilation, groups, activation, mask)
+    gx, gw, gb = backward(grad_output.contiguous(), input, weight, output, stride, padding,
+                          same, dilation, groups, activation, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None)
 
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
+_conv2d_eager = _eager(_conv2d_impl, _conv2d_setup, _conv2d_grad)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -117,21 +146,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     "same" with any stride (Keras' rule)."""
     stride, padding, same, dilation, activation = _conv_conf(
         "conv2d", stride, padding, dilation, activation)
-    return _conv2d(input, weight, bias, stride, padding, same, dilation, groups, activation)
+    return _call(_conv2d, _conv2d_eager, input, weight, bias, stride, padding, same, dilation,
+                 groups, activation)
 
 
 # ----------------------------------------------------------------------- the LeNet-5 block
 
 
-@torch.library.custom_op(f"{_NS}::conv2d_avgpool", mutates_args=())
-def _conv2d_avgpool(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
-                    padding: List[int], same: bool, dilation: List[int], groups: int,
-                    activation: str, pool: List[int], save: bool) -> Tuple[Tensor, Tensor]:
+def _conv2d_avgpool_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                         padding: List[int], same: bool, dilation: List[int], groups: int,
+                         activation: str, pool: List[int], save: bool) -> Tuple[Tensor, Tensor]:
     """(pooled output, full-resolution activation); the second is empty unless `save`."""
     out = ops._conv2d_avgpool(input, weight, bias, tuple(stride), _conv_padding(padding, same),
                               tuple(dilation), groups, activation=_act(activation),
                               pool=tuple(pool), return_activation=save)
     return out if save else (out, input.new_empty(0))
+
+
+_conv2d_avgpool = torch.library.custom_op(f"{_NS}::conv2d_avgpool",
+                  mutates_args=())(_conv2d_avgpool_impl)
 
 
 @_conv2d_avgpool.register_fake
@@ -144,17 +177,20 @@ def _(input, weight, bias, stride, padding, same, dilation, groups, activation, 
     return input.new_empty(shape), input.new_empty(conv_shape if save else (0,))
 
 
-@torch.library.custom_op(f"{_NS}::conv2d_avgpool_backward", mutates_args=())
-def _conv2d_avgpool_backward(grad_output: Tensor, input: Tensor, weight: Tensor,
-                             activation_output: Optional[Tensor], stride: List[int],
-                             padding: List[int], same: bool, dilation: List[int], groups: int,
-                             activation: str, pool: List[int],
-                             output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+def _conv2d_avgpool_backward_impl(grad_output: Tensor, input: Tensor, weight: Tensor,
+                                  activation_output: Optional[Tensor], stride: List[int],
+                                  padding: List[int], same: bool, dilation: List[int], groups: int,
+                                  activation: str, pool: List[int],
+                                  output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     grads = ops.conv2d_avgpool_backward(
         grad_output, input, weight, tuple(stride), _conv_padding(padding, same),
         tuple(dilation), groups, activation=_act(activation), pool=tuple(pool),
         activation_output=activation_output, output_mask=tuple(output_mask))
     return tuple(g if g is not None else input.new_empty(0) for g in grads)
+
+
+_conv2d_avgpool_backward = torch.library.custom_op(f"{_NS}::conv2d_avgpool_backward",
+                           mutates_args=())(_conv2d_avgpool_backward_impl)
 
 
 @_conv2d_avgpool_backward.register_fake
@@ -174,23 +210,25 @@ def _conv2d_avgpool_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _conv2d_avgpool_grad(ctx, grad_output, grad_activation):
+def _conv2d_avgpool_grad(ctx, grad_output, grad_activation, eager=False):
+    conv = _conv2d_impl if eager else _conv2d
+    backward = _conv2d_avgpool_backward_impl if eager else _conv2d_avgpool_backward
     input, weight, bias, act = ctx.saved_tensors
     stride, padding, same, dilation, groups, activation, pool = ctx.conf
     if activation != _NONE and act is None:
         # The forward was told no gradient would be asked for (save=False) and kept no
         # activation: recompute it.
-        act = _conv2d(input, weight, bias, stride, padding, same, dilation, groups, activation)
+        act = conv(input, weight, bias, stride, padding, same, dilation, groups, activation)
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
-    gx, gw, gb = _conv2d_avgpool_backward(grad_output.contiguous(), input, weight, act, stride,
-                                          padding, same, dilation, groups, activation, pool,
-                                          mask)
+    gx, gw, gb = backward(grad_output.contiguous(), input, weight, act, stride, padding, same,
+                          dilation, groups, activation, pool, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None, None, None)
 
 
 _conv2d_avgpool.register_autograd(_conv2d_avgpool_grad, setup_context=_conv2d_avgpool_setup)
+_conv2d_avgpool_eager = _eager(_conv2d_avgpool_impl, _conv2d_avgpool_setup, _conv2d_avgpool_grad)
 
 
 def _conv_conf(op, stride, padding, dilation, activation):
@@ -217,8 +255,8 @@ def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
     pool = list(_args.pair("conv2d_avgpool", "pool", pool, 1))
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias))
-    return _conv2d_avgpool(input, weight, bias, stride, padding, same, dilation, groups,
-                           activation, pool, save)[0]
+    return _call(_conv2d_avgpool, _conv2d_avgpool_eager, input, weight, bias, stride, padding,
+                 same, dilation, groups, activation, pool, save)[0]
 
 
 # ----------------------------------------------------------------------- pooling
@@ -232,11 +270,13 @@ def _pool_conf(op, kernel_size, stride, padding, dilation=1):
         list(_args.pair(op, "dilation", dilation, 1))
 
 
-@torch.library.custom_op(f"{_NS}::max_pool2d", mutates_args=())
-def _max_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
-                dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
+def _max_pool2d_impl(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
+                     dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
     return ops._max_pool2d(input, tuple(kernel_size), tuple(stride), tuple(padding),
                           tuple(dilation), ceil_mode, return_indices=True)
+
+
+_max_pool2d = torch.library.custom_op(f"{_NS}::max_pool2d", mutates_args=())(_max_pool2d_impl)
 
 
 @_max_pool2d.register_fake
@@ -246,12 +286,15 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
-@torch.library.custom_op(f"{_NS}::max_pool2d_backward", mutates_args=())
-def _max_pool2d_backward(grad_output: Tensor, input: Tensor, indices: Tensor,
-                         kernel_size: List[int], stride: List[int], padding: List[int],
-                         dilation: List[int], ceil_mode: bool) -> Tensor:
+def _max_pool2d_backward_impl(grad_output: Tensor, input: Tensor, indices: Tensor,
+                              kernel_size: List[int], stride: List[int], padding: List[int],
+                              dilation: List[int], ceil_mode: bool) -> Tensor:
     return ops.max_pool2d_backward(grad_output, input, tuple(kernel_size), tuple(stride),
                                    tuple(padding), tuple(dilation), ceil_mode, indices=indices)
+
+
+_max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
+                       mutates_args=())(_max_pool2d_backward_impl)
 
 
 @_max_pool2d_backward.register_fake
@@ -266,29 +309,33 @@ def _max_pool2d_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _max_pool2d_grad(ctx, grad_output, grad_indices):
+def _max_pool2d_grad(ctx, grad_output, grad_indices, eager=False):
+    backward = _max_pool2d_backward_impl if eager else _max_pool2d_backward
     input, indices = ctx.saved_tensors
-    return (_max_pool2d_backward(grad_output.contiguous(), input, indices, *ctx.conf),
+    return (backward(grad_output.contiguous(), input, indices, *ctx.conf),
             None, None, None, None, None)
 
 
 _max_pool2d.register_autograd(_max_pool2d_grad, setup_context=_max_pool2d_setup)
+_max_pool2d_eager = _eager(_max_pool2d_impl, _max_pool2d_setup, _max_pool2d_grad)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """torch.nn.functional.max_pool2d, differentiable; indices as PyTorch's."""
     k, s, p, d = _pool_conf("max_pool2d", kernel_size, stride, padding, dilation)
-    out, indices = _max_pool2d(input, k, s, p, d, ceil_mode)
+    out, indices = _call(_max_pool2d, _max_pool2d_eager, input, k, s, p, d, ceil_mode)
     return (out, indices) if return_indices else out
 
 
-@torch.library.custom_op(f"{_NS}::avg_pool2d", mutates_args=())
-def _avg_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
-                ceil_mode: bool, count_include_pad: bool,
-                divisor_override: Optional[int]) -> Tensor:
+def _avg_pool2d_impl(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
+                     ceil_mode: bool, count_include_pad: bool,
+                     divisor_override: Optional[int]) -> Tensor:
     return ops._avg_pool2d(input, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode,
                           count_include_pad, divisor_override)
+
+
+_avg_pool2d = torch.library.custom_op(f"{_NS}::avg_pool2d", mutates_args=())(_avg_pool2d_impl)
 
 
 @_avg_pool2d.register_fake
@@ -299,13 +346,16 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
     return input.new_empty(shape)
 
 
-@torch.library.custom_op(f"{_NS}::avg_pool2d_backward", mutates_args=())
-def _avg_pool2d_backward(grad_output: Tensor, input: Tensor, kernel_size: List[int],
-                         stride: List[int], padding: List[int], ceil_mode: bool,
-                         count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
+def _avg_pool2d_backward_impl(grad_output: Tensor, input: Tensor, kernel_size: List[int],
+                              stride: List[int], padding: List[int], ceil_mode: bool,
+                              count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
     return ops.avg_pool2d_backward(grad_output, input, tuple(kernel_size), tuple(stride),
                                    tuple(padding), ceil_mode, count_include_pad,
                                    divisor_override)
+
+
+_avg_pool2d_backward = torch.library.custom_op(f"{_NS}::avg_pool2d_backward",
+                       mutates_args=())(_avg_pool2d_backward_impl)
 
 
 @_avg_pool2d_backward.register_fake
@@ -319,20 +369,23 @@ def _avg_pool2d_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
 
 
-def _avg_pool2d_grad(ctx, grad_output):
+def _avg_pool2d_grad(ctx, grad_output, eager=False):
+    backward = _avg_pool2d_backward_impl if eager else _avg_pool2d_backward
     (input,) = ctx.saved_tensors
-    return (_avg_pool2d_backward(grad_output.contiguous(), input, *ctx.conf),
+    return (backward(grad_output.contiguous(), input, *ctx.conf),
             None, None, None, None, None, None)
 
 
 _avg_pool2d.register_autograd(_avg_pool2d_grad, setup_context=_avg_pool2d_setup)
+_avg_pool2d_eager = _eager(_avg_pool2d_impl, _avg_pool2d_setup, _avg_pool2d_grad)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None):
     """torch.nn.functional.avg_pool2d, differentiable."""
     k, s, p, _ = _pool_conf("avg_pool2d", kernel_size, stride, padding)
-    return _avg_pool2d(input, k, s, p, ceil_mode, count_include_pad, divisor_override)
+    return _call(_avg_pool2d, _avg_pool2d_eager, input, k, s, p, ceil_mode, count_include_pad,
+                 divisor_override)
 
 
 # ----------------------------------------------------------------------- sobel

@@ -163,3 +163,22 @@ def test_sobel_rows_of_every_alignment(backend, dtype, aligned):
         u8 = rng.integers(0, 256, shape).astype(np.uint8)
         assert_close(fastconv.sobel(put(u8), None, "nearest"), ref.sobel(u8, None, "nearest"),
                      "float32", f"sobel uint8 {shape}")
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_filter2d_planes_of_several_tiles(backend, dtype, aligned):
+    """Planes larger than the GPU's 16 x 64 filter2d tile, with every filter size class:
+    up to 7 x 7 (the tiled kernel), wider (the generic one), even sizes (off-centre)."""
+    from conftest import misaligned
+
+    rng = np.random.default_rng(8)
+    put = (lambda a: to_backend(a, backend)) if aligned else (lambda a: misaligned(a, backend))
+    for shape in ((2, 37, 150), (1, 2, 33, 128)):
+        x = random(rng, shape, dtype)
+        for kh, kw in ((3, 3), (7, 7), (1, 7), (6, 2), (9, 3)):
+            k = random(rng, (kh, kw), dtype)
+            for mode in ("reflect", "constant"):
+                out = fastconv.filter2d(put(x), to_backend(k, backend), mode, cval=0.5)
+                assert_close(out, ref.filter2d(x, k, mode, cval=0.5), dtype,
+                             f"filter2d {shape} {kh}x{kw} {mode}")

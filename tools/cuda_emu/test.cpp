@@ -363,6 +363,8 @@ static void test_filters(int iters) {
         p.N = ri(1, 2), p.C = ri(1, 3), p.H = ri(1, 9), p.W = ri(1, 9);
         p.kh = ri(1, 7), p.kw = ri(1, 7);
         if (it % 10 == 0) p.kh = 35, p.kw = 31, p.H = ri(1, 4), p.W = ri(1, 4), p.N = 1, p.C = 2;
+        // Planes spanning several of filter2d_tiled's 16 x 64 tiles and many Sobel row groups.
+        if (it % 10 == 5) p.H = ri(17, 40), p.W = ri(65, 140), p.N = 1, p.C = ri(1, 2);
         p.mode = Border(ri(0, 4));
         p.cval = 0.25 * ri(-4, 4);
         p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
