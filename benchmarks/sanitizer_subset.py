@@ -36,6 +36,31 @@ for layout in ("NCHW", "NHWC"):
     for mode in ("reflect", "constant", "wrap"):
         fastconv.sobel(x, None, mode, layout=layout)
         fastconv.filter2d(x, arr(5, 3), mode, layout=layout)
+    # The 2x2 / stride 2 vector paths (even sides; W % 4 in NCHW, C % 4 in NHWC).
+    x = arr(2, 4, 10, 12) if layout == "NCHW" else arr(2, 10, 12, 4)
+    for kind in ("max", "avg"):
+        if kind == "max":
+            y, idx = fastconv.max_pool2d(x, 2, return_indices=True, layout=layout)
+            fastconv.max_pool2d_backward(cp.ones_like(y), x, 2, indices=idx, layout=layout)
+        else:
+            y = fastconv.avg_pool2d(x, 2, layout=layout)
+            fastconv.avg_pool2d_backward(cp.ones_like(y), x, 2, layout=layout)
+    # The LeNet-5 block, fused and composed, and its backward.
+    x = arr(3, 2, 15, 13) if layout == "NCHW" else arr(3, 15, 13, 2)
+    w = arr(5, 2, 5, 5) if layout == "NCHW" else arr(5, 5, 2, 5)
+    for variant in ("fused", "direct", "implicit_gemm"):
+        for keep in (False, True):
+            out = fastconv.conv2d_avgpool(x, w, arr(5), padding="same", activation="tanh",
+                                          layout=layout, variant=variant, return_activation=keep)
+    y, act = out
+    fastconv.conv2d_avgpool_backward(cp.ones_like(y), x, w, padding="same", activation="tanh",
+                                     activation_output=act, layout=layout)
+# Sobel's 4-pixel rows and the tiled filter2d over planes of several tiles.
+img = arr(2, 37, 150)
+fastconv.sobel(img)
+fastconv.sobel(cp.asarray(rng.integers(0, 256, (37, 150)).astype(np.uint8)), 0)
+for kh, kw in ((3, 3), (7, 7), (2, 6)):
+    fastconv.filter2d(img, arr(kh, kw), "reflect")
 fastconv.conv1d(arr(3, 101), arr(7))
 cp.cuda.Device().synchronize()
 print("sanitizer subset done")
