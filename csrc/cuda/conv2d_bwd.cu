@@ -4,10 +4,10 @@
 //
 // Every result is deterministic without atomics: each element is produced by one thread,
 // or by one block whose threads take fixed strided shares of the sum and meet in
-// block_sum's fixed tree, so identical runs give identical bits.
+// block_sum's fixed tree, or (grad weight GEMM) as split partials added in a fixed
+// order, so identical runs give identical bits.
 //
-// Kernels (one per result; the ConvVariant argument is accepted and ignored, every
-// variant runs these):
+// Kernels (one per result; the ConvVariant argument chooses grad weight's kernel only):
 //   activation_bwd  element-wise dz = dy * act'(y), in double rounded once (the CPU's).
 //   avgpool_act_bwd the LeNet-5 block's (conv2d_avgpool's) first step, element-wise over
 //                   the full-resolution dz: dy of the pooled output above it / window
@@ -18,14 +18,25 @@
 //                   divisibility test), for each filter of its group; the CPU's
 //                   bwd_data_direct with the filter loop moved innermost. Gathering
 //                   instead of scattering col2im-style is what removes the atomics.
-//   bwd_filter      one block per weight element (k, c, r, s): its 256 threads stride over
-//                   the N*P*Q products dy * x, then block_sum.
+//   bwd_filter      reduce: one block per weight element (k, c, r, s): its 256 threads
+//                   stride over the N*P*Q products dy * x, then block_sum. Every thread
+//                   re-reads dy for each weight element, so large layers crawl (ResNet's
+//                   3x3: 590k blocks over 6272 products each). The readable spec, and the
+//                   choice for small weights.
+//                   gemm: per group, dW_g (Kg x Cg*R*S) = dy_g^T (Kg x M) . col (M x
+//                   Cg*R*S), M = N*P*Q, in 64 x 64 tiles of 256 threads (4 x 4 a thread,
+//                   the forward's implicit GEMM with the reduction over pixels; col is
+//                   gathered, never built). Split-K with a fixed order: the pixels go in
+//                   chunks of kSplitPixels, each chunk's partial tile is written to a
+//                   stream-ordered scratch, and a second kernel adds the partials in chunk
+//                   order, so the bits depend on the shapes only.
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "implicit_gemm.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -143,6 +154,166 @@ __global__ void __launch_bounds__(kReduceThreads)
     }
 }
 
+
+// ------------------------------------------------------------------ grad weight, GEMM
+
+constexpr int kFBM = 64;   // filters per tile
+constexpr int kFBN = 64;   // reduction indices (c, r, s) per tile
+constexpr int kFBK = 16;   // pixels per slice
+constexpr int kFGrid = 16, kFPer = 4;
+constexpr int64_t kSplitPixels = 2048;  // pixels per split-K chunk (a multiple of kFBK)
+static_assert(kFGrid * kFGrid == kThreads && kFGrid * kFPer == kFBM && kFBM == kFBN);
+static_assert(kSplitPixels % kFBK == 0);
+
+struct FilterGemm {
+    GemmShape gs;               // M = N*P*Q pixels, red = Cg*R*S
+    int64_t j_tiles, kk_tiles;  // tiles over Kg and red
+    int64_t splits;             // pixel chunks
+    int64_t tiles;              // j_tiles * kk_tiles * groups * splits
+};
+
+// Block (j tile, kk tile, group, split) sums dy[m][g*Kg + j] * col[m][kk] over its chunk
+// of pixels, slice by slice in order, and writes the partial tile: into ws[split] (in
+// (K, red) order) when there are several splits, else straight into dw.
+template <Layout L>
+__global__ void __launch_bounds__(kThreads)
+    bwd_filter_gemm(Conv2dParams p, FilterGemm fg, const float* __restrict__ dy,
+                    const float* __restrict__ x, float* __restrict__ ws, float* __restrict__ dw) {
+    constexpr bool nchw = L == Layout::NCHW;
+    __shared__ float As[kFBK][kFBM + 1];  // dy^T slice: [pixel][filter]
+    __shared__ float Bs[kFBK][kFBN + 1];  // col slice:  [pixel][kk]
+    const GemmShape& gs = fg.gs;
+    const int tid = threadIdx.x;
+    const int tj = tid % kFGrid, tk = tid / kFGrid;  // the thread's rows / columns of the tile
+    const int64_t RS = p.R * p.S;
+    for (int64_t tile = blockIdx.x; tile < fg.tiles; tile += gridDim.x) {
+        const int64_t j0 = tile % fg.j_tiles * kFBM;
+        const int64_t k0 = tile / fg.j_tiles % fg.kk_tiles * kFBN;
+        const int64_t g = tile / (fg.j_tiles * fg.kk_tiles) % p.groups;
+        const int64_t split = tile / (fg.j_tiles * fg.kk_tiles * p.groups);
+        const int64_t m_begin = split * kSplitPixels, m_end = min64(gs.M, m_begin + kSplitPixels);
+        const float* xg = x + g * gs.Cg * (nchw ? p.H * p.W : 1);
+        float acc[kFPer][kFPer] = {};
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += kFBK) {
+            // A: dy[m][g*Kg + j]. NCHW: pixels contiguous, so threads run along m
+            // (m = tid % 16, j = tid / 16 + 16 i); NHWC: filters contiguous, along j.
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = nchw ? tid % kFBK : tid / kFBM + 4 * i;
+                const int col = nchw ? tid / kFBK + 16 * i : tid % kFBM;
+                const int64_t m = m0 + row, j = j0 + col;
+                float v = 0.f;
+                if (m < m_end && j < gs.Kg) {
+                    const int64_t k = g * gs.Kg + j;
+                    v = nchw ? dy[(m / gs.PQ * p.K + k) * gs.PQ + m % gs.PQ] : dy[m * p.K + k];
+                }
+                As[row][col] = v;
+            }
+            // B: col[m][kk], gathered. NCHW: along m (neighbouring pixels are neighbouring
+            // columns of x for stride 1); NHWC: along kk (contiguous channels).
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = nchw ? tid % kFBK : tid / kFBN + 4 * i;
+                const int col = nchw ? tid / kFBK + 16 * i : tid % kFBN;
+                const int64_t m = m0 + row, kk = k0 + col;
+                float v = 0.f;
+                if (m < m_end && kk < gs.red) {
+                    const Pixel px = pixel_of(p, gs, m);
+                    if (nchw) {
+                        const int64_t c = kk / RS, rs = kk % RS;
+                        v = gather<L>(p, xg, px, c, rs / p.S, rs % p.S);
+                    } else {
+                        const int64_t rs = kk / gs.Cg, c = kk % gs.Cg;
+                        v = gather<L>(p, xg, px, c, rs / p.S, rs % p.S);
+                    }
+                }
+                Bs[row][col] = v;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int q = 0; q < kFBK; ++q) {
+                float a[kFPer], b[kFPer];
+#pragma unroll
+                for (int i = 0; i < kFPer; ++i) a[i] = As[q][tj + kFGrid * i];
+#pragma unroll
+                for (int i = 0; i < kFPer; ++i) b[i] = Bs[q][tk + kFGrid * i];
+#pragma unroll
+                for (int i = 0; i < kFPer; ++i)
+#pragma unroll
+                    for (int jj = 0; jj < kFPer; ++jj) acc[i][jj] += a[i] * b[jj];
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int i = 0; i < kFPer; ++i) {
+            const int64_t j = j0 + tj + kFGrid * i;
+            if (j >= gs.Kg) continue;
+            const int64_t k = g * gs.Kg + j;
+#pragma unroll
+            for (int jj = 0; jj < kFPer; ++jj) {
+                const int64_t kk = k0 + tk + kFGrid * jj;
+                if (kk >= gs.red) continue;
+                if (fg.splits > 1)
+                    ws[(split * p.K + k) * gs.red + kk] = acc[i][jj];
+                else
+                    dw[nchw ? k * gs.red + kk : kk * p.K + k] = acc[i][jj];
+            }
+        }
+    }
+}
+
+// dw = the split partials added in split order, one thread per weight element of
+// the (K, red) order.
+__global__ void __launch_bounds__(kThreads)
+    bwd_filter_sum_splits(Conv2dParams p, FilterGemm fg, const float* __restrict__ ws,
+                          float* __restrict__ dw) {
+    const int64_t red = fg.gs.red, count = p.K * red;
+    for (int64_t e = thread_index(); e < count; e += thread_count()) {
+        float acc = 0.f;
+        for (int64_t sp = 0; sp < fg.splits; ++sp) acc += ws[sp * count + e];
+        const int64_t k = e / red, kk = e % red;
+        dw[p.layout == Layout::NCHW ? e : kk * p.K + k] = acc;
+    }
+}
+
+FilterGemm filter_gemm_shape(const Conv2dParams& p) {
+    FilterGemm fg{};
+    fg.gs.PQ = p.P * p.Q;
+    fg.gs.M = p.N * fg.gs.PQ;
+    fg.gs.Cg = p.C / p.groups;
+    fg.gs.Kg = p.K / p.groups;
+    fg.gs.red = fg.gs.Cg * p.R * p.S;
+    fg.j_tiles = ceil_div(fg.gs.Kg, kFBM);
+    fg.kk_tiles = ceil_div(fg.gs.red, kFBN);
+    fg.splits = max64(1, ceil_div(fg.gs.M, kSplitPixels));
+    fg.tiles = fg.j_tiles * fg.kk_tiles * p.groups * fg.splits;
+    return fg;
+}
+
+void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float* x, float* dw,
+                            cudaStream_t stream) {
+    const FilterGemm fg = filter_gemm_shape(p);
+    struct Scratch {  // stream-ordered; freed on every path, exceptions included
+        float* dev = nullptr;
+        cudaStream_t stream;
+        ~Scratch() { if (dev) cudaFreeAsync(dev, stream); }
+    } ws{nullptr, stream};
+    if (fg.splits > 1)
+        FC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws.dev),
+                                      sizeof(float) * fg.splits * p.K * fg.gs.red, stream));
+    const unsigned int blocks = blocks_for(fg.tiles, 1);
+    if (p.layout == Layout::NCHW)
+        bwd_filter_gemm<Layout::NCHW><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws.dev, dw);
+    else
+        bwd_filter_gemm<Layout::NHWC><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws.dev, dw);
+    FC_CUDA_CHECK_LAUNCH();
+    if (fg.splits > 1) {
+        bwd_filter_sum_splits<<<blocks_for(p.K * fg.gs.red, kThreads), kThreads, 0, stream>>>(
+            p, fg, ws.dev, dw);
+        FC_CUDA_CHECK_LAUNCH();
+    }
+}
+
 }  // namespace
 
 void activation_bwd(Activation act, int64_t count, const float* y, const float* dy, float* dz,
@@ -169,10 +340,15 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant, const float* dy, const 
     FC_CUDA_CHECK_LAUNCH();
 }
 
-void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant, const float* dy, const float* x,
+void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,
                        float* dw, cudaStream_t stream) {
     const int64_t count = p.K * (p.C / p.groups) * p.R * p.S;
     if (count <= 0) return;
+    // Auto: the GEMM once a group's weight has 4096 elements (a 64 x 64 tile's worth);
+    // below that the per-element reduction has blocks enough. Both need outputs.
+    const bool gemm = v == ConvVariant::ImplicitGemm ||
+                      (v == ConvVariant::Auto && count / p.groups >= 4096);
+    if (gemm && p.N * p.P * p.Q > 0) return launch_bwd_filter_gemm(p, dy, x, dw, stream);
     // With no outputs every block writes a zero sum, which is the gradient.
     bwd_filter_reduce<<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, dy, x, dw);
     FC_CUDA_CHECK_LAUNCH();

@@ -35,6 +35,7 @@
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "depthwise.cuh"
+#include "implicit_gemm.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -119,41 +120,6 @@ constexpr int kGrid = 16;          // threads per tile side
 constexpr int kPerThread = 4;      // kBM / kGrid == kBN / kGrid
 static_assert(kGrid * kGrid == kGemmThreads && kGrid * kPerThread == kBM && kBM == kBN);
 static_assert(kBM * kBK == 4 * kGemmThreads);  // each thread loads 4 elements of each tile
-
-// The GEMM's sizes, computed once on the host.
-struct GemmShape {
-    int64_t M, PQ, Cg, Kg, red;
-    int64_t m_tiles, n_tiles, tiles;  // tiles = m_tiles * n_tiles * groups
-};
-
-// One output pixel m of the GEMM as the A-tile loader sees it: where its image starts
-// and the input coordinates of its window's top-left tap.
-struct Pixel {
-    int64_t base;    // offset of image n in x
-    int64_t h0, w0;  // oh * sh - ph, ow * sw - pw
-    bool valid;      // m < M (the last tile overhangs)
-};
-
-__device__ __forceinline__ Pixel pixel_of(const Conv2dParams& p, const GemmShape& gs, int64_t m) {
-    Pixel px;
-    px.valid = m < gs.M;
-    const int64_t n = m / gs.PQ, pq = m % gs.PQ;
-    px.base = n * p.C * p.H * p.W;
-    px.h0 = (pq / p.Q) * p.stride_h - p.pad_h;
-    px.w0 = (pq % p.Q) * p.stride_w - p.pad_w;
-    return px;
-}
-
-// col[m][(c, r, s)] = x[n, g*Cg + c, h0 + r*dh, w0 + s*dw], 0 in the padding. xg points
-// at channel g*Cg of image 0.
-template <Layout L>
-__device__ __forceinline__ float gather(const Conv2dParams& p, const float* __restrict__ xg,
-                                        const Pixel& px, int64_t c, int64_t r, int64_t s) {
-    const int64_t h = px.h0 + r * p.dil_h, w = px.w0 + s * p.dil_w;
-    if (!px.valid || h < 0 || h >= p.H || w < 0 || w >= p.W) return 0.f;
-    return L == Layout::NCHW ? xg[px.base + (c * p.H + h) * p.W + w]
-                             : xg[px.base + (h * p.W + w) * p.C + c];
-}
 
 // The reduction index kk follows the weight's memory order, so the B tile loads are
 // contiguous along kk (NCHW, weight (K, Cg, R, S): kk = (c*R + r)*S + s) or along the

@@ -3,8 +3,10 @@
 // given (the caller's: CuPy's current stream or torch.cuda.current_stream()), on the
 // current device (the binding sets it from the arrays), checks every launch, and
 // throws std::runtime_error carrying the CUDA error string on failure. Pointers are
-// device pointers to dense arrays of the shapes the params describe; no launcher
-// allocates memory.
+// device pointers to dense arrays of the shapes the params describe. Outputs are the
+// caller's; the two launchers that need scratch (max_pool_bad_indices' counter, the
+// split-K grad weight's partial sums) take it stream-ordered (cudaMallocAsync on the
+// same stream) and free it the same way on every path.
 #pragma once
 #include <cstdint>
 
@@ -38,6 +40,8 @@ void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a,
                      cudaStream_t stream);
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
                      float* dx, cudaStream_t stream);
+// v: ImplicitGemm the split-K GEMM, Direct (or Depthwise) the per-element reduction,
+// Auto the GEMM once a group's weight has 4096 elements.
 void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,
                        float* dw, cudaStream_t stream);
 void conv2d_bwd_bias(const Conv2dParams& p, const float* dy, float* db, cudaStream_t stream);

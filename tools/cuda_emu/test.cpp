@@ -116,11 +116,42 @@ static void test_conv(int iters, bool depthwise, bool big) {
         cpu::conv2d_bwd_bias<double>(p, dyd.data(), dbr.data());
         std::vector<float> dx(x.size(), NAN), dw(w.size(), NAN), db(p.K, NAN);
         cuda::conv2d_bwd_data(p, cuda::ConvVariant::Auto, dy.data(), w.data(), dx.data(), nullptr);
-        cuda::conv2d_bwd_filter(p, cuda::ConvVariant::Auto, dy.data(), x.data(), dw.data(), nullptr);
         cuda::conv2d_bwd_bias(p, dy.data(), db.data(), nullptr);
         compare("bwd-data", cfg, dx, dxr, integer, 5e-6);
-        compare("bwd-filter", cfg, dw, dwr, integer, 5e-6);
+        for (auto v : {cuda::ConvVariant::Auto, cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm}) {
+            std::fill(dw.begin(), dw.end(), NAN);
+            cuda::conv2d_bwd_filter(p, v, dy.data(), x.data(), dw.data(), nullptr);
+            compare(v == cuda::ConvVariant::ImplicitGemm ? "bwd-filter-gemm" : "bwd-filter", cfg, dw,
+                    dwr, integer, 5e-6);
+        }
         compare("bwd-bias", cfg, db, dbr, integer, 5e-6);
+    }
+}
+
+// The grad-weight GEMM with several split-K chunks (N * P * Q > 2048 pixels), both
+// layouts, groups, strides and padding; and its bits identical from run to run.
+static void test_bwd_filter_splits() {
+    for (int it = 0; it < 4; ++it) {
+        Conv2dParams p{};
+        p.layout = it % 2 ? Layout::NCHW : Layout::NHWC;
+        p.groups = it < 2 ? 1 : 2;
+        p.N = 3, p.C = 2 * p.groups, p.K = 3 * p.groups, p.H = 32, p.W = 31 + it, p.R = 3, p.S = 2;
+        p.stride_h = 1, p.stride_w = it == 3 ? 2 : 1, p.dil_h = p.dil_w = 1, p.pad_h = 1, p.pad_w = 0;
+        p.P = conv_out_size(p.H, p.R, p.stride_h, 1, 1, 1);
+        p.Q = conv_out_size(p.W, p.S, p.stride_w, 0, 0, 1);
+        const bool integer = it % 2 == 0;
+        auto x = fill<float>(p.N * p.C * p.H * p.W, integer);
+        auto dy = fill<float>(p.N * p.K * p.P * p.Q, integer);
+        const int64_t nw = p.K * (p.C / p.groups) * p.R * p.S;
+        std::vector<double> dwr(nw);
+        auto xd = to_d(x), dyd = to_d(dy);
+        cpu::conv2d_bwd_filter<double>(p, cpu::ConvVariant::Direct, dyd.data(), xd.data(), dwr.data());
+        std::vector<float> dw(nw, NAN), dw2(nw, NAN);
+        cuda::conv2d_bwd_filter(p, cuda::ConvVariant::ImplicitGemm, dy.data(), x.data(), dw.data(), nullptr);
+        cuda::conv2d_bwd_filter(p, cuda::ConvVariant::ImplicitGemm, dy.data(), x.data(), dw2.data(), nullptr);
+        compare("bwd-filter-splits", conv_str(p), dw, dwr, integer, 5e-6);
+        ++checks;
+        if (dw != dw2) ++failures, printf("FAIL bwd-filter-splits not deterministic %s\n", conv_str(p).c_str());
     }
 }
 
@@ -419,6 +450,7 @@ int main(int argc, char** argv) {
     test_pool(300 * scale);
     test_pool2x2(80 * scale);
     test_conv_special();
+    test_bwd_filter_splits();
     test_block(60 * scale);
     test_conv(150 * scale, false, false);
     test_conv(100 * scale, true, false);
