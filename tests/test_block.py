@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import reference as ref
 from conftest import BACKENDS, assert_close, dtypes_for, random, to_backend, to_numpy
-from test_conv2d import assume_well_conditioned, conv_args, conv_configs, make_inputs
+from test_conv2d import (assume_forward_conditioned, assume_well_conditioned, conv_args,
+                         conv_configs, make_inputs)
 
 
 def _cases():
@@ -45,24 +46,6 @@ def _draw(data):
     return cfg, pool
 
 
-def _assume_well_conditioned(x, w, b, cfg, pool, layout, limit=50):
-    """Skip draws whose outputs cancel to under 1/limit of their terms' magnitude.
-
-    A float32 window sum errs by about eps * sum |terms|; a draw with one or two
-    outputs whose terms cancel (seen: a single pooled output, 1.04e-5 relative) tests
-    the data's conditioning, not the kernel, against a 1e-5 bound. The exact
-    small-integer test checks the indexing of every draw.
-    """
-    args = dict(**conv_args(cfg), layout=layout)
-    z = ref.conv2d(x, w, b, **args)
-    terms = ref.conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), **args)
-    if cfg["activation"] == "relu":
-        terms = terms * (z > 0)  # relu passes the error of positive sums only
-    out = ref.avg_pool2d(ref._activate(z, cfg["activation"]), pool, layout=layout)
-    assume(np.linalg.norm(ref.avg_pool2d(terms, pool, layout=layout))
-           <= limit * np.linalg.norm(out))
-
-
 def _forward(backend, variant, layout, dtype, cfg, pool, x, w, b):
     return fastconv.conv2d_avgpool(
         to_backend(x, backend), to_backend(w, backend), to_backend(b, backend), **conv_args(cfg),
@@ -77,7 +60,7 @@ def test_forward_matches_reference(backend, variant, dtype, layout, data, seed):
     cfg, pool = _draw(data)
     x, w, b = make_inputs(cfg, layout, dtype, np.random.default_rng(seed))
     if dtype == "float32":
-        _assume_well_conditioned(x, w, b, cfg, pool, layout)
+        assume_forward_conditioned(x, w, b, cfg, layout, pool)
     y, act = _forward(backend, variant, layout, dtype, cfg, pool, x, w, b)
     args = dict(**conv_args(cfg), activation=cfg["activation"], layout=layout)
     assert_close(y, ref.conv2d_avgpool(x, w, b, pool=pool, **args), dtype, f"block {cfg} pool {pool}")

@@ -84,6 +84,9 @@ def run_forward(backend, variant, layout, dtype, cfg, rng, integer=False):
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_forward_matches_reference(backend, variant, dtype, layout, data, seed):
     cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    if dtype == "float32":
+        assume_forward_conditioned(*make_inputs(cfg, layout, dtype, np.random.default_rng(seed)),
+                                   cfg, layout)
     out, expect = run_forward(backend, variant, layout, dtype, cfg, np.random.default_rng(seed))
     assert_close(out, expect, dtype, f"conv2d {cfg}")
 
@@ -121,6 +124,26 @@ def test_backward_matches_reference(backend, variant, dtype, layout, data, seed)
         variant=variant)
     for name, g, e in zip(("grad_input", "grad_weight", "grad_bias"), got, expect):
         assert_close(g, e, dtype, f"{name} {cfg}")
+
+
+def assume_forward_conditioned(x, w, b, cfg, layout, pool=None, limit=50):
+    """Skip draws whose outputs cancel to under 1/limit of their terms' magnitude.
+
+    A float32 sum errs by about eps * sum |terms|; a draw with one or two outputs whose
+    terms cancel (seen in CI: a single pooled output of conv2d_avgpool, 1.04e-5
+    relative) tests the data's conditioning, not the kernel, against a 1e-5 bound. The
+    exact small-integer tests check the indexing of every draw. pool: the average pool
+    after the convolution (conv2d_avgpool), if any.
+    """
+    args = dict(**conv_args(cfg), layout=layout)
+    z = ref.conv2d(x, w, b, **args)
+    terms = ref.conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), **args)
+    if cfg["activation"] == "relu":
+        terms = terms * (z > 0)  # relu passes the error of positive sums only
+    out = ref._activate(z, cfg["activation"])
+    if pool is not None:
+        terms, out = (ref.avg_pool2d(a, pool, layout=layout) for a in (terms, out))
+    assume(np.linalg.norm(terms) <= limit * np.linalg.norm(out))
 
 
 def assume_well_conditioned(expect, dy, x, w, y, cfg, layout, limit=1e3):
