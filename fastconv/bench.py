@@ -93,6 +93,14 @@ def measure_ceilings(torch, timer):
             "fp32_TFLOPs": 2 * n**3 / min(t_mm, t_np) / 1e12}
 
 
+def error_row(suite, case, op, layout, mode, peer, exc):
+    """A case that raised: kept in the results (mode "error") so one failure is seen
+    without costing the rest of the run."""
+    return {"suite": suite, "case": case, "op": op, "dtype": "float32", "layout": layout,
+            "mode": "error", "failed_mode": mode, "peer": peer,
+            "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
 def _row(suite, case, op, layout, ours, peer, peer_ms, work, unit, ceilings, mode="eager"):
     ceiling = ceilings["fp32_TFLOPs"] if unit == "TFLOP/s" else ceilings["copy_GBps"]
     achieved = work / ours / (1e12 if unit == "TFLOP/s" else 1e9)
@@ -255,8 +263,10 @@ def block_rows(torch, device, quick, pair, ceilings):
 
 
 def _environment():
+    # gpu_check.py names the commit it tests: the device machine's copy has no .git.
+    commit = os.environ.get("FASTCONV_COMMIT", "")
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+        commit = commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
@@ -320,17 +330,30 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _timing(r):
+    t = r.get("timing")
+    if not t:
+        return ""
+    short = {"graph": "graph", "loop": "loop", "wall clock": "wall"}
+    return "/".join(short.get(t[side], "events") for side in ("fastconv", "peer"))
+
+
 def format_table(result):
     d = result["device"]
     where = (f"{d['name']} ({d['threads']} threads)" if "threads" in d else
              f"{d['name']}, driver {d['driver']}, CUDA {d['cuda']}, torch {d['torch']}")
     lines = [f"fastconv bench on {where}, commit {result['commit'][:10]}, {result['date']}",
              "ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in result["ceilings"].items()),
-             f"{'suite':10s} {'case':20s} {'op':22s} {'layout':6s} {'mode':6s} {'fastconv ms':>11s} "
-             f"{'peer':>19s} {'peer ms':>9s} {'speedup':>8s} {'achieved':>16s} {'of ceil':>8s}"]
+             f"{'suite':10s} {'case':20s} {'op':22s} {'layout':6s} {'mode':6s} {'timing':13s} "
+             f"{'fastconv ms':>11s} {'peer':>19s} {'peer ms':>9s} {'speedup':>8s} "
+             f"{'achieved':>16s} {'of ceil':>8s}"]
     for r in result["rows"]:
-        lines.append(f"{r['suite']:10s} {r['case']:20s} {r['op']:22s} {r['layout']:6s} "
-                     f"{r['mode']:6s} {r['fastconv_ms']:11.3f} {r['peer']:>19s} "
+        head = (f"{r['suite']:10s} {r['case']:20s} {r['op']:22s} {r['layout']:6s} "
+                f"{r['mode']:6s} ")
+        if r["mode"] == "error":
+            lines.append(head + f"{r['failed_mode']:13s} {r['error']}")
+            continue
+        lines.append(head + f"{_timing(r):13s} {r['fastconv_ms']:11.3f} {r['peer']:>19s} "
                      f"{r['peer_ms']:9.3f} {r['speedup']:7.2f}x {r['achieved']:9.3g} "
                      f"{r['unit']:>6s} {100 * r['of_ceiling']:7.1f}%")
     return "\n".join(lines)
@@ -345,7 +368,7 @@ def _label(r):
     if r["op"].startswith("conv2d_bias"):
         label += f" +{r['op'][len('conv2d_'):]}"
     if r["mode"] != "eager":
-        label += f" ({r['mode']})"
+        label += f" ({r['mode']}{', ' + _timing(r) if r['mode'] == 'device' else ''})"
     if r["peer"].startswith("cupyx"):
         label += " vs cupyx"
     return label
@@ -359,7 +382,7 @@ def plot(result, path):
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if r["mode"] != "error"]  # the table lists those
     labels = [_label(r) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.5))
     colors = ["tab:green" if r["speedup"] >= 1 else "tab:red" for r in rows]
@@ -369,7 +392,9 @@ def plot(result, path):
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("speedup over the peer (peer time / fastconv time; > 1: fastconv faster)")
-    ax.set_title(f"fastconv vs peers on {result['device']['name']}", fontsize=9)
+    failed = len(result["rows"]) - len(rows)
+    ax.set_title(f"fastconv vs peers on {result['device']['name']}"
+                 + (f" ({failed} cases failed: see the table)" if failed else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

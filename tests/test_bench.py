@@ -3,6 +3,8 @@ harness's suites on CPU tensors with a stand-in timer (everything but CUDA event
 graphs), so a GPU session does not spend its device time on a typo."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,50 +13,25 @@ torch = pytest.importorskip("torch")
 from fastconv import bench, bench_gpu  # noqa: E402
 from fastconv.cli import main  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import standin  # noqa: E402
+
 ROW_KEYS = {"suite", "case", "op", "dtype", "layout", "mode", "fastconv_ms", "peer", "peer_ms",
             "speedup", "achieved", "unit", "of_ceiling"}
 
 
 @pytest.fixture
 def tiny_shapes(monkeypatch):
-    monkeypatch.setattr(bench, "LENET", {"lenet_c1": (4, 1, 12, 12, 3, 5, 1, 2, 1)})
-    monkeypatch.setattr(bench, "RESNET50", {"r50_3x3": (2, 4, 9, 9, 5, 3, 2, 1, 1)})
-    monkeypatch.setattr(bench, "DEPTHWISE", {"dw": (2, 4, 9, 9, 4, 3, 1, 1, 4)})
-    monkeypatch.setattr(bench, "POOL", {
-        "max": ("max", (2, 3, 9, 9), dict(kernel_size=3, stride=2, padding=1)),
-        "avg": ("avg", (2, 3, 8, 8), dict(kernel_size=2)),
-        "gap": ("gap", (2, 5, 3, 3), {})})
-    monkeypatch.setattr(bench, "SOBEL", {"img": (17, 19), "batch": (3, 11, 13)})
-    monkeypatch.setattr(bench, "TRAIN_BATCHES", (4, 8))
+    standin.tiny_shapes(monkeypatch.setattr)
 
 
-class StandInTimer:
-    """Calls each side a few times, as the CUDA timer would, and reports fixed times."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def eager(self, ours, theirs):
-        for i in range(3):
-            ours(i), theirs(i)
-            self.calls += 2
-        return 1e-3, 2e-3
-
-    def first(self, ours, theirs):
-        ours(0), theirs(0)
-        self.calls += 2
-        return 1e-3, 2e-3
-
-    def device(self, ours, theirs):
-        self.eager(ours, theirs)
-        return 1e-3, 2e-3, ("loop", "loop")
+StandInTimer = standin.StandInTimer
 
 
 def test_gpu_harness_suites_on_cpu_tensors(tiny_shapes):
-    timer = StandInTimer()
+    timer = StandInTimer(torch)
     gen = torch.Generator().manual_seed(0)
-    ceilings = {"copy_GBps": 10.0, "fp32_TFLOPs": 1.0, "bf16_TFLOPs": 2.0}
-    rows = bench_gpu.suites_rows(bench.SUITES, False, torch, timer, gen, ceilings)
+    rows = bench_gpu.suites_rows(bench.SUITES, False, torch, timer, gen, standin.CEILINGS)
     assert {r["suite"] for r in rows} == set(bench.SUITES)
     for r in rows:
         assert ROW_KEYS <= set(r), r
@@ -82,3 +59,44 @@ def test_cpu_bench_command_writes_json_and_plot(tiny_shapes, tmp_path, capsys):
     assert all(ROW_KEYS <= set(r) for r in result["rows"])
     assert png.stat().st_size > 1000
     assert "speedup" in capsys.readouterr().out
+
+
+def test_gpu_rows_say_how_they_were_timed_and_a_failing_case_does_not_stop_the_run(
+        tiny_shapes, monkeypatch):
+    real = bench_gpu.ops.conv2d
+
+    def conv2d(x, w, *args, **kw):
+        if x.shape[1] == 4 and kw.get("activation") == "relu":  # the resnet50 case, fused
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(x, w, *args, **kw)
+
+    monkeypatch.setattr(bench_gpu.ops, "conv2d", conv2d)
+    gen = torch.Generator().manual_seed(0)
+    rows = bench_gpu.suites_rows(["resnet50", "pool"], False, torch, StandInTimer(torch), gen,
+                                 standin.CEILINGS)
+    errors = [r for r in rows if r["mode"] == "error"]
+    assert [(r["op"], r["failed_mode"]) for r in errors] == [("conv2d_bias_relu", "eager"),
+                                                            ("conv2d_bias_relu", "device")]
+    assert "illegal memory access" in errors[0]["error"]
+    assert {r["suite"] for r in rows if r["mode"] != "error"} == {"resnet50", "pool"}
+    for r in rows:
+        if r["mode"] != "error":
+            assert set(r["timing"]) == {"fastconv", "peer"}
+            assert ("l2_resident" in r) == (r["mode"] == "device")
+    result = {"commit": "x", "date": "d", "ceilings": standin.CEILINGS, "rows": rows,
+              "device": {"name": "stand-in", "driver": None, "cuda": None, "torch": "t"}}
+    table = bench.format_table(result)
+    assert "illegal memory access" in table and "loop/loop" in table
+
+
+def test_input_copies_span_twice_the_l2_at_most_one_per_graph_call():
+    l2 = 60 << 20
+    assert bench_gpu._copies(1 << 20, l2) == 20  # small: one per call
+    assert bench_gpu._copies(40 << 20, l2) == 3  # 120 MB of copies
+    assert bench_gpu._copies(1 << 30, l2) == 1
+    assert bench_gpu._l2_resident(1 << 20, 20, l2) and not bench_gpu._l2_resident(40 << 20, 3, l2)
+
+
+def test_the_bench_names_the_commit_it_was_given(monkeypatch):
+    monkeypatch.setenv("FASTCONV_COMMIT", "c0ffee" * 6 + "1234")
+    assert bench._environment()[0] == "c0ffee" * 6 + "1234"
