@@ -36,6 +36,22 @@ def dtypes_for(backend):
     return ("float32", "float64") if backend == "cpu" else ("float32",)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def strict_fp32_peers():
+    """PyTorch, the peer of many tests, convolves CUDA float32 in TF32 by default
+    (torch.backends.cudnn.allow_tf32 is True): ~3e-4 relative error against the tests'
+    1e-5. Every test compares with strict float32 PyTorch; set here, once, for all."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(autouse=True)
 def poison_outputs():
     """Every output fastconv allocates starts as NaN, so an unwritten element fails."""
