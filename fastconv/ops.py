@@ -150,6 +150,18 @@ class _ConvGrads:
         self.be, self.x_shape, self.w_shape = be, x_shape, w_shape
         self.params = be.params(dict(params, act=0))
         self.K = params["K"]
+        self.workspace = {}  # variant -> float32 elements of the GPU grad weight's scratch
+
+    def _grad_weight_scratch(self, variant, like):
+        """The GPU's split-K grad weight keeps its partials in scratch from the caller's
+        allocator (torch's or CuPy's cache it); () where none is needed or on the CPU."""
+        if not self.be.is_cuda:
+            return ()
+        if variant not in self.workspace:
+            nbytes = self.be.module.conv2d_bwd_filter_workspace(self.params, variant)
+            self.workspace[variant] = -(-nbytes // 4)
+        n = self.workspace[variant]
+        return (self.be.empty((n,), like, "float32") if n else None,)
 
     def __call__(self, variant, dz, input, weight, output_mask):
         be, params = self.be, self.params
@@ -162,7 +174,8 @@ class _ConvGrads:
         if want_w:
             grad_weight = be.empty(self.w_shape, dz)
             be.call("conv2d_bwd_filter", params, variant,
-                    arrays=(dz, be.ready(input), grad_weight))
+                    arrays=(dz, be.ready(input), grad_weight,
+                            *self._grad_weight_scratch(variant, dz)))
         if want_b:
             grad_bias = be.empty((self.K,), dz)
             be.call("conv2d_bwd_bias", params, arrays=(dz, grad_bias))
@@ -316,7 +329,17 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
                         ceil_mode=False, *, indices=None, layout="NCHW"):
     """Gradient of max_pool2d with respect to its input: each output's gradient goes to
     the pixel its maximum came from. Pass the forward's indices to skip recomputing
-    them. Deterministic (no atomics)."""
+    them; an index outside its output's window is refused (ValueError). Deterministic
+    (no atomics)."""
+    return _max_pool2d_backward(grad_output, input, kernel_size, stride, padding, dilation,
+                                ceil_mode, indices=indices, layout=layout, check_indices=True)
+
+
+def _max_pool2d_backward(grad_output, input, kernel_size, stride, padding, dilation, ceil_mode,
+                         *, indices, layout, check_indices):
+    """check_indices=False only for indices fastconv's own forward made (autograd): the
+    GPU's check costs an allocation, a copy and a stream synchronisation a call, which
+    blocks the host and prevents graph capture."""
     def build():
         op = "max_pool2d_backward"
         a = _prepare(op, grad_output=grad_output, input=input)
@@ -346,7 +369,8 @@ def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
         idx = be.ready(idx)
         # The GPU's gather would drop an index outside its window without a word; the
         # CPU's scatter checks each one as it goes.
-        if be.is_cuda and be.call("max_pool_bad_indices", params, arrays=(idx,)):
+        if check_indices and be.is_cuda and be.call("max_pool_bad_indices", params,
+                                                    arrays=(idx,)):
             raise ValueError(_BAD_INDICES)
     dx = be.empty(x_shape, dy)
     be.call("max_pool_bwd", params, arrays=(dy, idx, dx))

@@ -288,9 +288,14 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 def _max_pool2d_backward_impl(grad_output: Tensor, input: Tensor, indices: Tensor,
                               kernel_size: List[int], stride: List[int], padding: List[int],
-                              dilation: List[int], ceil_mode: bool) -> Tensor:
-    return ops.max_pool2d_backward(grad_output, input, tuple(kernel_size), tuple(stride),
-                                   tuple(padding), tuple(dilation), ceil_mode, indices=indices)
+                              dilation: List[int], ceil_mode: bool,
+                              own_indices: bool = False) -> Tensor:
+    """own_indices: the indices come from fastconv's forward (autograd says so), and the
+    GPU's out-of-window check, a stream synchronisation, is skipped."""
+    return ops._max_pool2d_backward(grad_output, input, tuple(kernel_size), tuple(stride),
+                                    tuple(padding), tuple(dilation), ceil_mode,
+                                    indices=indices, layout="NCHW",
+                                    check_indices=not own_indices)
 
 
 _max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
@@ -298,7 +303,8 @@ _max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
 
 
 @_max_pool2d_backward.register_fake
-def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode,
+      own_indices=False):
     return torch.empty_like(input)
 
 
@@ -312,7 +318,7 @@ def _max_pool2d_setup(ctx, inputs, output):
 def _max_pool2d_grad(ctx, grad_output, grad_indices, eager=False):
     backward = _max_pool2d_backward_impl if eager else _max_pool2d_backward
     input, indices = ctx.saved_tensors
-    return (backward(grad_output.contiguous(), input, indices, *ctx.conf),
+    return (backward(grad_output.contiguous(), input, indices, *ctx.conf, True),
             None, None, None, None, None)
 
 

@@ -89,8 +89,10 @@ def test_opcheck_pooling_and_sobel():
     opcheck(torch.ops.fastconv.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, None))
     opcheck(torch.ops.fastconv.avg_pool2d.default, (x, [2, 2], [2, 2], [0, 0], False, True, 3))
     y, idx = torch.ops.fastconv.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], False)
-    opcheck(torch.ops.fastconv.max_pool2d_backward.default,
-            (torch.randn_like(y), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], False))
+    for own in (False, True):
+        opcheck(torch.ops.fastconv.max_pool2d_backward.default,
+                (torch.randn_like(y), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], False,
+                 own))
     opcheck(torch.ops.fastconv.avg_pool2d_backward.default,
             (torch.randn(2, 3, 5, 4), x.detach(), [2, 2], [2, 2], [0, 0], False, True, None))
     for axis in (None, 0, 1):
@@ -115,6 +117,41 @@ def test_gradcheck_max_pool2d(conf):
     g = torch.Generator().manual_seed(1)
     x = (torch.randperm(2 * 3 * 11 * 9, generator=g).double() / 50).reshape(2, 3, 11, 9)
     assert gradcheck(lambda t: fct.max_pool2d(t, **conf), (x.requires_grad_(),))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_max_pool2d_autograd_skips_the_index_check_only_for_its_own_indices(compiled,
+                                                                             monkeypatch):
+    """The backward of fastconv's own forward trusts its indices (the GPU's check is a
+    stream synchronisation); the public backward with a caller's indices checks them."""
+    from fastconv import ops
+
+    seen = []
+    real = ops._max_pool2d_backward
+
+    def spy(*args, check_indices, **kw):
+        seen.append(check_indices)
+        return real(*args, check_indices=check_indices, **kw)
+
+    monkeypatch.setattr(ops, "_max_pool2d_backward", spy)
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    if compiled:  # the registered op, as torch.compile and the non-eager path call it
+        y, idx = torch.ops.fastconv.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    else:
+        y = fct.max_pool2d(x, 3, 2, 1)
+    y.sum().backward()
+    assert seen == [False]
+    y, idx = fastconv.max_pool2d(x.detach(), 3, 2, 1, return_indices=True)
+    fastconv.max_pool2d_backward(torch.ones_like(y), x.detach(), 3, 2, 1, indices=idx)
+    torch.ops.fastconv.max_pool2d_backward(torch.ones_like(y), x.detach(), idx, [3, 3], [2, 2],
+                                           [1, 1], [1, 1], False)
+    assert seen == [False, True, True]
+
+
+def test_the_torch_peers_run_strict_float32():
+    """conftest turns PyTorch's default TF32 convolutions off for every comparison."""
+    assert not torch.backends.cudnn.allow_tf32
+    assert not torch.backends.cuda.matmul.allow_tf32
 
 
 @pytest.mark.parametrize("conf", [dict(kernel_size=2),

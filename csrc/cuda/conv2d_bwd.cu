@@ -28,8 +28,12 @@
 //                   the forward's implicit GEMM with the reduction over pixels; col is
 //                   gathered, never built). Split-K with a fixed order: the pixels go in
 //                   chunks of kSplitPixels, each chunk's partial tile is written to a
-//                   stream-ordered scratch, and a second kernel adds the partials in chunk
-//                   order, so the bits depend on the shapes only.
+//                   scratch, and a second kernel adds the partials in chunk order, so the
+//                   bits depend on the shapes only. The scratch is the caller's (the
+//                   Python layer allocates conv2d_bwd_filter_workspace bytes through
+//                   torch's or CuPy's allocator, which keep it); without one it comes
+//                   from the stream-ordered pool, which hands memory back to the driver
+//                   at every synchronisation (7-10 MB re-mapped per ResNet call).
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
 #include "../common/activation.h"
 #include "../common/check.h"
@@ -290,26 +294,33 @@ FilterGemm filter_gemm_shape(const Conv2dParams& p) {
     return fg;
 }
 
+int64_t split_partials(const FilterGemm& fg, const Conv2dParams& p) {
+    return fg.splits > 1 ? fg.splits * p.K * fg.gs.red : 0;
+}
+
 void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float* x, float* dw,
-                            cudaStream_t stream) {
+                            float* workspace, cudaStream_t stream) {
     const FilterGemm fg = filter_gemm_shape(p);
     struct Scratch {  // stream-ordered; freed on every path, exceptions included
         float* dev = nullptr;
         cudaStream_t stream;
         ~Scratch() { if (dev) cudaFreeAsync(dev, stream); }
-    } ws{nullptr, stream};
-    if (fg.splits > 1)
-        FC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws.dev),
-                                      sizeof(float) * fg.splits * p.K * fg.gs.red, stream));
+    } own{nullptr, stream};
+    float* ws = workspace;
+    if (split_partials(fg, p) > 0 && ws == nullptr) {
+        FC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&own.dev),
+                                      sizeof(float) * split_partials(fg, p), stream));
+        ws = own.dev;
+    }
     const unsigned int blocks = blocks_for(fg.tiles, 1);
     if (p.layout == Layout::NCHW)
-        bwd_filter_gemm<Layout::NCHW><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws.dev, dw);
+        bwd_filter_gemm<Layout::NCHW><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws, dw);
     else
-        bwd_filter_gemm<Layout::NHWC><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws.dev, dw);
+        bwd_filter_gemm<Layout::NHWC><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws, dw);
     FC_CUDA_CHECK_LAUNCH();
     if (fg.splits > 1) {
         bwd_filter_sum_splits<<<blocks_for(p.K * fg.gs.red, kThreads), kThreads, 0, stream>>>(
-            p, fg, ws.dev, dw);
+            p, fg, ws, dw);
         FC_CUDA_CHECK_LAUNCH();
     }
 }
@@ -340,15 +351,25 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant, const float* dy, const 
     FC_CUDA_CHECK_LAUNCH();
 }
 
-void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,
-                       float* dw, cudaStream_t stream) {
+// Auto: the GEMM once a group's weight has 4096 elements (a 64 x 64 tile's worth);
+// below that the per-element reduction has blocks enough. Both need outputs.
+static bool bwd_filter_uses_gemm(const Conv2dParams& p, ConvVariant v) {
     const int64_t count = p.K * (p.C / p.groups) * p.R * p.S;
-    if (count <= 0) return;
-    // Auto: the GEMM once a group's weight has 4096 elements (a 64 x 64 tile's worth);
-    // below that the per-element reduction has blocks enough. Both need outputs.
     const bool gemm = v == ConvVariant::ImplicitGemm ||
                       (v == ConvVariant::Auto && count / p.groups >= 4096);
-    if (gemm && p.N * p.P * p.Q > 0) return launch_bwd_filter_gemm(p, dy, x, dw, stream);
+    return gemm && count > 0 && p.N * p.P * p.Q > 0;
+}
+
+int64_t conv2d_bwd_filter_workspace(const Conv2dParams& p, ConvVariant v) {
+    if (!bwd_filter_uses_gemm(p, v)) return 0;
+    return int64_t(sizeof(float)) * split_partials(filter_gemm_shape(p), p);
+}
+
+void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,
+                       float* dw, cudaStream_t stream, float* workspace) {
+    const int64_t count = p.K * (p.C / p.groups) * p.R * p.S;
+    if (count <= 0) return;
+    if (bwd_filter_uses_gemm(p, v)) return launch_bwd_filter_gemm(p, dy, x, dw, workspace, stream);
     // With no outputs every block writes a zero sum, which is the gradient.
     bwd_filter_reduce<<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, dy, x, dw);
     FC_CUDA_CHECK_LAUNCH();

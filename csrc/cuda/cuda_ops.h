@@ -41,9 +41,13 @@ void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a,
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
                      float* dx, cudaStream_t stream);
 // v: ImplicitGemm the split-K GEMM, Direct (or Depthwise) the per-element reduction,
-// Auto the GEMM once a group's weight has 4096 elements.
+// Auto the GEMM once a group's weight has 4096 elements. workspace: at least
+// conv2d_bwd_filter_workspace(p, v) bytes of device memory for the GEMM's split
+// partials (where that is 0, or workspace is null, none is needed or one is taken from
+// the stream-ordered pool for the call).
+int64_t conv2d_bwd_filter_workspace(const Conv2dParams& p, ConvVariant v);
 void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, const float* x,
-                       float* dw, cudaStream_t stream);
+                       float* dw, cudaStream_t stream, float* workspace = nullptr);
 void conv2d_bwd_bias(const Conv2dParams& p, const float* dy, float* db, cudaStream_t stream);
 
 // pool.cu. Indices are flat h * W + w positions in each input plane (PyTorch's);
