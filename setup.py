@@ -55,11 +55,16 @@ def want_cuda(nvcc):
     return nvcc is not None
 
 
-def cuda_gencode_flags():
+def cuda_archs():
     archs = [a.strip() for a in os.environ.get("FASTCONV_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";")]
     archs = [a.replace("sm_", "") for a in archs if a]
     if not archs or not all(a.isdigit() for a in archs):
         sys.exit(f"FASTCONV_CUDA_ARCHS must look like '80;90', got {os.environ['FASTCONV_CUDA_ARCHS']!r}")
+    return archs
+
+
+def cuda_gencode_flags():
+    archs = cuda_archs()
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
     return flags
@@ -125,7 +130,8 @@ if want_cuda(NVCC):
         ["csrc/bind_cuda.cpp"],
         include_dirs=["csrc", str(cuda_home / "include")],
         cxx_std=17,
-        define_macros=[("FASTCONV_CUDA_RUNTIME", "1")],
+        define_macros=[("FASTCONV_CUDA_RUNTIME", "1"),
+                       ("FASTCONV_CUDA_ARCHS", '"' + ";".join(cuda_archs()) + '"')],
         extra_compile_args=["-O3"],
         library_dirs=[str(lib_dir)],
         # The static runtime: importing fastconv._cuda needs no libcudart.so, and on a

@@ -75,6 +75,20 @@ PYBIND11_MODULE(_cuda, m) {
         }
         return n;
     });
+    // (device count, "") or (0, the driver's error name and string): why no device, for
+    // `fastconv info` and the GPU check, where device_count only says 0.
+    m.def("device_status", []() -> py::tuple {
+        int n = 0;
+        const cudaError_t e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            return py::make_tuple(0, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+        }
+        return py::make_tuple(n, std::string());
+    });
+#ifdef FASTCONV_CUDA_ARCHS
+    m.attr("built_archs") = FASTCONV_CUDA_ARCHS;  // setup.py's FASTCONV_CUDA_ARCHS, e.g. "80;90"
+#endif
     m.def("device_info", [](int device) {
         cudaDeviceProp prop{};
         FC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -134,12 +148,16 @@ PYBIND11_MODULE(_cuda, m) {
                                   stream_of(stream));
         });
     });
+    m.def("conv2d_bwd_filter_workspace", [](const Conv2dParams& p, std::string variant) {
+        return cuda::conv2d_bwd_filter_workspace(p, conv_variant(variant));
+    });
+    // ws: conv2d_bwd_filter_workspace bytes from the caller's allocator, or 0.
     m.def("conv2d_bwd_filter", [](const Conv2dParams& p, std::string variant, std::string dtype, int device,
-                                  U stream, U dy, U x, U dw) {
+                                  U stream, U dy, U x, U dw, U ws) {
         const cuda::ConvVariant v = conv_variant(variant);
         launch(device, dtype, [&] {
             cuda::conv2d_bwd_filter(p, v, ptr<float>(dy), ptr<float>(x), ptr<float>(dw),
-                                    stream_of(stream));
+                                    stream_of(stream), ptr<float>(ws));
         });
     });
     m.def("conv2d_bwd_bias", [](const Conv2dParams& p, std::string dtype, int device, U stream, U dy, U db) {

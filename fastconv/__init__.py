@@ -28,11 +28,20 @@ __version__ = "0.1.0"
 
 def cuda_available():
     """True when the CUDA backend was built and a CUDA device can run it."""
+    return cuda_unavailable_reason() is None
+
+
+def cuda_unavailable_reason():
+    """Why the CUDA backend cannot run here (not built, not loadable, the driver's
+    error, no device), or None where it can. `fastconv info` prints it."""
     try:
         from . import _cuda
-    except ImportError:
-        return False
-    return _cuda.device_count() > 0
+    except ImportError as e:
+        return f"the CUDA backend is not built or does not load ({e})"
+    count, error = _cuda.device_status()
+    if error:
+        return f"the CUDA driver says {error}"
+    return None if count > 0 else "no CUDA device on this machine"
 
 
 def conv2d_variants(backend="cpu"):
@@ -49,6 +58,6 @@ def conv2d_variants(backend="cpu"):
 __all__ = [
     "avg_pool2d", "avg_pool2d_backward", "conv1d", "conv2d", "conv2d_avgpool",
     "conv2d_avgpool_backward", "conv2d_backward",
-    "conv2d_variants", "cuda_available", "filter2d", "global_avg_pool2d",
+    "conv2d_variants", "cuda_available", "cuda_unavailable_reason", "filter2d", "global_avg_pool2d",
     "global_avg_pool2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "sobel",
 ]

@@ -29,14 +29,15 @@ def _backends():
     try:
         from fastconv import _cuda
     except ImportError as e:
-        rows.append(("cuda", f"not built ({e})"))
+        rows.append(("cuda", f"not built or not loadable ({e})"))
         return rows, None
-    n = _cuda.device_count()
+    archs = ", ".join(f"sm_{a}" for a in getattr(_cuda, "built_archs", "?").split(";"))
+    n, error = _cuda.device_status()
     if n == 0:
-        rows.append(("cuda", "built; no CUDA device or driver on this machine"))
+        rows.append(("cuda", f"built for {archs}; " + (error or "no CUDA device on this machine")))
         return rows, None
     info = _cuda.device_info(0)
-    rows.append(("cuda", f"built; {n} device(s)"))
+    rows.append(("cuda", f"built for {archs}; {n} device(s)"))
     return rows, info
 
 
@@ -50,7 +51,10 @@ def cmd_info(args):
         rt, drv = info["runtime_version"], info["driver_api_version"]
         print(f"  GPU 0: {info['name']}, sm_{major}{minor}, {info['multiprocessors']} SMs, "
               f"{info['memory_bytes'] / 2**30:.1f} GiB")
-        print(f"  CUDA runtime {rt // 1000}.{rt % 1000 // 10}, driver supports {drv // 1000}.{drv % 1000 // 10}")
+        print(f"  CUDA runtime {rt // 1000}.{rt % 1000 // 10} (built in), driver supports "
+              f"{drv // 1000}.{drv % 1000 // 10}")
+    reason = fastconv.cuda_unavailable_reason()
+    print("GPU backend usable" if reason is None else f"GPU backend unusable: {reason}")
     return 0
 
 

@@ -103,3 +103,15 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"fastconv {fastconv.__version__}" in out and "backend cpu" in out
+    reason = fastconv.cuda_unavailable_reason()
+    assert out.strip().splitlines()[-1] == (
+        "GPU backend usable" if reason is None else f"GPU backend unusable: {reason}")
+
+
+def test_why_the_gpu_backend_is_unusable_is_said(monkeypatch):
+    """An extension that does not load is not the same as a machine without a GPU."""
+    monkeypatch.setitem(sys.modules, "fastconv._cuda", None)  # import raises ImportError
+    monkeypatch.delattr(fastconv, "_cuda", raising=False)
+    reason = fastconv.cuda_unavailable_reason()
+    assert reason.startswith("the CUDA backend is not built or does not load")
+    assert not fastconv.cuda_available()
