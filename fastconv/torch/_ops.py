@@ -1,45 +1,21 @@
-"""fastconv's kernels as PyTorch operators and modules, with autograd.
-
-    import fastconv.torch as fct
-    model = nn.Sequential(fct.Conv2d(1, 6, 5, padding="same", activation="tanh"),
-                          fct.AvgPool2d(2), ...)
-
-The ops are registered with torch.library (namespace `fastconv`: conv2d, conv2d_backward,
-conv2d_avgpool, conv2d_avgpool_backward, max_pool2d, max_pool2d_backward, avg_pool2d,
-avg_pool2d_backward, sobel), each with a
-fake (meta) implementation for torch.compile and an autograd formula that calls
-fastconv's backward kernels. CPU tensors run on the C++ backend, CUDA tensors on the GPU
-backend, on PyTorch's current stream. float32 everywhere, float64 on the CPU.
-
-The modules subclass their torch.nn namesakes: the constructor arguments, parameters,
-initialisation and state_dict are torch.nn's, so a model swaps them in and loads the
-same weights. What differs:
-  - Conv2d takes `activation=None | "relu" | "tanh" | "sigmoid"`, fused into the kernel,
-    and accepts padding="same" with any stride (Keras' rule: the odd pixel of padding
-    at the bottom / right), where torch.nn.Conv2d refuses a strided "same";
-    padding_mode must be "zeros".
-  - sobel has no gradient formula: its backward raises.
-
-The LeNet-5 block, a convolution with its activation followed by an average pool whose
-window is its stride, runs as one op (one kernel on the GPU): explicitly as
-Conv2dAvgPool2d (the Conv2d's parameters and state_dict, plus pool=), or found in an
-existing model by fuse(model), which returns a torch.fx GraphModule with every such
-Conv2d -> [Tanh/ReLU/Sigmoid] -> AvgPool2d chain replaced by a block sharing the
-Conv2d's parameters.
-Tensors of any memory format are accepted; the kernels read NCHW, so a channels_last
-tensor is copied to NCHW first.
-"""
+"""fastconv's kernels as PyTorch operators (torch.library, namespace `fastconv`), each
+with a fake (meta) implementation for torch.compile and an autograd formula on
+fastconv's backward kernels, and the differentiable functions that call them. In eager
+mode each op runs as a torch.autograd.Function (see _eager); under torch.compile the
+registered op is traced."""
 
 import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import _args, ops
+from .. import _args, ops
 
 _NS = "fastconv"
 _NONE = "none"  # the activation string meaning None (schemas take no Optional[str])
+
+
 
 
 def _act(activation: str):
@@ -407,161 +383,3 @@ def sobel(image, axis=None, mode="reflect", cval=0.0):
     """fastconv.sobel on a tensor of shape (H, W), (N, H, W) or (N, C, H, W); not
     differentiable."""
     return _sobel(image, axis, mode, float(cval))
-
-
-# ----------------------------------------------------------------------- modules
-
-
-class Conv2d(nn.Conv2d):
-    """torch.nn.Conv2d on fastconv's kernels, with an optional fused activation."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, *, activation=None):
-        _args.activation("Conv2d", activation)
-        if padding_mode != "zeros":
-            raise ValueError(f"Conv2d: padding_mode must be 'zeros' on fastconv's kernels, "
-                             f"got {padding_mode!r}")
-        strided_same = padding == "same" and _args.pair("Conv2d", "stride", stride, 1) != (1, 1)
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         0 if strided_same else padding, dilation, groups, bias, padding_mode,
-                         device, dtype)
-        if strided_same:
-            self.padding = "same"
-        self.activation = activation
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s if self.activation is None else f"{s}, activation={self.activation!r}"
-
-    def forward(self, input):
-        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                      self.groups, activation=self.activation)
-
-
-class Conv2dAvgPool2d(Conv2d):
-    """The LeNet-5 block: Conv2d (with its fused activation) followed by AvgPool2d(pool),
-    as one op. Its parameters and state_dict are the Conv2d's, so a model whose conv and
-    pool are replaced by this block (and an Identity) loads the same weights."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, *, activation=None, pool=2):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype, activation=activation)
-        self.pool = _args.pair("Conv2dAvgPool2d", "pool", pool, 1)
-
-    @classmethod
-    def from_modules(cls, conv, pool_size, activation=None):
-        """The block computing `conv` then an average pool of window = stride =
-        pool_size; it shares conv's parameters (no copy). activation overrides conv's."""
-        block = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                    device="meta", activation=activation or getattr(conv, "activation", None),
-                    pool=pool_size)
-        block.weight, block.bias = conv.weight, conv.bias
-        return block
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, pool={self.pool}"
-
-    def forward(self, input):
-        return conv2d_avgpool(input, self.weight, self.bias, self.stride, self.padding,
-                              self.dilation, self.groups, activation=self.activation,
-                              pool=self.pool)
-
-
-class MaxPool2d(nn.MaxPool2d):
-    """torch.nn.MaxPool2d on fastconv's kernels."""
-
-    def forward(self, input):
-        return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                          self.ceil_mode, self.return_indices)
-
-
-class AvgPool2d(nn.AvgPool2d):
-    """torch.nn.AvgPool2d on fastconv's kernels."""
-
-    def forward(self, input):
-        return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                          self.count_include_pad, self.divisor_override)
-
-
-# ----------------------------------------------------------------------- fusion
-
-_ACTIVATION_MODULES = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
-
-
-def _block_pool_size(m):
-    """The pool size of an average pool the block can absorb (window = stride, no
-    padding, floor, no divisor override), else None."""
-    if not isinstance(m, nn.AvgPool2d):
-        return None
-    k = _args.pair("fuse", "kernel_size", m.kernel_size, 1)
-    s = k if m.stride in (None, (), []) else _args.pair("fuse", "stride", m.stride, 1)
-    if s != k or _args.pair("fuse", "padding", m.padding, 0) != (0, 0) or m.ceil_mode \
-            or m.divisor_override is not None:
-        return None
-    return k
-
-
-def fuse(model):
-    """`model` with every fastconv Conv2d that feeds only an average pool replaced by one
-    Conv2dAvgPool2d block, the pool's own work folded in; returned as a torch.fx
-    GraphModule whose state_dict keys and parameters are the model's (shared, not
-    copied). Fused where the conv's output goes, through any nn.Identity, to nothing but
-    an nn.AvgPool2d (torch's or fastconv's) whose window equals its stride, with no
-    padding, ceil_mode or divisor_override; an nn.Tanh / nn.ReLU / nn.Sigmoid between
-    them joins the block when the conv has no activation of its own. The model must be
-    traceable by torch.fx (no data-dependent control flow); methods other than forward
-    are not carried over."""
-    import torch.fx as fx
-
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m, qualname):
-            return isinstance(m, (Conv2d, MaxPool2d, AvgPool2d)) or \
-                super().is_leaf_module(m, qualname)
-
-    graph = Tracer().trace(model)
-    gm = fx.GraphModule(model, graph)
-    modules = dict(gm.named_modules())
-
-    def module_of(node):
-        return modules.get(node.target) if node.op == "call_module" else None
-
-    def only_user(node):
-        users = list(node.users)
-        return users[0] if len(users) == 1 else None
-
-    for node in list(graph.nodes):
-        conv = module_of(node)
-        if type(conv) is not Conv2d:
-            continue
-        chain, nxt, activation = [], only_user(node), conv.activation
-        while nxt is not None and isinstance(module_of(nxt), nn.Identity):
-            chain.append(nxt)
-            nxt = only_user(nxt)
-        act_module = module_of(nxt) if nxt is not None else None
-        if activation is None and type(act_module) in _ACTIVATION_MODULES:
-            activation = _ACTIVATION_MODULES[type(act_module)]
-            chain.append(nxt)
-            nxt = only_user(nxt)
-            while nxt is not None and isinstance(module_of(nxt), nn.Identity):
-                chain.append(nxt)
-                nxt = only_user(nxt)
-        size = _block_pool_size(module_of(nxt)) if nxt is not None else None
-        if size is None:
-            continue
-        block = Conv2dAvgPool2d.from_modules(conv, size, activation)
-        gm.add_submodule(node.target, block)
-        modules[node.target] = block
-        nxt.replace_all_uses_with(node)
-        for dead in [nxt] + chain[::-1]:
-            graph.erase_node(dead)
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm
-
-
-__all__ = ["AvgPool2d", "Conv2d", "Conv2dAvgPool2d", "MaxPool2d", "avg_pool2d", "conv2d",
-           "conv2d_avgpool", "fuse", "max_pool2d", "sobel"]

@@ -1,0 +1,83 @@
+"""torch.nn modules on fastconv's kernels: subclasses of their torch.nn namesakes (the
+same constructor arguments, parameters, initialisation and state_dict), whose forward
+calls the differentiable functions of _ops."""
+
+from torch import nn
+
+from .. import _args
+from ._ops import avg_pool2d, conv2d, conv2d_avgpool, max_pool2d
+
+
+class Conv2d(nn.Conv2d):
+    """torch.nn.Conv2d on fastconv's kernels, with an optional fused activation."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None, *, activation=None):
+        _args.activation("Conv2d", activation)
+        if padding_mode != "zeros":
+            raise ValueError(f"Conv2d: padding_mode must be 'zeros' on fastconv's kernels, "
+                             f"got {padding_mode!r}")
+        strided_same = padding == "same" and _args.pair("Conv2d", "stride", stride, 1) != (1, 1)
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         0 if strided_same else padding, dilation, groups, bias, padding_mode,
+                         device, dtype)
+        if strided_same:
+            self.padding = "same"
+        self.activation = activation
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+
+    def forward(self, input):
+        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                      self.groups, activation=self.activation)
+
+
+class Conv2dAvgPool2d(Conv2d):
+    """The LeNet-5 block: Conv2d (with its fused activation) followed by AvgPool2d(pool),
+    as one op. Its parameters and state_dict are the Conv2d's, so a model whose conv and
+    pool are replaced by this block (and an Identity) loads the same weights."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None, *, activation=None, pool=2):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype, activation=activation)
+        self.pool = _args.pair("Conv2dAvgPool2d", "pool", pool, 1)
+
+    @classmethod
+    def from_modules(cls, conv, pool_size, activation=None):
+        """The block computing `conv` then an average pool of window = stride =
+        pool_size; it shares conv's parameters (no copy). activation overrides conv's."""
+        block = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                    device="meta", activation=activation or getattr(conv, "activation", None),
+                    pool=pool_size)
+        block.weight, block.bias = conv.weight, conv.bias
+        return block
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, pool={self.pool}"
+
+    def forward(self, input):
+        return conv2d_avgpool(input, self.weight, self.bias, self.stride, self.padding,
+                              self.dilation, self.groups, activation=self.activation,
+                              pool=self.pool)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """torch.nn.MaxPool2d on fastconv's kernels."""
+
+    def forward(self, input):
+        return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                          self.ceil_mode, self.return_indices)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """torch.nn.AvgPool2d on fastconv's kernels."""
+
+    def forward(self, input):
+        return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                          self.count_include_pad, self.divisor_override)
