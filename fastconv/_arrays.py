@@ -274,6 +274,12 @@ class Backend:
         """a as the kernels read it: C-contiguous (a copy by its own library if not)."""
         return None if a is None else self.lib.contiguous(a)
 
+    def zeros(self, shape, like):
+        """A zero-filled output (the parameters' gradients of an empty batch)."""
+        out = self.lib.empty(shape, self.dtype, like)
+        self.lib.fill(out, 0)
+        return out
+
     def empty(self, shape, like, dtype=None):
         """An output of this call's library on like's device (NaN-filled for the tests)."""
         dtype = dtype or self.dtype

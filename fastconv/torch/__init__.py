@@ -33,10 +33,10 @@ The package's seams: _ops (the registered ops and the differentiable functions),
 modules (the torch.nn modules), fuse (rewriting existing models).
 """
 
-from ._ops import (_conv_conf, avg_pool2d, conv2d, conv2d_avgpool, max_pool2d,  # noqa: F401
-                   sobel)
+from ._ops import (_conv_conf, avg_pool2d, conv2d, conv2d_avgpool,  # noqa: F401
+                   global_avg_pool2d, max_pool2d, sobel)
 from .fuse import fuse
 from .modules import AvgPool2d, Conv2d, Conv2dAvgPool2d, MaxPool2d
 
 __all__ = ["AvgPool2d", "Conv2d", "Conv2dAvgPool2d", "MaxPool2d", "avg_pool2d", "conv2d",
-           "conv2d_avgpool", "fuse", "max_pool2d", "sobel"]
+           "conv2d_avgpool", "fuse", "global_avg_pool2d", "max_pool2d", "sobel"]

@@ -42,6 +42,12 @@ def _eager(impl, setup, grad):
     })
 
 
+def _unbatched(fn, input, *args, **kwargs):
+    """fn on an unbatched (C, H, W) input, as torch does it: with a batch axis of one
+    added before and removed after (views, so autograd runs through them)."""
+    return ops.drop_batch(fn(input.unsqueeze(0), *args, **kwargs))
+
+
 def _call(op, eager, *args):
     """op's custom op under torch.compile, its autograd.Function in eager mode."""
     return op(*args) if torch.compiler.is_compiling() else eager.apply(*args)
@@ -119,7 +125,10 @@ _conv2d_eager = _eager(_conv2d_impl, _conv2d_setup, _conv2d_grad)
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            activation=None):
     """torch.nn.functional.conv2d with a fused activation, differentiable; padding also
-    "same" with any stride (Keras' rule)."""
+    "same" with any stride (Keras' rule). input (N, C, H, W) or unbatched (C, H, W)."""
+    if input.dim() == 3:
+        return _unbatched(conv2d, input, weight, bias, stride, padding, dilation, groups,
+                          activation=activation)
     stride, padding, same, dilation, activation = _conv_conf(
         "conv2d", stride, padding, dilation, activation)
     return _call(_conv2d, _conv2d_eager, input, weight, bias, stride, padding, same, dilation,
@@ -207,25 +216,29 @@ _conv2d_avgpool.register_autograd(_conv2d_avgpool_grad, setup_context=_conv2d_av
 _conv2d_avgpool_eager = _eager(_conv2d_avgpool_impl, _conv2d_avgpool_setup, _conv2d_avgpool_grad)
 
 
+def _padding_conf(op, padding):
+    """(padding as [h, w], same) as the op schemas take them: a string padding
+    ("same" / "valid" in any case) becomes [0, 0] and the flag."""
+    if isinstance(padding, str):
+        return [0, 0], _args.padding_string(op, padding) == "same"
+    return list(_args.pair(op, "padding", padding, 0)), False
+
+
 def _conv_conf(op, stride, padding, dilation, activation):
     stride = list(_args.pair(op, "stride", stride, 1))
     dilation = list(_args.pair(op, "dilation", dilation, 1))
-    same = isinstance(padding, str)
-    if same:
-        if padding not in ("same", "valid"):
-            raise ValueError(f"{op}: padding must be an int, a pair of ints, 'valid' or "
-                             f"'same', got {padding!r}")
-        same, padding = padding == "same", [0, 0]
-    else:
-        padding = list(_args.pair(op, "padding", padding, 0))
-    _args.activation(op, activation)
+    padding, same = _padding_conf(op, padding)
+    activation = _args.activation_name(op, activation)
     return stride, padding, same, dilation, _NONE if activation is None else activation
 
 
 def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                    activation=None, pool=2):
     """The LeNet-5 block, avg_pool2d(conv2d(..., activation), pool) in one op,
-    differentiable (fastconv.conv2d_avgpool's semantics)."""
+    differentiable (fastconv.conv2d_avgpool's semantics); input batched or not."""
+    if input.dim() == 3:
+        return _unbatched(conv2d_avgpool, input, weight, bias, stride, padding, dilation,
+                          groups, activation=activation, pool=pool)
     stride, padding, same, dilation, activation = _conv_conf(
         "conv2d_avgpool", stride, padding, dilation, activation)
     pool = list(_args.pair("conv2d_avgpool", "pool", pool, 1))
@@ -239,34 +252,36 @@ def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
 
 
 def _pool_conf(op, kernel_size, stride, padding, dilation=1):
-    k = list(_args.pair(op, "kernel_size", kernel_size, 1))
-    s = k if stride is None or stride == [] or stride == () else \
-        list(_args.pair(op, "stride", stride, 1))
-    return k, list(s), list(_args.pair(op, "padding", padding, 0)), \
+    """kernel_size, stride, padding, same, dilation as the pooling schemas take them,
+    normalised by _args as the plain path normalises them."""
+    k = _args.pair(op, "kernel_size", kernel_size, 1)
+    padding, same = _padding_conf(op, padding)
+    return list(k), list(_args.pool_stride(op, stride, k)), padding, same, \
         list(_args.pair(op, "dilation", dilation, 1))
 
 
 def _max_pool2d_impl(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
-                     dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
-    return ops._max_pool2d(input, tuple(kernel_size), tuple(stride), tuple(padding),
-                          tuple(dilation), ceil_mode, return_indices=True)
+                     same: bool, dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
+    return ops._max_pool2d(input, tuple(kernel_size), tuple(stride), _conv_padding(padding, same),
+                           tuple(dilation), ceil_mode, return_indices=True)
 
 
 _max_pool2d = torch.library.custom_op(f"{_NS}::max_pool2d", mutates_args=())(_max_pool2d_impl)
 
 
 @_max_pool2d.register_fake
-def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+def _(input, kernel_size, stride, padding, same, dilation, ceil_mode):
     _, shape = _args.pool2d("max_pool2d", tuple(input.shape), tuple(kernel_size), tuple(stride),
-                            tuple(padding), tuple(dilation), ceil_mode, "NCHW")
+                            _conv_padding(padding, same), tuple(dilation), ceil_mode, "NCHW")
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
 def _max_pool2d_backward_impl(grad_output: Tensor, input: Tensor, indices: Tensor,
                               kernel_size: List[int], stride: List[int], padding: List[int],
-                              dilation: List[int], ceil_mode: bool) -> Tensor:
+                              same: bool, dilation: List[int], ceil_mode: bool) -> Tensor:
     return ops.max_pool2d_backward(grad_output, input, tuple(kernel_size), tuple(stride),
-                                   tuple(padding), tuple(dilation), ceil_mode, indices=indices)
+                                   _conv_padding(padding, same), tuple(dilation), ceil_mode,
+                                   indices=indices)
 
 
 _max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
@@ -274,13 +289,13 @@ _max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
 
 
 @_max_pool2d_backward.register_fake
-def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+def _(grad_output, input, indices, kernel_size, stride, padding, same, dilation, ceil_mode):
     return torch.empty_like(input)
 
 
 def _max_pool2d_setup(ctx, inputs, output):
-    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
-    ctx.conf = (kernel_size, stride, padding, dilation, ceil_mode)
+    input, *conf = inputs
+    ctx.conf = conf
     ctx.save_for_backward(input, output[1])
     ctx.mark_non_differentiable(output[1])
 
@@ -289,7 +304,7 @@ def _max_pool2d_grad(ctx, grad_output, grad_indices, eager=False):
     backward = _max_pool2d_backward_impl if eager else _max_pool2d_backward
     input, indices = ctx.saved_tensors
     return (backward(grad_output.contiguous(), input, indices, *ctx.conf),
-            None, None, None, None, None)
+            None, None, None, None, None, None)
 
 
 _max_pool2d.register_autograd(_max_pool2d_grad, setup_context=_max_pool2d_setup)
@@ -298,35 +313,40 @@ _max_pool2d_eager = _eager(_max_pool2d_impl, _max_pool2d_setup, _max_pool2d_grad
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    """torch.nn.functional.max_pool2d, differentiable; indices as PyTorch's."""
-    k, s, p, d = _pool_conf("max_pool2d", kernel_size, stride, padding, dilation)
-    out, indices = _call(_max_pool2d, _max_pool2d_eager, input, k, s, p, d, ceil_mode)
+    """torch.nn.functional.max_pool2d, differentiable; indices as PyTorch's; padding also
+    Keras' "same" / "valid"; input batched or not."""
+    if input.dim() == 3:
+        return _unbatched(max_pool2d, input, kernel_size, stride, padding, dilation, ceil_mode,
+                          return_indices)
+    k, s, p, same, d = _pool_conf("max_pool2d", kernel_size, stride, padding, dilation)
+    out, indices = _call(_max_pool2d, _max_pool2d_eager, input, k, s, p, same, d, ceil_mode)
     return (out, indices) if return_indices else out
 
 
 def _avg_pool2d_impl(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
-                     ceil_mode: bool, count_include_pad: bool,
+                     same: bool, ceil_mode: bool, count_include_pad: bool,
                      divisor_override: Optional[int]) -> Tensor:
-    return ops._avg_pool2d(input, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode,
-                          count_include_pad, divisor_override)
+    return ops._avg_pool2d(input, tuple(kernel_size), tuple(stride), _conv_padding(padding, same),
+                           ceil_mode, count_include_pad, divisor_override)
 
 
 _avg_pool2d = torch.library.custom_op(f"{_NS}::avg_pool2d", mutates_args=())(_avg_pool2d_impl)
 
 
 @_avg_pool2d.register_fake
-def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def _(input, kernel_size, stride, padding, same, ceil_mode, count_include_pad, divisor_override):
     _, shape = _args.pool2d("avg_pool2d", tuple(input.shape), tuple(kernel_size), tuple(stride),
-                            tuple(padding), 1, ceil_mode, "NCHW", count_include_pad,
-                            divisor_override)
+                            _conv_padding(padding, same), 1, ceil_mode, "NCHW",
+                            count_include_pad, divisor_override)
     return input.new_empty(shape)
 
 
 def _avg_pool2d_backward_impl(grad_output: Tensor, input: Tensor, kernel_size: List[int],
-                              stride: List[int], padding: List[int], ceil_mode: bool,
-                              count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
+                              stride: List[int], padding: List[int], same: bool,
+                              ceil_mode: bool, count_include_pad: bool,
+                              divisor_override: Optional[int]) -> Tensor:
     return ops.avg_pool2d_backward(grad_output, input, tuple(kernel_size), tuple(stride),
-                                   tuple(padding), ceil_mode, count_include_pad,
+                                   _conv_padding(padding, same), ceil_mode, count_include_pad,
                                    divisor_override)
 
 
@@ -335,7 +355,7 @@ _avg_pool2d_backward = torch.library.custom_op(f"{_NS}::avg_pool2d_backward",
 
 
 @_avg_pool2d_backward.register_fake
-def _(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+def _(grad_output, input, kernel_size, stride, padding, same, ceil_mode, count_include_pad,
       divisor_override):
     return torch.empty_like(input)
 
@@ -349,7 +369,7 @@ def _avg_pool2d_grad(ctx, grad_output, eager=False):
     backward = _avg_pool2d_backward_impl if eager else _avg_pool2d_backward
     (input,) = ctx.saved_tensors
     return (backward(grad_output.contiguous(), input, *ctx.conf),
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _avg_pool2d.register_autograd(_avg_pool2d_grad, setup_context=_avg_pool2d_setup)
@@ -358,10 +378,60 @@ _avg_pool2d_eager = _eager(_avg_pool2d_impl, _avg_pool2d_setup, _avg_pool2d_grad
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None):
-    """torch.nn.functional.avg_pool2d, differentiable."""
-    k, s, p, _ = _pool_conf("avg_pool2d", kernel_size, stride, padding)
-    return _call(_avg_pool2d, _avg_pool2d_eager, input, k, s, p, ceil_mode, count_include_pad,
-                 divisor_override)
+    """torch.nn.functional.avg_pool2d, differentiable; padding also Keras' "same" /
+    "valid"; input batched or not."""
+    if input.dim() == 3:
+        return _unbatched(avg_pool2d, input, kernel_size, stride, padding, ceil_mode,
+                          count_include_pad, divisor_override)
+    k, s, p, same, _ = _pool_conf("avg_pool2d", kernel_size, stride, padding)
+    return _call(_avg_pool2d, _avg_pool2d_eager, input, k, s, p, same, ceil_mode,
+                 count_include_pad, divisor_override)
+
+
+# ----------------------------------------------------------------------- global average pool
+
+
+@torch.library.custom_op(f"{_NS}::global_avg_pool2d", mutates_args=())
+def _global_avg_pool2d(input: Tensor) -> Tensor:
+    return ops._global_avg_pool2d(input)
+
+
+@_global_avg_pool2d.register_fake
+def _(input):
+    _, shape = _args.global_pool("global_avg_pool2d", tuple(input.shape), "NCHW")
+    return input.new_empty(shape)
+
+
+@torch.library.custom_op(f"{_NS}::global_avg_pool2d_backward", mutates_args=())
+def _global_avg_pool2d_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    return ops.global_avg_pool2d_backward(grad_output, input)
+
+
+@_global_avg_pool2d_backward.register_fake
+def _(grad_output, input):
+    return torch.empty_like(input)
+
+
+def _global_avg_pool2d_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _global_avg_pool2d_grad(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return _global_avg_pool2d_backward(grad_output.contiguous(), input)
+
+
+_global_avg_pool2d.register_autograd(_global_avg_pool2d_grad,
+                                     setup_context=_global_avg_pool2d_setup)
+
+
+def global_avg_pool2d(input):
+    """The mean of each channel, (N, C, H, W) -> (N, C) or unbatched (C, H, W) -> (C,),
+    differentiable: torch.nn.functional.adaptive_avg_pool2d(input, 1) without its two
+    trailing axes of size 1."""
+    if input.dim() == 3:
+        return _unbatched(global_avg_pool2d, input)
+    return _global_avg_pool2d(input)
 
 
 # ----------------------------------------------------------------------- sobel

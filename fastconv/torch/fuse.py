@@ -53,7 +53,7 @@ def fuse(model):
 
     for node in list(graph.nodes):
         conv = module_of(node)
-        if type(conv) is not Conv2d:
+        if type(conv) is not Conv2d or conv.padding_mode != "zeros":
             continue
         chain, nxt, activation = [], only_user(node), conv.activation
         while nxt is not None and isinstance(module_of(nxt), nn.Identity):

@@ -3,21 +3,26 @@ same constructor arguments, parameters, initialisation and state_dict), whose fo
 calls the differentiable functions of _ops."""
 
 from torch import nn
+from torch.nn import functional as F
 
 from .. import _args
 from ._ops import avg_pool2d, conv2d, conv2d_avgpool, max_pool2d
 
 
 class Conv2d(nn.Conv2d):
-    """torch.nn.Conv2d on fastconv's kernels, with an optional fused activation."""
+    """torch.nn.Conv2d on fastconv's kernels, with an optional fused activation.
+
+    padding_mode "reflect", "replicate" or "circular" pads the input with torch's
+    F.pad, as torch.nn.Conv2d does, then runs a convolution without padding: the same
+    values and, through F.pad's own backward, the same gradients. padding may then also
+    be "same" with any stride (the Keras split, computed for each input's size)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
                  dtype=None, *, activation=None):
-        _args.activation("Conv2d", activation)
-        if padding_mode != "zeros":
-            raise ValueError(f"Conv2d: padding_mode must be 'zeros' on fastconv's kernels, "
-                             f"got {padding_mode!r}")
+        activation = _args.activation_name("Conv2d", activation)
+        if isinstance(padding, str):
+            padding = _args.padding_string("Conv2d", padding)
         strided_same = padding == "same" and _args.pair("Conv2d", "stride", stride, 1) != (1, 1)
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          0 if strided_same else padding, dilation, groups, bias, padding_mode,
@@ -30,7 +35,19 @@ class Conv2d(nn.Conv2d):
         s = super().extra_repr()
         return s if self.activation is None else f"{s}, activation={self.activation!r}"
 
+    def _border(self, input):
+        """F.pad's (left, right, top, bottom) for this input under padding_mode."""
+        (top, bottom), (left, right) = _args.explicit_padding(
+            "Conv2d", self.padding, tuple(input.shape[-2:]), self.kernel_size,
+            _args.pair("Conv2d", "stride", self.stride, 1),
+            _args.pair("Conv2d", "dilation", self.dilation, 1))
+        return left, right, top, bottom
+
     def forward(self, input):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._border(input), mode=self.padding_mode)
+            return conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation,
+                          self.groups, activation=self.activation)
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                       self.groups, activation=self.activation)
 
@@ -43,6 +60,9 @@ class Conv2dAvgPool2d(Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
                  dtype=None, *, activation=None, pool=2):
+        if padding_mode != "zeros":
+            raise ValueError(f"Conv2dAvgPool2d: padding_mode must be 'zeros' (the block pads "
+                             f"with zeros inside its kernel), got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype, activation=activation)
         self.pool = _args.pair("Conv2dAvgPool2d", "pool", pool, 1)
