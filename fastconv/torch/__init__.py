@@ -17,7 +17,11 @@ same weights. What differs:
   - Conv2d takes `activation=None | "relu" | "tanh" | "sigmoid"`, fused into the kernel,
     and accepts padding="same" with any stride (Keras' rule: the odd pixel of padding
     at the bottom / right), where torch.nn.Conv2d refuses a strided "same";
-    padding_mode must be "zeros".
+    padding_mode "reflect" / "replicate" / "circular" pad with F.pad first, as
+    torch.nn.Conv2d does.
+  - AdaptiveAvgPool2d takes output_size 1 only (the global average pool).
+  - Unbatched (C, H, W) inputs and empty batches work as in torch (README, "Every
+    input torch accepts").
   - sobel has no gradient formula: its backward raises.
 
 The LeNet-5 block, a convolution with its activation followed by an average pool whose
@@ -36,7 +40,7 @@ modules (the torch.nn modules), fuse (rewriting existing models).
 from ._ops import (_conv_conf, avg_pool2d, conv2d, conv2d_avgpool,  # noqa: F401
                    global_avg_pool2d, max_pool2d, sobel)
 from .fuse import fuse
-from .modules import AvgPool2d, Conv2d, Conv2dAvgPool2d, MaxPool2d
+from .modules import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dAvgPool2d, MaxPool2d
 
-__all__ = ["AvgPool2d", "Conv2d", "Conv2dAvgPool2d", "MaxPool2d", "avg_pool2d", "conv2d",
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "Conv2dAvgPool2d", "MaxPool2d", "avg_pool2d", "conv2d",
            "conv2d_avgpool", "fuse", "global_avg_pool2d", "max_pool2d", "sobel"]

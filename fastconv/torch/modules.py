@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import _args
-from ._ops import avg_pool2d, conv2d, conv2d_avgpool, max_pool2d
+from ._ops import avg_pool2d, conv2d, conv2d_avgpool, global_avg_pool2d, max_pool2d
 
 
 class Conv2d(nn.Conv2d):
@@ -101,3 +101,19 @@ class AvgPool2d(nn.AvgPool2d):
     def forward(self, input):
         return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                           self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torch.nn.AdaptiveAvgPool2d(1), the global average pool, on fastconv's kernel:
+    (N, C, H, W) -> (N, C, 1, 1), unbatched (C, H, W) -> (C, 1, 1). Other output
+    sizes are refused (fastconv has no adaptive pool with several windows)."""
+
+    def __init__(self, output_size):
+        if output_size not in (1, (1,), (1, 1), [1], [1, 1]):
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be 1 (the global average "
+                             f"pool fastconv implements), got {output_size!r}")
+        super().__init__(output_size)
+
+    def forward(self, input):
+        return global_avg_pool2d(input)[..., None, None]
+
