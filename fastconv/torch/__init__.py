@@ -34,13 +34,14 @@ Tensors of any memory format are accepted; the kernels read NCHW, so a channels_
 tensor is copied to NCHW first.
 
 The package's seams: _ops (the registered ops and the differentiable functions),
-modules (the torch.nn modules), fuse (rewriting existing models).
+modules (the torch.nn modules), rewrite (convert and fuse: rewriting existing models).
 """
 
 from ._ops import (_conv_conf, avg_pool2d, conv2d, conv2d_avgpool,  # noqa: F401
                    global_avg_pool2d, max_pool2d, sobel)
-from .fuse import fuse
+from .rewrite import ConversionReport, convert, fuse
 from .modules import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dAvgPool2d, MaxPool2d
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "Conv2dAvgPool2d", "MaxPool2d", "avg_pool2d", "conv2d",
-           "conv2d_avgpool", "fuse", "global_avg_pool2d", "max_pool2d", "sobel"]
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "ConversionReport", "Conv2d", "Conv2dAvgPool2d",
+           "MaxPool2d", "avg_pool2d", "conv2d", "conv2d_avgpool", "convert", "fuse",
+           "global_avg_pool2d", "max_pool2d", "sobel"]
