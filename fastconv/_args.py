@@ -27,16 +27,34 @@ def _int(op, name, v):
 
 
 def pair(op, name, v, minimum):
-    """An int or a pair of ints, each >= minimum, as a tuple (h, w)."""
+    """An int, a pair of ints or a one-int tuple (broadcast, as torch broadcasts
+    `padding=(1,)`), each >= minimum, as a tuple (h, w)."""
     if isinstance(v, (tuple, list)):
-        if len(v) != 2:
+        if len(v) not in (1, 2):
             raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-        h, w = (_int(op, name, e) for e in v)
+        h, w = (_int(op, name, e) for e in (v * 2 if len(v) == 1 else v))
     else:
         h = w = _int(op, name, v)
     if h < minimum or w < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
     return h, w
+
+
+def pool_stride(op, stride, kernel):
+    """A pooling stride as (h, w): None, () or [] mean the kernel size (kernel, a pair),
+    as in torch.nn.functional's pooling; else as pair()."""
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return tuple(kernel)
+    return pair(op, "stride", stride, 1)
+
+
+def padding_string(op, v):
+    """'valid' or 'same' for a padding string in any case (Keras writes "SAME", "Valid")."""
+    lowered = v.lower()
+    if lowered not in ("valid", "same"):
+        raise ValueError(f"{op}: padding must be an int, a pair of ints, 'valid' or 'same' (in "
+                         f"any case), got {v!r}")
+    return lowered
 
 
 def boolean(op, name, v):
@@ -51,10 +69,19 @@ def layout(op, v):
     return LAYOUTS.index(v)
 
 
-def activation(op, v):
+def activation_name(op, v):
+    """The activation's canonical name: None for None and Keras' "linear", else the name."""
+    if v == "linear":
+        return None
     if v not in ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be None, 'relu', 'tanh' or 'sigmoid', got {v!r}")
-    return ACTIVATIONS.index(v)
+        raise ValueError(f"{op}: activation must be None, 'linear', 'relu', 'tanh' or "
+                         f"'sigmoid', got {v!r}")
+    return v
+
+
+def activation(op, v):
+    """The activation's index in the Activation enum (csrc/common/activation.h)."""
+    return ACTIVATIONS.index(activation_name(op, v))
 
 
 def border_mode(op, v):
@@ -74,13 +101,21 @@ def variant(op, v, available):
 # ----------------------------------------------------------------------- shapes
 
 
-def require_shape(op, name, shape, ndims, what):
+def require_shape(op, name, shape, ndims, what, empty_batch=False):
+    """shape has one of ndims dimensions and no zero-size one; with empty_batch, the
+    first (the batch, N) may be 0, as torch allows (the op then returns an empty result
+    without running a kernel)."""
     if shape is None:
         raise TypeError(f"{op}: {name} is required")
     if len(shape) not in ndims:
         raise ValueError(f"{op}: {name} must be {what}, got an array of shape {shape}")
-    if any(d == 0 for d in shape):
+    if any(d == 0 for d in (shape[1:] if empty_batch else shape)):
         raise ValueError(f"{op}: {name} has a zero-size dimension, shape {shape}")
+
+
+def _batched_image(lay_i):
+    return ("4-D (N, C, H, W) or 3-D unbatched (C, H, W)" if lay_i == 0 else
+            "4-D (N, H, W, C) or 3-D unbatched (H, W, C)")
 
 
 def _nchw(shape, lay):
@@ -92,12 +127,10 @@ def _out4(lay, n, c, h, w):
     return (n, c, h, w) if lay == 0 else (n, h, w, c)
 
 
-def _padding(op, padding, size, k, stride, dil, allow_strings=True):
+def explicit_padding(op, padding, size, k, stride, dil):
     """((top, bottom), (left, right)) for an int, a pair, 'valid' or 'same'."""
     if isinstance(padding, str):
-        if not allow_strings or padding not in ("valid", "same"):
-            raise ValueError(f"{op}: padding must be an int, a pair of ints, 'valid' or 'same', "
-                             f"got {padding!r}")
+        padding = padding_string(op, padding)
         if padding == "valid":
             return (0, 0), (0, 0)
         return tuple((_shapes.same_pad_begin(size[i], k[i], stride[i], dil[i]),
@@ -115,7 +148,8 @@ def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay):
     """Params and output shape of conv2d; x, w, b are shapes (b may be None)."""
     lay_i = layout(op, lay)
     act_i = activation(op, act)
-    require_shape(op, "input", x, (4,), f"4-D ({'N, C, H, W' if lay_i == 0 else 'N, H, W, C'})")
+    require_shape(op, "input", x, (4,), _batched_image(lay_i),
+                  empty_batch=True)
     wdesc = "(K, C/groups, R, S)" if lay_i == 0 else "(R, S, C/groups, K)"
     require_shape(op, "weight", w, (4,), f"4-D {wdesc}")
     N, C, H, W = _nchw(x, lay_i)
@@ -134,7 +168,7 @@ def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay):
         raise ValueError(f"{op}: bias must have shape ({K},), one per filter, got {tuple(b)}")
     sh, sw = pair(op, "stride", stride, 1)
     dh, dw = pair(op, "dilation", dilation, 1)
-    (pt, pb), (pl, pr) = _padding(op, padding, (H, W), (R, S), (sh, sw), (dh, dw))
+    (pt, pb), (pl, pr) = explicit_padding(op, padding, (H, W), (R, S), (sh, sw), (dh, dw))
     ext_h, ext_w = _shapes.dilated_extent(R, dh), _shapes.dilated_extent(S, dw)
     if ext_h > H + pt + pb or ext_w > W + pl + pr:
         raise ValueError(f"{op}: the {R}x{S} kernel (dilation {dh}x{dw}, extent {ext_h}x{ext_w}) "
@@ -174,10 +208,11 @@ def pool2d(op, x, kernel_size, stride, padding, dilation, ceil_mode, lay, count_
            divisor_override=None):
     """Params and output shape of max / average pooling (dilation 1 for average)."""
     lay_i = layout(op, lay)
-    require_shape(op, "input", x, (4,), f"4-D ({'N, C, H, W' if lay_i == 0 else 'N, H, W, C'})")
+    require_shape(op, "input", x, (4,), _batched_image(lay_i),
+                  empty_batch=True)
     N, C, H, W = _nchw(x, lay_i)
     kh, kw = pair(op, "kernel_size", kernel_size, 1)
-    sh, sw = (kh, kw) if stride is None else pair(op, "stride", stride, 1)
+    sh, sw = pool_stride(op, stride, (kh, kw))
     dh, dw = pair(op, "dilation", dilation, 1)
     ceil_mode = boolean(op, "ceil_mode", ceil_mode)
     count_include_pad = boolean(op, "count_include_pad", count_include_pad)
@@ -185,13 +220,13 @@ def pool2d(op, x, kernel_size, stride, padding, dilation, ceil_mode, lay, count_
         divisor_override = _int(op, "divisor_override", divisor_override)
         if divisor_override < 1:
             raise ValueError(f"{op}: divisor_override must be >= 1 or None, got {divisor_override}")
-    (pt, pb), (pl, pr) = _padding(op, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
+    (pt, pb), (pl, pr) = explicit_padding(op, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
     if not isinstance(padding, str):
         ext_h, ext_w = _shapes.dilated_extent(kh, dh), _shapes.dilated_extent(kw, dw)
         if 2 * pt > ext_h or 2 * pl > ext_w:
             raise ValueError(f"{op}: padding must be at most half the kernel extent "
                              f"({ext_h}x{ext_w}), got {padding!r}")
-    if padding == "same":
+    if isinstance(padding, str) and padding_string(op, padding) == "same":
         count_include_pad = False  # Keras leaves the padded pixels out of the average
     P = _shapes.pool_out_size(H, kh, sh, pt, pb, dh, ceil_mode)
     Q = _shapes.pool_out_size(W, kw, sw, pl, pr, dw, ceil_mode)
@@ -207,7 +242,8 @@ def pool2d(op, x, kernel_size, stride, padding, dilation, ceil_mode, lay, count_
 
 def global_pool(op, x, lay):
     lay_i = layout(op, lay)
-    require_shape(op, "input", x, (4,), f"4-D ({'N, C, H, W' if lay_i == 0 else 'N, H, W, C'})")
+    require_shape(op, "input", x, (4,), _batched_image(lay_i),
+                  empty_batch=True)
     N, C, H, W = _nchw(x, lay_i)
     return dict(N=N, C=C, H=H, W=W, layout=lay_i), (N, C)
 

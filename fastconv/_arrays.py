@@ -12,6 +12,7 @@ array by their own library first.
 
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -231,15 +232,26 @@ def plan_key(op, arrays, args):
     return key
 
 
+#
+# Threads share the cache. A plan is never changed once kept (its params, shapes and
+# Backend are read-only; each call allocates its own outputs), so a reader needs no lock:
+# dict.get is atomic. Writers take _PLANS_LOCK so the bound check, the eviction and the
+# insertion happen as one step (two threads could otherwise both clear, or one insert
+# into a cache another is clearing past the bound).
+
+_PLANS_LOCK = threading.Lock()
+
+
 def find_plan(key):
     return None if key is None else _PLANS.get(key)
 
 
 def keep_plan(key, plan):
     if key is not None:
-        if len(_PLANS) >= _PLAN_LIMIT:
-            _PLANS.clear()
-        _PLANS[key] = plan
+        with _PLANS_LOCK:
+            if len(_PLANS) >= _PLAN_LIMIT:
+                _PLANS.clear()
+            _PLANS[key] = plan
     return plan
 
 
@@ -273,6 +285,12 @@ class Backend:
     def ready(self, a):
         """a as the kernels read it: C-contiguous (a copy by its own library if not)."""
         return None if a is None else self.lib.contiguous(a)
+
+    def zeros(self, shape, like):
+        """A zero-filled output (the parameters' gradients of an empty batch)."""
+        out = self.lib.empty(shape, self.dtype, like)
+        self.lib.fill(out, 0)
+        return out
 
     def empty(self, shape, like, dtype=None):
         """An output of this call's library on like's device (NaN-filled for the tests)."""

@@ -11,6 +11,8 @@ Every function here follows the same three steps and computes nothing itself:
 import math
 import sys
 
+import numpy as np
+
 from . import _args, _arrays
 from ._arrays import Arrays
 
@@ -47,6 +49,25 @@ def _needs_autograd(*arrays):
     return False
 
 
+def _unbatched(input):
+    """True for an unbatched image, (C, H, W) in NCHW or (H, W, C) in NHWC, which torch's
+    2-D ops take as a batch of one and answer without the batch axis."""
+    ndim = getattr(input, "ndim", None)
+    if ndim is None and isinstance(input, (list, tuple)):
+        ndim = np.ndim(input)
+    return ndim == 3
+
+
+def add_batch(input):
+    """input with a leading batch axis of 1 (a view; lists become NumPy arrays)."""
+    return (np.asarray(input) if isinstance(input, (list, tuple)) else input)[None]
+
+
+def drop_batch(out):
+    """The result(s) of a batched call on add_batch(input), without the batch axis."""
+    return tuple(o[0] for o in out) if isinstance(out, tuple) else out[0]
+
+
 def _autograd_op(op, layout, variant):
     if layout != "NCHW" or variant != "auto":
         raise ValueError(f"{op}: tensors that require grad take layout='NCHW' and "
@@ -75,8 +96,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()).
 
     Output (N, K, P, Q) or (N, P, Q, K), P = (H + pads - dilation * (R - 1) - 1) // stride + 1.
+    An unbatched input, (C, H, W) or (H, W, C), gives an unbatched output, as in torch;
+    N = 0 gives an empty output without running a kernel.
     PyTorch tensors that require grad go through fastconv.torch.conv2d, with autograd.
     """
+    if _unbatched(input):
+        return drop_batch(conv2d(add_batch(input), weight, bias, stride, padding, dilation,
+                                 groups, activation=activation, layout=layout, variant=variant))
     if _needs_autograd(input, weight, bias):
         return _autograd_op("conv2d", layout, variant)(
             input, weight, bias, stride, padding, dilation, groups, activation=activation)
@@ -101,7 +127,8 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         (stride, padding, dilation, groups, activation, layout, variant), build)
     x = be.ready(x)
     y = be.empty(out_shape, x)
-    be.call("conv2d_fwd", params, variant, arrays=(x, be.ready(w), be.ready(b), y))
+    if out_shape[0]:  # N = 0: the empty result, as torch gives it
+        be.call("conv2d_fwd", params, variant, arrays=(x, be.ready(w), be.ready(b), y))
     return y
 
 
@@ -136,7 +163,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         "conv2d_backward", (grad_output, input, weight, output),
         (stride, padding, dilation, groups, activation, layout, variant), build)
     dy = be.ready(dy)
-    if act:
+    if act and out_shape[0]:
         dz = be.empty(out_shape, dy)
         be.call("activation_bwd", act, math.prod(out_shape), arrays=(be.ready(y), dy, dz))
         dy = dz
@@ -166,6 +193,10 @@ class _ConvGrads:
     def __call__(self, variant, dz, input, weight, output_mask):
         be, params = self.be, self.params
         want_x, want_w, want_b = (bool(m) for m in output_mask)
+        if self.x_shape[0] == 0:  # N = 0: no gradient flows; the parameters' are zeros
+            return (be.empty(self.x_shape, dz) if want_x else None,
+                    be.zeros(self.w_shape, dz) if want_w else None,
+                    be.zeros((self.K,), dz) if want_b else None)
         grad_input = grad_weight = grad_bias = None
         if want_x:
             grad_input = be.empty(self.x_shape, dz)
@@ -200,8 +231,13 @@ def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
     conv2d_avgpool_backward needs.
 
     PyTorch tensors that require grad go through fastconv.torch.conv2d_avgpool, with
-    autograd (return_activation must then be False).
+    autograd (return_activation must then be False). Unbatched inputs and N = 0 as conv2d.
     """
+    if _unbatched(input):
+        return drop_batch(conv2d_avgpool(
+            add_batch(input), weight, bias, stride, padding, dilation, groups,
+            activation=activation, pool=pool, layout=layout, variant=variant,
+            return_activation=return_activation))
     if _needs_autograd(input, weight, bias):
         if return_activation:
             raise ValueError("conv2d_avgpool: return_activation=True is for tensors that do not "
@@ -237,8 +273,9 @@ def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, g
     # The composed variants always write the activation; the fused one when asked.
     act = be.empty(conv_shape, x)
     y = be.empty(out_shape, x)
-    be.call("conv2d_avgpool_fwd", params, variant,
-            arrays=(x, be.ready(w), be.ready(b), y, act))
+    if out_shape[0]:
+        be.call("conv2d_avgpool_fwd", params, variant,
+                arrays=(x, be.ready(w), be.ready(b), y, act))
     return (y, act) if return_activation else y
 
 
@@ -277,7 +314,8 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
         (stride, padding, dilation, groups, activation, pool, layout, variant), build)
     dy = be.ready(dy)
     dz = be.empty(conv_shape, dy)
-    be.call("avgpool_act_bwd", params, arrays=(dy, be.ready(act) if activation else None, dz))
+    if conv_shape[0]:
+        be.call("avgpool_act_bwd", params, arrays=(dy, be.ready(act) if activation else None, dz))
     return grads(variant, dz, x, w, output_mask)
 
 
@@ -291,9 +329,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     padding: int or (h, w) of -inf on both sides (at most half the kernel), or Keras'
     "valid" / "same". stride defaults to kernel_size. A NaN in a window is its maximum.
     With return_indices, also returns int64 indices h * W + w into each input plane
-    (the same in both layouts, as PyTorch's). PyTorch tensors that require grad go
-    through fastconv.torch.max_pool2d, with autograd.
+    (the same in both layouts, as PyTorch's). Unbatched inputs and N = 0 as conv2d.
+    PyTorch tensors that require grad go through fastconv.torch.max_pool2d, with autograd.
     """
+    if _unbatched(input):
+        return drop_batch(max_pool2d(add_batch(input), kernel_size, stride, padding, dilation,
+                                     ceil_mode, return_indices, layout=layout))
     if _needs_autograd(input):
         return _autograd_op("max_pool2d", layout, "auto")(
             input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -317,7 +358,8 @@ def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mod
     x = be.ready(x)
     y = be.empty(out_shape, x)
     idx = be.empty(out_shape, x, "int64") if return_indices else None
-    be.call("max_pool_fwd", params, arrays=(x, y, idx))
+    if out_shape[0]:
+        be.call("max_pool_fwd", params, arrays=(x, y, idx))
     return (y, idx) if return_indices else y
 
 
@@ -362,6 +404,8 @@ def _max_pool2d_backward(grad_output, input, kernel_size, stride, padding, dilat
         "max_pool2d_backward", (grad_output, input, indices),
         (kernel_size, stride, padding, dilation, ceil_mode, layout), build)
     dy = be.ready(dy)
+    if out_shape[0] == 0:
+        return be.empty(x_shape, dy)
     if idx is None:
         idx = be.empty(out_shape, dy, "int64")
         be.call("max_pool_fwd", params, arrays=(be.ready(x), be.empty(out_shape, dy), idx))
@@ -381,8 +425,12 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None, *, layout="NCHW"):
     """Average pooling with torch.nn.functional.avg_pool2d's semantics; padding "same"
     and "valid" as Keras' AveragePooling2D ("same" leaves the padded pixels out of the
-    count, whatever count_include_pad says). PyTorch tensors that require grad go
-    through fastconv.torch.avg_pool2d, with autograd."""
+    count, whatever count_include_pad says). Unbatched inputs and N = 0 as conv2d.
+    PyTorch tensors that require grad go through fastconv.torch.avg_pool2d, with
+    autograd."""
+    if _unbatched(input):
+        return drop_batch(avg_pool2d(add_batch(input), kernel_size, stride, padding, ceil_mode,
+                                     count_include_pad, divisor_override, layout=layout))
     if _needs_autograd(input):
         return _autograd_op("avg_pool2d", layout, "auto")(
             input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -406,7 +454,8 @@ def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
         build)
     x = be.ready(x)
     y = be.empty(out_shape, x)
-    be.call("avg_pool_fwd", params, arrays=(x, y))
+    if out_shape[0]:
+        be.call("avg_pool_fwd", params, arrays=(x, y))
     return y
 
 
@@ -430,19 +479,31 @@ def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
         build)
     dy = be.ready(dy)
     dx = be.empty(x_shape, dy)
-    be.call("avg_pool_bwd", params, arrays=(dy, dx))
+    if x_shape[0]:
+        be.call("avg_pool_bwd", params, arrays=(dy, dx))
     return dx
 
 
 def global_avg_pool2d(input, *, layout="NCHW"):
     """The mean of each channel: (N, C, H, W) or (N, H, W, C) -> (N, C), as Keras'
-    GlobalAveragePooling2D."""
+    GlobalAveragePooling2D; an unbatched (C, H, W) or (H, W, C) gives (C,). PyTorch
+    tensors that require grad go through fastconv.torch.global_avg_pool2d, with
+    autograd (torch.nn.AdaptiveAvgPool2d(1) is this, reshaped to (N, C, 1, 1))."""
+    if _unbatched(input):
+        return drop_batch(global_avg_pool2d(add_batch(input), layout=layout))
+    if _needs_autograd(input):
+        return _autograd_op("global_avg_pool2d", layout, "auto")(input)
+    return _global_avg_pool2d(input, layout=layout)
+
+
+def _global_avg_pool2d(input, *, layout="NCHW"):
     op = "global_avg_pool2d"
     a = _prepare(op, input=input)
     params, out_shape = _args.global_pool(op, a.shape("input"), layout)
     be = a.select_backend()
     y = a.empty(out_shape)
-    be.call("global_avg_pool_fwd", params, arrays=(a.contiguous("input"), y))
+    if out_shape[0]:
+        be.call("global_avg_pool_fwd", params, arrays=(a.contiguous("input"), y))
     return y
 
 
@@ -453,7 +514,8 @@ def global_avg_pool2d_backward(grad_output, input, *, layout="NCHW"):
     _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
     be = a.select_backend()
     dx = a.empty(a.shape("input"))
-    be.call("global_avg_pool_bwd", params, arrays=(a.contiguous("grad_output"), dx))
+    if out_shape[0]:
+        be.call("global_avg_pool_bwd", params, arrays=(a.contiguous("grad_output"), dx))
     return dx
 
 

@@ -85,16 +85,25 @@ def test_opcheck_conv2d(case):
 
 def test_opcheck_pooling_and_sobel():
     x = torch.randn(2, 3, 11, 9, requires_grad=True)
-    opcheck(torch.ops.fastconv.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
-    opcheck(torch.ops.fastconv.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, None))
-    opcheck(torch.ops.fastconv.avg_pool2d.default, (x, [2, 2], [2, 2], [0, 0], False, True, 3))
-    y, idx = torch.ops.fastconv.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], False)
+    # (..., padding, same, ...): same=True is Keras' "same", the padding list then unused.
+    opcheck(torch.ops.fastconv.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], False, [1, 1], True))
+    opcheck(torch.ops.fastconv.max_pool2d.default, (x, [3, 2], [2, 2], [0, 0], True, [1, 1], False))
+    opcheck(torch.ops.fastconv.avg_pool2d.default,
+            (x, [3, 2], [2, 1], [1, 1], False, True, False, None))
+    opcheck(torch.ops.fastconv.avg_pool2d.default,
+            (x, [2, 2], [2, 2], [0, 0], False, False, True, 3))
+    opcheck(torch.ops.fastconv.avg_pool2d.default,
+            (x, [3, 3], [2, 2], [0, 0], True, False, True, None))
+    y, idx = torch.ops.fastconv.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], False, [1, 1], False)
     for own in (False, True):
         opcheck(torch.ops.fastconv.max_pool2d_backward.default,
-                (torch.randn_like(y), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], False,
-                 own))
+                (torch.randn_like(y), x.detach(), idx, [3, 3], [2, 2], [1, 1], False, [1, 1],
+                 False, own))
     opcheck(torch.ops.fastconv.avg_pool2d_backward.default,
-            (torch.randn(2, 3, 5, 4), x.detach(), [2, 2], [2, 2], [0, 0], False, True, None))
+            (torch.randn(2, 3, 5, 4), x.detach(), [2, 2], [2, 2], [0, 0], False, False, True, None))
+    opcheck(torch.ops.fastconv.global_avg_pool2d.default, (x,))
+    opcheck(torch.ops.fastconv.global_avg_pool2d_backward.default,
+            (torch.randn(2, 3), x.detach()))
     for axis in (None, 0, 1):
         opcheck(torch.ops.fastconv.sobel.default, (x.detach(), axis, "reflect", 0.0))
 
@@ -136,7 +145,7 @@ def test_max_pool2d_autograd_skips_the_index_check_only_for_its_own_indices(comp
     monkeypatch.setattr(ops, "_max_pool2d_backward", spy)
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
     if compiled:  # the registered op, as torch.compile and the non-eager path call it
-        y, idx = torch.ops.fastconv.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+        y, idx = torch.ops.fastconv.max_pool2d(x, [3, 3], [2, 2], [1, 1], False, [1, 1], False)
     else:
         y = fct.max_pool2d(x, 3, 2, 1)
     y.sum().backward()
@@ -144,7 +153,7 @@ def test_max_pool2d_autograd_skips_the_index_check_only_for_its_own_indices(comp
     y, idx = fastconv.max_pool2d(x.detach(), 3, 2, 1, return_indices=True)
     fastconv.max_pool2d_backward(torch.ones_like(y), x.detach(), 3, 2, 1, indices=idx)
     torch.ops.fastconv.max_pool2d_backward(torch.ones_like(y), x.detach(), idx, [3, 3], [2, 2],
-                                           [1, 1], [1, 1], False)
+                                           [1, 1], False, [1, 1], False)
     assert seen == [False, True, True]
 
 
@@ -224,7 +233,9 @@ def test_conv2d_module_arguments():
     assert m.padding == "same" and "activation='tanh'" in repr(m)
     assert fct.Conv2d(2, 2, 3, bias=False).bias is None
     with pytest.raises(ValueError, match="padding_mode"):
-        fct.Conv2d(3, 6, 5, padding_mode="reflect")
+        fct.Conv2d(3, 6, 5, padding_mode="mirror")
+    with pytest.raises(ValueError, match="padding_mode must be 'zeros'"):
+        fct.Conv2dAvgPool2d(3, 6, 5, padding_mode="reflect")
     with pytest.raises(ValueError, match="activation"):
         fct.Conv2d(3, 6, 5, activation="gelu")
     with pytest.raises(ValueError, match="padding"):
