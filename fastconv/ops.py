@@ -155,8 +155,9 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
                 raise TypeError(f"{op}: output (conv2d's result) is required with activation="
                                 f"{activation!r}")
             _args.expect_shape(op, "output", a.shape("output"), out_shape)
-        plan = (be, _args.variant(op, variant, _conv_variants(be)), params["act"],
-                out_shape, _ConvGrads(be, params, a.shape("input"), a.shape("weight")))
+        variant_ = _args.variant(op, variant, _conv_variants(be))
+        plan = (be, variant_, params["act"], out_shape,
+                _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_))
         return plan, a.values("grad_output", "input", "weight", "output")
 
     (be, variant, act, out_shape, grads), (dy, x, w, y) = _planned(
@@ -173,22 +174,19 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 class _ConvGrads:
     """The three gradients of a convolution from dz, its pre-activation gradient."""
 
-    def __init__(self, be, params, x_shape, w_shape):
+    def __init__(self, be, params, x_shape, w_shape, variant):
         self.be, self.x_shape, self.w_shape = be, x_shape, w_shape
         self.params = be.params(dict(params, act=0))
         self.K = params["K"]
-        self.workspace = {}  # variant -> float32 elements of the GPU grad weight's scratch
+        # The GPU's split-K grad weight keeps its partials in scratch from the caller's
+        # allocator (torch's and CuPy's cache it): float32 elements, 0 where none is needed.
+        self.scratch = (-(-be.module.conv2d_bwd_filter_workspace(self.params, variant) // 4)
+                        if be.is_cuda else 0)
 
-    def _grad_weight_scratch(self, variant, like):
-        """The GPU's split-K grad weight keeps its partials in scratch from the caller's
-        allocator (torch's or CuPy's cache it); () where none is needed or on the CPU."""
+    def _grad_weight_scratch(self, like):
         if not self.be.is_cuda:
             return ()
-        if variant not in self.workspace:
-            nbytes = self.be.module.conv2d_bwd_filter_workspace(self.params, variant)
-            self.workspace[variant] = -(-nbytes // 4)
-        n = self.workspace[variant]
-        return (self.be.empty((n,), like, "float32") if n else None,)
+        return (self.be.empty((self.scratch,), like, "float32") if self.scratch else None,)
 
     def __call__(self, variant, dz, input, weight, output_mask):
         be, params = self.be, self.params
@@ -206,7 +204,7 @@ class _ConvGrads:
             grad_weight = be.empty(self.w_shape, dz)
             be.call("conv2d_bwd_filter", params, variant,
                     arrays=(dz, be.ready(input), grad_weight,
-                            *self._grad_weight_scratch(variant, dz)))
+                            *self._grad_weight_scratch(dz)))
         if want_b:
             grad_bias = be.empty((self.K,), dz)
             be.call("conv2d_bwd_bias", params, arrays=(dz, grad_bias))
@@ -304,9 +302,9 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
                                 f"activation={activation!r}")
             _args.expect_shape(op, "activation_output", a.shape("activation_output"),
                                conv_shape)
-        plan = (be, be.params(params, "conv2d_avgpool"),
-                _args.variant(op, variant, _conv_variants(be)), conv_shape,
-                _ConvGrads(be, params, a.shape("input"), a.shape("weight")))
+        variant_ = _args.variant(op, variant, _conv_variants(be))
+        plan = (be, be.params(params, "conv2d_avgpool"), variant_, conv_shape,
+                _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_))
         return plan, a.values("grad_output", "input", "weight", "activation_output")
 
     (be, params, variant, conv_shape, grads), (dy, x, w, act) = _planned(
