@@ -125,6 +125,8 @@ class _Dist:
         self.on = self.world > 1
         if self.on and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # The epoch statistics go through a group DDP never sees (see close()).
+        self.stats_group = torch.distributed.new_group() if self.on else None
 
     @property
     def main(self):
@@ -133,11 +135,29 @@ class _Dist:
     def all_sum(self, values, device):
         t = torch.tensor(values, dtype=torch.float64, device=device)
         if self.on:
-            torch.distributed.all_reduce(t)
+            torch.distributed.all_reduce(t, group=self.stats_group)
         return t.tolist()
 
     def close(self):
+        """Destroys the process groups, joining the statistics group's worker threads.
+
+        A gloo worker thread drops its reference to a collective's tensors after the
+        caller's wait() has returned; for a tensor made in Python that takes the GIL. If
+        the interpreter is finalizing by then, the thread is unwound out of a noexcept
+        destructor: "terminate called without an active exception", SIGABRT (core dumps:
+        ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> decref_pyobject -> take_gil
+        during Py_FinalizeEx; 4 of 19 runs of test_ddp_with_two_processes_on_the_cpu).
+        destroy_process_group() joins a group's threads only when the group's last
+        reference goes, and DDP keeps references to its group that are never released
+        (torch 2.14: a DDP object adds 11, deleting it removes 1), so that group's
+        threads live until exit. Hence the statistics, the last Python tensors reduced,
+        use a group of their own whose threads are joined here, while the interpreter is
+        alive. DDP's group only reduces gradient buckets made in C++, whose release needs
+        no GIL.
+        """
         if self.on and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group(self.stats_group)
+            self.stats_group = None  # the last reference: joins its worker threads
             torch.distributed.destroy_process_group()
 
 

@@ -9,6 +9,7 @@ import fastconv
 rng = np.random.default_rng(0)
 X = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
 W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+X4 = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)  # 4 channels: groups=2 divides them
 
 
 def raises(exc, *words):
@@ -36,6 +37,8 @@ CONV_BAD = [
     (dict(weight=rng.standard_normal((4, 2, 3, 3)).astype(np.float32)), ValueError,
      ["weight has 2 input channels per group", "3 channels", "groups=1"]),
     (dict(groups=2), ValueError, ["groups=2", "3 channels"]),
+    (dict(input=X4, weight=rng.standard_normal((6, 4, 3, 3)).astype(np.float32), groups=2),
+     ValueError, ["weight has 4 input channels per group", "4 channels", "groups=2"]),
     (dict(groups=0), ValueError, ["groups", ">= 1", "0"]),
     (dict(groups=1.5), TypeError, ["groups", "int", "1.5"]),
     (dict(stride=0), ValueError, ["stride", ">= 1", "0"]),

@@ -115,6 +115,63 @@ def test_named_pools(backend, dtype, layout):
     np.testing.assert_array_equal(to_numpy(y), ref.avg_pool2d(x, 2, layout=layout))
 
 
+# A 3x2 window, stride (2, 1), padding (1, 2), dilation (1, 4) over 3 columns: output
+# column 1 taps columns -1 and 3, padding alone (-inf, index -1); columns 0 and 2 read
+# input columns 2 and 0.
+NAN_EMPTY = dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 4))
+
+
+@pytest.mark.parametrize("indices", [False, True], ids=["values", "indices"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_max_pool_nan_and_empty_windows(backend, dtype, layout, indices):
+    """On each path (NCHW / NHWC, with / without indices): NaN wins over any number, the
+    last NaN met gives the index, and a window of padding alone gives -inf and index -1,
+    in every channel, the last one included."""
+    rng = np.random.default_rng(4)
+    x = random(rng, (2, 5, 7, 3), dtype)
+    x[0, 4, 2, 0] = np.nan                    # the last channel
+    x[1, 0, 3, 2] = x[1, 0, 4, 2] = np.nan    # two in one window: (4, 2) is met last
+    x[1, 2, 0, 0] = np.nan
+    x = nhwc(x, layout)
+    y_ref, i_ref = ref.max_pool2d(x, **NAN_EMPTY, return_indices=True, layout=layout)
+    assert np.isnan(y_ref).any() and (i_ref == -1).any() and (i_ref >= 0).any()
+    out = fastconv.max_pool2d(to_backend(x, backend), **NAN_EMPTY, return_indices=indices,
+                              layout=layout)
+    np.testing.assert_array_equal(to_numpy(out[0] if indices else out), y_ref)
+    dy = random(rng, y_ref.shape, dtype)
+    dx_ref = ref.max_pool2d_backward(dy, x, **NAN_EMPTY, layout=layout)
+    if indices:
+        np.testing.assert_array_equal(to_numpy(out[1]), i_ref)
+    dx = fastconv.max_pool2d_backward(to_backend(dy, backend), to_backend(x, backend),
+                                      **NAN_EMPTY, indices=out[1] if indices else None,
+                                      layout=layout)
+    assert_close(dx, dx_ref, dtype, "max_pool2d_backward, NaN and empty windows")
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False], ids=["include-pad", "exclude-pad"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend,dtype", cases())
+def test_avg_pool_ceil_mode_last_window(backend, dtype, layout, count_include_pad):
+    """ceil_mode's extra last window hangs past the padding: 8 rows and 10 columns, 3x3
+    windows moved by 2, padding 1: the last windows start at row 7 and column 9 and end
+    one past the padded input. PyTorch's divisor counts the padding they cover, not the
+    overhang (with count_include_pad), or the pixels alone (without)."""
+    rng = np.random.default_rng(8)
+    x = nhwc(random(rng, (2, 3, 8, 10), dtype), layout)
+    cfg = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+               count_include_pad=count_include_pad)
+    y_ref = ref.avg_pool2d(x, **cfg, layout=layout)
+    assert (y_ref.shape[1:3] if layout == "NHWC" else y_ref.shape[2:]) == (5, 6)
+    assert_close(fastconv.avg_pool2d(to_backend(x, backend), **cfg, layout=layout), y_ref, dtype,
+                 "avg_pool2d, ceil_mode")
+    dy = random(rng, y_ref.shape, dtype)
+    assert_close(fastconv.avg_pool2d_backward(to_backend(dy, backend), to_backend(x, backend),
+                                              **cfg, layout=layout),
+                 ref.avg_pool2d_backward(dy, x, **cfg, layout=layout), dtype,
+                 "avg_pool2d_backward, ceil_mode")
+
+
 @pytest.mark.parametrize("backend,dtype", cases())
 def test_max_pool_propagates_nan(backend, dtype):
     rng = np.random.default_rng(2)
@@ -126,18 +183,24 @@ def test_max_pool_propagates_nan(backend, dtype):
     assert np.isnan(y).sum() == 4  # the four windows that contain (3, 3)
 
 
+# (C, H, W) on each side of the GPU's 16-byte 2x2 path: even sides with W % 4 == 0
+# (NCHW) and C % 4 == 0 (NHWC); W and C = 2 mod 4; odd sides.
+SHAPES_2X2 = {"vector": (8, 10, 12), "mod4=2": (6, 10, 14), "odd": (5, 11, 13)}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES_2X2))
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("backend,dtype", cases())
-def test_2x2_stride_2_shapes(backend, dtype, layout, aligned):
+def test_2x2_stride_2_shapes(backend, dtype, layout, aligned, shape):
     """The large-tensor case the GPU runs with 16-byte vector paths (2x2 windows moved by
-    2, even sides, W % 4 == 0 in NCHW, C % 4 == 0 in NHWC), and the same shapes through
-    a misaligned input, which the generic kernels take: max with indices and NaN / -inf,
-    average with and without divisor_override, both backwards."""
+    2, even sides, W % 4 == 0 in NCHW, C % 4 == 0 in NHWC), shapes just off it, and the
+    same shapes through a misaligned input, which the generic kernels take: max with
+    indices and NaN / -inf, average with and without divisor_override, both backwards."""
     from conftest import misaligned
 
     rng = np.random.default_rng(11)
-    x = random(rng, (3, 8, 10, 12), dtype)
+    x = random(rng, (3, *SHAPES_2X2[shape]), dtype)
     x[0, 1, 2, 3], x[1, 2, 5, 5] = np.nan, -np.inf
     x[2, 3, 4:6, 6:8] = -np.inf  # a whole window of -inf: index -1, as the reference
     x = nhwc(x, layout)

@@ -23,6 +23,20 @@ def test_output_sizes(size, k, stride, pb, pe, dil, ceil_mode):
     assert _shapes.same_pad_total(size, k, stride, dil) == _cpu.shapes.same_pad_total(size, k, stride, dil)
 
 
+def test_output_sizes_on_a_grid():
+    """The same as test_output_sizes, on every small case (no draw to miss one)."""
+    for size, k, stride, pb, pe, dil in itertools.product(range(1, 14), range(1, 7), range(1, 4),
+                                                          range(3), range(3), range(1, 3)):
+        case = (size, k, stride, pb, pe, dil)
+        assert _shapes.conv_out_size(*case) == _cpu.shapes.conv_out_size(*case), case
+        for ceil_mode in (False, True):
+            assert _shapes.pool_out_size(*case, ceil_mode) == \
+                _cpu.shapes.pool_out_size(*case, ceil_mode), (case, ceil_mode)
+        for f in ("same_pad_begin", "same_pad_total"):
+            assert getattr(_shapes, f)(size, k, stride, dil) == \
+                getattr(_cpu.shapes, f)(size, k, stride, dil), (f, case)
+
+
 def test_border_index_all_modes():
     for mode, n, i in itertools.product(range(5), range(1, 7), range(-20, 21)):
         assert _shapes.border_index(i, n, mode) == _cpu.shapes.border_index(i, n, mode), (mode, n, i)

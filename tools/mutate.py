@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Mutation testing of the CPU backend: does the test suite catch the bugs it exists for?
+
+Plants each bug of a fixed list (MUTANTS) in a scratch copy of the repository, one at a
+time: apply, rebuild the CPU extension, run the tests named for it, revert. Prints a
+table (mutant, class, caught or MISSED, the first failing test, seconds) and exits 1 if
+any mutant is missed or fails to build, so it cannot pass by accident.
+
+    python tools/mutate.py               all mutants; hypothesis tests run with seed 0
+    python tools/mutate.py --fixed-only  hypothesis tests deselected: fixed shapes alone
+    python tools/mutate.py -k pool       mutants whose name or class contains "pool"
+    python tools/mutate.py --list        the table of mutants, nothing built
+
+Every mutant's original text must occur exactly once in its file; the script checks them
+all before building anything and stops with the offenders named, so an edit to the
+kernels cannot make a mutant silently stop applying. Adding one (e.g. for an AVX-512 or
+Winograd path) is one Mutant row: the file, its exact text, the buggy text, a name, a
+class, and the test files expected to catch it.
+
+Rebuilds use ccache when it is installed (`apt-get install ccache`): only the translation
+units a mutant touches recompile. Without it every rebuild compiles everything (slower,
+same result). The scratch copy holds `git ls-files` (tracked and untracked, not ignored).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONV = ("tests/test_conv2d.py", "tests/test_block.py")
+POOL = ("tests/test_pool.py",)
+SHAPES = ("tests/test_shapes.py",)
+FILTERS = ("tests/test_filters.py",)
+ERRORS = ("tests/test_errors.py",)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    cls: str          # the kind of bug, as a reviewer would name it
+    path: str         # relative to the repository root
+    original: str     # exact text, exactly once in the file
+    replacement: str  # the bug
+    tests: tuple      # pytest arguments: the tests that must catch it
+
+
+FWD, BWD, COMMON = "csrc/cpu/conv2d_fwd.cpp", "csrc/cpu/conv2d_bwd.cpp", "csrc/cpu/conv2d_common.h"
+POOL_CPP, SHAPES_H = "csrc/cpu/pool.cpp", "csrc/common/shapes.h"
+
+MUTANTS = [
+    # The seven that the mutation run at 8533058 found missed (issue 18).
+    Mutant("leftover-image", "images per GEMM", FWD,
+           "blocks = ceil_div(p.N, batch), tasks", "blocks = p.N / batch, tasks", CONV),
+    Mutant("grouped-1x1-nhwc", "grouped 1x1 offset", FWD,
+           "T(0), y + g * s.Kg, p.K);", "T(0), y + g * s.Cg, p.K);", CONV),
+    Mutant("grad-weight-last-chunk", "im2col chunks", BWD,
+           "++g)\n            for (int64_t j0 = 0; j0 < s.PQ; j0 += s.chunk) {",
+           "++g)\n            for (int64_t j0 = 0; j0 < s.PQ / s.chunk * s.chunk; j0 += s.chunk) {",
+           CONV),
+    Mutant("nhwc-max-drops-nan", "NaN propagation", POOL_CPP,
+           "best[c] = takes(v[c], best[c]) ? v[c] : best[c];", "best[c] = std::max(best[c], v[c]);",
+           POOL),
+    Mutant("nhwc-empty-window-index", "empty pooling window", POOL_CPP,
+           "std::fill(idx + o, idx + o + p.C, int64_t(-1));",
+           "std::fill(idx + o, idx + o + p.C - 1, int64_t(-1));", POOL),
+    Mutant("tanh-accuracy", "activation accuracy", "csrc/cpu/activation_cpu.h",
+           "a < 0.25f ? small : big", "a < 0.1f ? small : big", ("tests/test_conv2d.py",)),
+    Mutant("grouped-weight-accepted", "argument check", "fastconv/_args.py",
+           "    if Cg != C // groups:", "    if groups == 1 and Cg != C // groups:", ERRORS),
+    # The two caught by one hypothesis draw or one edge case.
+    Mutant("ceil-mode-include-pad", "pool divisor", SHAPES_H,
+           "const int64_t w1 = min64(w0 + p.kw, p.W + p.pad_w_end);",
+           "const int64_t w1 = w0 + p.kw;", POOL),
+    Mutant("blocked-k-limit", "blocked channel limit", COMMON,
+           "kBlockedMaxK = 24;", "kBlockedMaxK = 32;", CONV),
+    # Typical slips, one per kind.
+    Mutant("same-split-at-begin", "padding / 'same' split", SHAPES_H,
+           "return same_pad_total(in, k, stride, dil) / 2;",
+           "return (same_pad_total(in, k, stride, dil) + 1) / 2;", SHAPES),
+    Mutant("depthwise-dilation", "dilation", FWD,
+           "const int64_t off = s * p.dil_w - p.pad_w;", "const int64_t off = s - p.pad_w;", CONV),
+    Mutant("grad-input-stride-hw", "stride", BWD,
+           "const int64_t rr = h + p.pad_h - oh * p.stride_h;",
+           "const int64_t rr = h + p.pad_h - oh * p.stride_w;", CONV),
+    Mutant("nhwc-one-bias", "bias add", COMMON,
+           "activate_span(p.act, y + j * p.K, p.K, b);",
+           "activate_span(p.act, y + j * p.K, p.K, b[0]);", CONV),
+    Mutant("tanh-derivative", "activation derivative", "csrc/common/activation.h",
+           "case Activation::Tanh: return T(1) - y * y;", "case Activation::Tanh: return T(1) - y;",
+           CONV),
+    Mutant("avg-divisor-left-clip", "pool divisor", SHAPES_H,
+           "(min64(w0 + p.kw, p.W) - max64(w0, 0))", "(min64(w0 + p.kw, p.W) - w0)", POOL),
+    Mutant("max-backward-overwrites", "max-pool backward routing", POOL_CPP,
+           "dx[(n * HW + at) * p.C + c] += dy", "dx[(n * HW + at) * p.C + c] = dy", POOL),
+    Mutant("reflect-as-mirror", "sobel border mode", SHAPES_H,
+           "return j < n ? j : 2 * n - 1 - j;", "return j < n ? j : 2 * n - 2 - j;",
+           FILTERS + SHAPES),
+    Mutant("blocked-pixel-tail", "blocked tail", FWD,
+           "for (int64_t q0 = 0; q0 < b.Qb; q0 += PB) {",
+           "for (int64_t q0 = 0; q0 + PB <= p.Q; q0 += PB) {", CONV),
+    Mutant("gemm-edge-tile-beta", "gemm edge tile", "csrc/cpu/gemm.cpp",
+           ": tile[i * NR + j] + beta * out;", ": tile[i * NR + j];", CONV),
+    # Thresholds of the kernel variants (each side has a test in test_conv2d THRESHOLDS).
+    Mutant("forward-last-chunk", "im2col chunks", COMMON,
+           "chunks = ceil_div(PQ, chunk);", "chunks = PQ / chunk;", CONV),
+    Mutant("blocked-width-8", "blocked channel limit", FWD,
+           "if (p.K <= 8)\n            blocked_vk<1>", "if (p.K <= 9)\n            blocked_vk<1>",
+           CONV),
+    # AVX-512 / Winograd paths: add their rows here when they land.
+]
+
+
+def sh(cmd, cwd, env=None, timeout=None):
+    return subprocess.run(cmd, cwd=cwd, env=env, timeout=timeout, capture_output=True, text=True)
+
+
+def check_mutants(mutants, root):
+    """Every original text exactly once in its file, or stop naming the offenders."""
+    bad = []
+    for m in mutants:
+        n = (root / m.path).read_text().count(m.original)
+        if n != 1:
+            bad.append(f"  {m.name}: {m.path} holds its original text {n} times, not once")
+    if bad:
+        sys.exit("mutate.py: mutants that no longer apply:\n" + "\n".join(bad))
+
+
+def copy_tree(dst):
+    files = sh(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], ROOT)
+    if files.returncode:
+        sys.exit(f"mutate.py: git ls-files failed: {files.stderr}")
+    for rel in filter(None, files.stdout.split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def build_env(scratch):
+    env = dict(os.environ, FASTCONV_CUDA="0", PYTHONPATH=str(scratch))
+    if shutil.which("ccache"):
+        env.update(CC="ccache gcc", CXX="ccache g++", CCACHE_BASEDIR=str(scratch),
+                   CCACHE_NOHASHDIR="1")
+    return env
+
+
+def build(scratch, env):
+    r = sh([sys.executable, "setup.py", "build_ext", "--inplace", "--force", "-q"], scratch, env)
+    return r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def run_tests(scratch, env, tests, args):
+    """(outcome, detail): 'caught' with the first failing test, 'missed', or 'error'."""
+    shutil.rmtree(scratch / ".hypothesis", ignore_errors=True)  # no replayed examples
+    marks = "not gpu and not hypothesis" if args.fixed_only else "not gpu"
+    cmd = [sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider",
+           "--hypothesis-seed=0", "-m", marks]
+    try:
+        r = sh(cmd, scratch, env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return "caught", f"timeout after {args.timeout} s (a hang)"
+    out = r.stdout + r.stderr
+    if r.returncode == 0:
+        return "missed", ""
+    if r.returncode < 0:
+        return "caught", f"crash (signal {-r.returncode})"
+    failed = [ln.split(" - ")[0][len("FAILED "):] for ln in out.splitlines() if ln.startswith("FAILED ")]
+    if r.returncode == 1 and failed:
+        return "caught", failed[0]
+    if r.returncode == 1 and "Fatal Python error" not in out:
+        errors = [ln for ln in out.splitlines() if ln.startswith("ERROR ")]
+        return "error", (errors[0] if errors else out[-300:]).strip()
+    if r.returncode == 1 or r.returncode >= 128:
+        return "caught", "crash"
+    return "error", f"pytest exit {r.returncode}: {out[-300:].strip()}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--fixed-only", action="store_true",
+                    help="deselect hypothesis tests: fixed-shape tests alone must catch each")
+    ap.add_argument("-k", dest="select", default="", help="mutants whose name or class contains this")
+    ap.add_argument("--scratch", help="scratch directory (default: a new temporary one, removed)")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds per test run")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip checking that the selected tests pass on unmutated code")
+    args = ap.parse_args()
+    mutants = [m for m in MUTANTS if args.select in m.name or args.select in m.cls]
+    check_mutants(MUTANTS, ROOT)
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:26} {m.cls:26} {m.path:28} {' '.join(m.tests)}")
+        return 0
+    if not mutants:
+        sys.exit(f"mutate.py: no mutant matches {args.select!r}")
+
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="fastconv-mutate-")).resolve()
+    try:
+        copy_tree(scratch)
+        env = build_env(scratch)
+        print(f"mutate.py: scratch {scratch}; ccache {'on' if 'CC' in env else 'off (full rebuilds)'}; "
+              f"{'fixed-shape tests only' if args.fixed_only else 'hypothesis at seed 0 included'}",
+              flush=True)
+        ok, log = build(scratch, env)
+        if not ok:
+            sys.exit(f"mutate.py: the unmutated tree does not build:\n{log}")
+        where = sh([sys.executable, "-c", "import fastconv; print(fastconv.__file__)"], scratch, env)
+        if not where.stdout.startswith(str(scratch)):
+            sys.exit(f"mutate.py: fastconv imports from {where.stdout.strip()}, not the scratch copy")
+        if not args.no_baseline:
+            tests = sorted({t for m in mutants for t in m.tests})
+            t0 = time.time()
+            outcome, detail = run_tests(scratch, env, tests, args)
+            if outcome != "missed":  # i.e. something failed on correct code
+                sys.exit(f"mutate.py: the tests fail on unmutated code: {detail}")
+            print(f"baseline: {' '.join(tests)} pass on unmutated code ({time.time() - t0:.0f} s)",
+                  flush=True)
+
+        rows, so_dirty = [], False
+        for m in mutants:
+            t0 = time.time()
+            f = scratch / m.path
+            text = f.read_text()
+            native = not m.path.endswith(".py")
+            f.write_text(text.replace(m.original, m.replacement))
+            try:
+                ok, log = (build(scratch, env) if native or so_dirty else (True, ""))
+                so_dirty = native
+                if not ok:
+                    outcome, detail = "error", "does not build: " + log.strip().splitlines()[-1][:80]
+                else:
+                    outcome, detail = run_tests(scratch, env, m.tests, args)
+            finally:
+                f.write_text(text)
+            rows.append((m, outcome, detail, time.time() - t0))
+            print(f"  {m.name:26} {outcome:7} {detail} ({time.time() - t0:.0f} s)", flush=True)
+    finally:
+        if not args.scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    print(f"\n{'mutant':26} {'class':26} {'result':7} {'seconds':>7}  caught by")
+    for m, outcome, detail, secs in rows:
+        print(f"{m.name:26} {m.cls:26} {outcome:7} {secs:7.0f}  {detail}")
+    caught = sum(r[1] == "caught" for r in rows)
+    print(f"\n{caught} of {len(rows)} caught"
+          f" ({'fixed-shape tests only' if args.fixed_only else 'hypothesis seed 0 included'})")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
