@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA kernels of csrc/cuda/ for the host emulator and runs them against the
 # CPU twins. Usage: tools/cuda_emu/run.sh [BUILD_DIR] [SCALE]   (exit 1 on a mismatch)
+# EMU_CXXFLAGS adds compiler flags (e.g. -DEMU_UCONTEXT for the portable context switch).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 csrc=$(cd "$here/../../csrc" && pwd)
@@ -8,7 +9,7 @@ out=${1:-$(mktemp -d)}
 scale=${2:-1}
 mkdir -p "$out/gen" "$out/obj"
 flags=(-O2 -std=c++17 -Wno-unknown-pragmas -Wno-unused-parameter -DFASTCONV_CUDA_RUNTIME
-       -I"$here/include" -I"$csrc" -I"$csrc/cuda")
+       -I"$here/include" -I"$csrc" -I"$csrc/cuda" ${EMU_CXXFLAGS:-})
 pids=()
 for f in "$csrc"/cuda/*.cu; do
     b=$(basename "$f" .cu)
