@@ -1,9 +1,18 @@
 // emu.cpp: runs a translated <<<grid, block>>> launch on the CPU (see README.md).
 //
-// Blocks run one after another; a block's threads are coroutines on one OS thread,
-// scheduled round-robin, and __syncthreads() yields to the scheduler, so every thread
-// reaches the barrier before any passes it. A thread that returns while others wait at a
-// barrier aborts the run.
+// Blocks run one after another, in a random order; a block's threads are coroutines on
+// one OS thread. Each barrier interval (from one __syncthreads() to the next) runs every
+// live thread once, until it reaches the barrier or returns, in a fresh random order, so
+// every thread reaches the barrier before any passes it. A thread that returns while
+// others wait at a barrier aborts the run. Every freedom a GPU has that the emulator
+// models is drawn from one generator seeded by EMU_SEED (printed at the start):
+//   - the thread order within each barrier interval, and the block order;
+//   - on half the launches (a coin each) the grid is cut to 1..3 blocks (every kernel of
+//     csrc/cuda is a grid-stride loop, so a block then takes several work items; kernels
+//     that are not must be named in kExactGrid);
+//   - __shared__ arrays are laid out in a per-block arena filled with 0xFF bytes (NaN as
+//     float or double) at each block start, with canary bytes between arrays checked at
+//     the block's end; device allocations (cuda_runtime.h) start as 0xFF bytes too.
 //
 // Context switch: on x86-64 a hand-written switch that saves the callee-saved registers
 // and the stack pointer (glibc's swapcontext also saves and restores the signal mask, a
@@ -32,8 +41,29 @@
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 long emu_syncs = 0;
+unsigned long emu_block_serial = 0;  // one per block run, never reused
 
 namespace emu {
+
+// ------------------------------------------------------------------ the seeded generator
+
+}  // namespace emu
+
+uint64_t emu_seed() {
+    const char* s = std::getenv("EMU_SEED");
+    return s && *s ? std::strtoull(s, nullptr, 0) : 1;
+}
+
+namespace emu {
+
+static const uint64_t seed = emu_seed();
+static std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+static const int announce = (std::printf("cuda_emu: EMU_SEED=%llu\n", (unsigned long long)seed),
+                             std::fflush(stdout), 0);
+
+// Kernels that are not grid-stride loops (they need every block of their grid): none
+// today. The grid of the others is cut on half the launches.
+static const char* const kExactGrid[] = {nullptr};
 
 // ------------------------------------------------------------------ stacks
 
@@ -59,6 +89,7 @@ static Stack make_stack() {
 
 // ------------------------------------------------------------------ the running launch
 
+static const char* kernel_name = "";
 static unsigned cur;             // linear index of the running thread in its block
 static std::vector<char> done;
 static std::function<void()>* body_ptr;
@@ -140,8 +171,8 @@ static void on_segv(int sig, siginfo_t* info, void*) {
         if (a >= stacks[t].guard && a < stacks[t].guard + g) {
             char msg[256];
             const int n = snprintf(msg, sizeof msg,
-                                   "cuda_emu: stack overflow (%zu KiB) in thread %zu of block %u\n",
-                                   kStack >> 10, t, blockIdx.x);
+                                   "cuda_emu: stack overflow (%zu KiB) in thread %zu of kernel %s\n",
+                                   kStack >> 10, t, kernel_name);
             if (write(2, msg, n) < 0) {}
             _exit(134);
         }
@@ -164,6 +195,49 @@ static void install_segv_handler() {
 #endif
 }
 
+// ------------------------------------------------------------------ shared memory
+
+// Static shared memory of one block: 48 KiB, the limit of a static __shared__ total.
+constexpr size_t kSharedLimit = 48 << 10;
+constexpr size_t kCanary = 32;  // bytes after each array, checked at the block's end
+alignas(64) static unsigned char arena[kSharedLimit + 64 * (kCanary + 64)];
+static size_t arena_used = 0;
+struct SharedArray {
+    const char* name;
+    int line;
+    size_t offset, bytes;
+};
+static std::vector<SharedArray> shared_arrays;  // of the running block
+
+void* shared_alloc(size_t bytes, size_t align, const char* name, int line, unsigned long* serial) {
+    const size_t off = (arena_used + std::max<size_t>(align, 16) - 1) & ~(std::max<size_t>(align, 16) - 1);
+    size_t total = bytes;
+    for (const auto& a : shared_arrays) total += a.bytes;
+    if (total > kSharedLimit || off + bytes + kCanary > sizeof arena) {
+        fprintf(stderr, "cuda_emu: kernel %s: __shared__ %s (line %d) brings the block's static "
+                "shared memory to %zu bytes, over the %zu-byte limit\n",
+                kernel_name, name, line, total, kSharedLimit);
+        abort();
+    }
+    std::memset(arena + off, 0xFF, bytes);            // NaN bytes: a read before any write shows
+    std::memset(arena + off + bytes, 0xA5, kCanary);  // canary
+    arena_used = off + bytes + kCanary;
+    shared_arrays.push_back({name, line, off, bytes});
+    *serial = emu_block_serial;
+    return arena + off;
+}
+
+static void check_canaries(unsigned b) {
+    for (const auto& a : shared_arrays)
+        for (size_t i = 0; i < kCanary; ++i)
+            if (arena[a.offset + a.bytes + i] != 0xA5) {
+                fprintf(stderr, "cuda_emu: kernel %s block %u wrote past the end of __shared__ %s "
+                        "(line %d, %zu bytes): byte %zu beyond it\n",
+                        kernel_name, b, a.name, a.line, a.bytes, i);
+                abort();
+            }
+}
+
 }  // namespace emu
 
 using namespace emu;
@@ -173,12 +247,18 @@ void __syncthreads() {
     to_scheduler();
 }
 
-void emu_launch(unsigned grid, unsigned block, std::function<void()> body) {
+void emu_launch(const char* name, unsigned grid, unsigned block, std::function<void()> body) {
     if (grid == 0 || block == 0 || block > 1024) {
-        fprintf(stderr, "cuda_emu: bad launch: grid %u, block %u\n", grid, block);
+        fprintf(stderr, "cuda_emu: bad launch of %s: grid %u, block %u\n", name, grid, block);
         abort();
     }
     install_segv_handler();
+    // A coin per launch, not strict alternation: a test that launches kernels in a fixed
+    // cycle of even length would otherwise never see some kernels cut on some seeds.
+    const bool exact = std::any_of(std::begin(kExactGrid), std::end(kExactGrid),
+                                   [&](const char* k) { return k && std::strcmp(k, name) == 0; });
+    if (!exact && rng() % 2 == 1) grid = std::min<unsigned>(grid, 1 + unsigned(rng() % 3));
+    kernel_name = name;
     body_ptr = &body;
     gridDim.x = grid;
     blockDim.x = block;
@@ -189,24 +269,32 @@ void emu_launch(unsigned grid, unsigned block, std::function<void()> body) {
     thread_ctx.resize(block);
 #endif
     done.assign(block, 0);
-    for (unsigned b = 0; b < grid; ++b) {
+    std::vector<unsigned> blocks(grid), live;
+    for (unsigned b = 0; b < grid; ++b) blocks[b] = b;
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    for (unsigned b : blocks) {
         blockIdx.x = b;
-        for (unsigned t = 0; t < block; ++t) done[t] = 0, start_thread(t);
+        ++emu_block_serial;
+        arena_used = 0;
+        shared_arrays.clear();
+        live.resize(block);
+        for (unsigned t = 0; t < block; ++t) done[t] = 0, live[t] = t, start_thread(t);
         for (;;) {
-            for (unsigned t = 0; t < block; ++t) {
-                if (done[t]) continue;
+            std::shuffle(live.begin(), live.end(), rng);
+            for (unsigned t : live) {
                 cur = t;
                 threadIdx.x = t;
                 to_thread(t);
             }
-            unsigned now = 0;
-            for (unsigned t = 0; t < block; ++t) now += done[t];
-            if (now == block) break;
-            if (now != 0) {
-                fprintf(stderr, "cuda_emu: barrier divergence: %u of %u threads exited while "
-                        "others wait (block %u)\n", now, block, b);
+            size_t ended = 0;
+            for (unsigned t : live) ended += done[t];
+            if (ended == live.size()) break;
+            if (ended != 0) {
+                fprintf(stderr, "cuda_emu: barrier divergence in kernel %s: %zu of %u threads "
+                        "exited while others wait (block %u)\n", name, ended, block, b);
                 abort();
             }
         }
+        check_canaries(b);
     }
 }

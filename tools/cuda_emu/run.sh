@@ -11,6 +11,9 @@ mkdir -p "$out/gen" "$out/obj"
 flags=(-O2 -std=c++17 -Wno-unknown-pragmas -Wno-unused-parameter -DFASTCONV_CUDA_RUNTIME
        -I"$here/include" -I"$csrc" -I"$csrc/cuda" ${EMU_CXXFLAGS:-})
 pids=()
+for f in "$csrc"/cuda/*.cuh; do  # found before the originals: gen/ holds the includer
+    python3 "$here/translate.py" "$f" "$out/gen/$(basename "$f")"
+done
 for f in "$csrc"/cuda/*.cu; do
     b=$(basename "$f" .cu)
     python3 "$here/translate.py" "$f" "$out/gen/$b.cpp"
