@@ -16,9 +16,10 @@
 //
 // Context switch: on x86-64 a hand-written switch that saves the callee-saved registers
 // and the stack pointer (glibc's swapcontext also saves and restores the signal mask, a
-// system call per switch: half the run time). Elsewhere, or with -DEMU_UCONTEXT (the
-// ASan build, whose runtime knows swapcontext), ucontext. Stacks come from mmap with a
-// PROT_NONE guard page below each; a thread that overflows its stack is reported.
+// system call per switch: half the run time), which tells ASan of each switch through
+// its fiber API in the ASan build. Elsewhere, or with -DEMU_UCONTEXT, ucontext. Stacks
+// come from mmap with a PROT_NONE guard page below each; a thread that overflows its
+// stack is reported.
 #include <algorithm>
 #include <csignal>
 #include <cstdint>
@@ -33,6 +34,15 @@
 #include <vector>
 
 #include "include/cuda_runtime.h"
+
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#define EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define EMU_POISON(p, n) ((void)(p), (void)(n))
+#define EMU_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 #if !defined(__x86_64__) || defined(EMU_UCONTEXT)
 #define EMU_USE_UCONTEXT 1
@@ -127,8 +137,29 @@ emu_ctx_switch:
 )");
 static std::vector<void*> thread_sp;
 static void* sched_sp;
+#ifdef __SANITIZE_ADDRESS__
+// ASan must be told of each switch (its fiber API), or it takes the other stack's frames
+// for an overflow of this one.
+static const void* sched_stack_bottom;
+static size_t sched_stack_size;
+static void to_scheduler() {
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(done[cur] ? nullptr : &fake, sched_stack_bottom, sched_stack_size);
+    emu_ctx_switch(&thread_sp[cur], sched_sp);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+static void to_thread(unsigned t) {
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, stacks[t].lo, kStack);
+    emu_ctx_switch(&sched_sp, thread_sp[t]);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+static void entered() { __sanitizer_finish_switch_fiber(nullptr, &sched_stack_bottom, &sched_stack_size); }
+#else
 static void to_scheduler() { emu_ctx_switch(&thread_sp[cur], sched_sp); }
 static void to_thread(unsigned t) { emu_ctx_switch(&sched_sp, thread_sp[t]); }
+static void entered() {}
+#endif
 [[noreturn]] static void entry();
 static void start_thread(unsigned t) {
     // The first switch pops six zero registers and returns into entry with the stack as
@@ -145,6 +176,7 @@ static std::vector<ucontext_t> thread_ctx;
 static ucontext_t sched_ctx;
 static void to_scheduler() { swapcontext(&thread_ctx[cur], &sched_ctx); }
 static void to_thread(unsigned t) { swapcontext(&sched_ctx, &thread_ctx[t]); }
+static void entered() {}
 static void entry();
 static void start_thread(unsigned t) {
     getcontext(&thread_ctx[t]);
@@ -156,6 +188,7 @@ static void start_thread(unsigned t) {
 #endif
 
 static void entry() {
+    entered();
     (*body_ptr)();
     done[cur] = 1;
     to_scheduler();
@@ -221,6 +254,7 @@ void* shared_alloc(size_t bytes, size_t align, const char* name, int line, unsig
     }
     std::memset(arena + off, 0xFF, bytes);            // NaN bytes: a read before any write shows
     std::memset(arena + off + bytes, 0xA5, kCanary);  // canary
+    EMU_POISON(arena + off + bytes, kCanary);         // ASan: any access to it, at once
     arena_used = off + bytes + kCanary;
     shared_arrays.push_back({name, line, off, bytes});
     *serial = emu_block_serial;
@@ -228,6 +262,7 @@ void* shared_alloc(size_t bytes, size_t align, const char* name, int line, unsig
 }
 
 static void check_canaries(unsigned b) {
+    EMU_UNPOISON(arena, sizeof arena);
     for (const auto& a : shared_arrays)
         for (size_t i = 0; i < kCanary; ++i)
             if (arena[a.offset + a.bytes + i] != 0xA5) {
