@@ -22,6 +22,7 @@
 // stack is reported.
 #include <algorithm>
 #include <csignal>
+#include <dlfcn.h>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -273,9 +274,121 @@ static void check_canaries(unsigned b) {
             }
 }
 
+// ------------------------------------------------------------------ race detector
+//
+// The kernel files are compiled with GCC's ThreadSanitizer instrumentation, but linked
+// against these callbacks instead of its runtime: every load and store the compiled
+// kernel makes calls one of them, and those that fall in the shared arena are checked.
+// Each 4-byte word of the arena remembers, for the current barrier interval, which
+// thread last wrote it and which thread (or several) read it. Another thread's access in
+// the same interval is a race: a read of a word another thread wrote, a write of a word
+// another thread wrote or read. On a GPU its outcome depends on timing.
+static unsigned interval = 1;  // the barrier interval; bumped at each barrier and block
+constexpr uint16_t kManyReaders = 0xFFFF;
+struct WordShadow {
+    unsigned w_interval = 0, r_interval = 0;
+    uint16_t writer = 0, reader = 0;
+    const void *w_pc = nullptr, *r_pc = nullptr;
+};
+static WordShadow shadow[sizeof arena / 4];
+
+static std::string where(const void* pc) {
+    if (!pc) return "?";
+    Dl_info info;
+    if (!dladdr(pc, &info) || !info.dli_fname) return "?";
+    char cmd[512];
+    // pc - 1: the call instruction, not the one after it
+    snprintf(cmd, sizeof cmd, "addr2line -e '%s' -i -C -f %#lx 2>/dev/null", info.dli_fname,
+             (unsigned long)(static_cast<const char*>(pc) - static_cast<const char*>(info.dli_fbase) - 1));
+    std::string out;
+    if (FILE* f = popen(cmd, "r")) {
+        char line[1024];
+        while (fgets(line, sizeof line, f)) out += line;
+        pclose(f);
+    }
+    // addr2line -f -i prints function / file:line pairs, innermost first; keep the
+    // frames in kernel sources (.cu, .cuh), the function named without its arguments.
+    std::string res;
+    size_t at = 0;
+    while (at < out.size()) {
+        const size_t e1 = out.find('\n', at), e2 = out.find('\n', e1 + 1);
+        if (e1 == std::string::npos || e2 == std::string::npos) break;
+        const std::string fn = out.substr(at, std::min(out.find('(', at), e1) - at);
+        std::string loc = out.substr(e1 + 1, e2 - e1 - 1);
+        loc = loc.substr(0, loc.find(" (discriminator"));
+        const size_t colon = loc.rfind(':');
+        const std::string file = loc.substr(0, colon);
+        if (file.size() > 3 && (file.compare(file.size() - 3, 3, ".cu") == 0 ||
+                                file.compare(file.size() - 4, 4, ".cuh") == 0))
+            res += (res.empty() ? "" : " <- ") + loc + " (" + fn + ")";
+        at = e2 + 1;
+    }
+    return res.empty() ? out.substr(0, out.find('\n')) : res;
+}
+
+[[noreturn]] static void report_race(const char* kind, size_t word, unsigned other,
+                                     const void* other_pc, const void* pc) {
+    const size_t off = word * 4;
+    const SharedArray* arr = nullptr;
+    for (const auto& a : shared_arrays)
+        if (off >= a.offset && off < a.offset + a.bytes) arr = &a;
+    fflush(stdout);
+    fprintf(stderr, "cuda_emu: shared-memory race in kernel %s, block %u: %s\n", kernel_name,
+            blockIdx.x, kind);
+    if (arr)
+        fprintf(stderr, "  __shared__ %s (declared at line %d), byte %zu of %zu\n", arr->name,
+                arr->line, off - arr->offset, arr->bytes);
+    fprintf(stderr, "  thread %u at %s\n", cur, where(pc).c_str());
+    if (other == kManyReaders)
+        fprintf(stderr, "  after reads by several threads, the last at %s\n", where(other_pc).c_str());
+    else
+        fprintf(stderr, "  thread %u, earlier in the same barrier interval, at %s\n", other,
+                where(other_pc).c_str());
+    abort();
+}
+
+static inline void shared_access(const void* addr, size_t n, bool write, const void* pc) {
+    const size_t off = size_t(static_cast<const unsigned char*>(addr) - arena);
+    if (off >= sizeof arena) return;  // not shared memory
+    const uint16_t t = uint16_t(cur);
+    for (size_t w = off / 4, end = std::min((off + n + 3) / 4, sizeof arena / 4); w < end; ++w) {
+        WordShadow& s = shadow[w];
+        const bool written = s.w_interval == interval && s.writer != t;
+        if (write) {
+            if (written) report_race("write after another thread's write", w, s.writer, s.w_pc, pc);
+            if (s.r_interval == interval && s.reader != t)
+                report_race("write after another thread's read", w, s.reader, s.r_pc, pc);
+            s.w_interval = interval, s.writer = t, s.w_pc = pc;
+        } else {
+            if (written) report_race("read of another thread's write", w, s.writer, s.w_pc, pc);
+            if (s.r_interval != interval) s.r_interval = interval, s.reader = t;
+            else if (s.reader != t) s.reader = kManyReaders;
+            s.r_pc = pc;
+        }
+    }
+}
+
 }  // namespace emu
 
 using namespace emu;
+
+// The instrumentation's entry points (see the race detector above).
+#define EMU_TSAN_ACCESS(n)                                                                    \
+    extern "C" void __tsan_read##n(void* p) { shared_access(p, n, false, __builtin_return_address(0)); } \
+    extern "C" void __tsan_write##n(void* p) { shared_access(p, n, true, __builtin_return_address(0)); } \
+    extern "C" void __tsan_unaligned_read##n(void* p) { shared_access(p, n, false, __builtin_return_address(0)); } \
+    extern "C" void __tsan_unaligned_write##n(void* p) { shared_access(p, n, true, __builtin_return_address(0)); }
+EMU_TSAN_ACCESS(1)
+EMU_TSAN_ACCESS(2)
+EMU_TSAN_ACCESS(4)
+EMU_TSAN_ACCESS(8)
+EMU_TSAN_ACCESS(16)
+#undef EMU_TSAN_ACCESS
+extern "C" void __tsan_read_range(void* p, unsigned long n) { shared_access(p, n, false, __builtin_return_address(0)); }
+extern "C" void __tsan_write_range(void* p, unsigned long n) { shared_access(p, n, true, __builtin_return_address(0)); }
+extern "C" void __tsan_init() {}
+extern "C" void __tsan_func_entry(void*) {}
+extern "C" void __tsan_func_exit() {}
 
 void __syncthreads() {
     ++emu_syncs;
@@ -315,6 +428,7 @@ void emu_launch(const char* name, unsigned grid, unsigned block, std::function<v
         live.resize(block);
         for (unsigned t = 0; t < block; ++t) done[t] = 0, live[t] = t, start_thread(t);
         for (;;) {
+            ++interval;
             std::shuffle(live.begin(), live.end(), rng);
             for (unsigned t : live) {
                 cur = t;

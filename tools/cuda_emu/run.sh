@@ -14,6 +14,11 @@ mkdir -p "$out/gen" "$out/obj"
 sanitize=(-fsanitize=bounds,alignment -fno-sanitize-recover=all ${EMU_CXXFLAGS:-})
 flags=(-O2 -g1 -std=c++17 -Wno-unknown-pragmas -Wno-unused-parameter -DFASTCONV_CUDA_RUNTIME
        -I"$here/include" -I"$csrc" -I"$csrc/cuda" "${sanitize[@]}")
+# The kernel files get ThreadSanitizer's instrumentation, linked to emu.cpp's shared-memory
+# race detector instead of its runtime (ASan cannot be combined with it).
+races=(-fsanitize=thread --param tsan-instrument-func-entry-exit=0)
+# EMU_RACES=0 leaves it out (to measure its cost).
+[[ "${EMU_CXXFLAGS:-}" == *address* || "${EMU_RACES:-1}" == 0 ]] && races=()
 pids=()
 for f in "$csrc"/cuda/*.cuh; do  # found before the originals: gen/ holds the includer
     python3 "$here/translate.py" "$f" "$out/gen/$(basename "$f")"
@@ -21,7 +26,8 @@ done
 for f in "$csrc"/cuda/*.cu; do
     b=$(basename "$f" .cu)
     python3 "$here/translate.py" "$f" "$out/gen/$b.cpp"
-    g++ "${flags[@]}" -include cuda_runtime.h -c "$out/gen/$b.cpp" -o "$out/obj/cu_$b.o" & pids+=($!)
+    g++ "${flags[@]}" "${races[@]}" -include cuda_runtime.h -c "$out/gen/$b.cpp" -o "$out/obj/cu_$b.o" &
+    pids+=($!)
 done
 for f in "$csrc"/cpu/*.cpp; do
     g++ "${flags[@]}" -fopenmp -c "$f" -o "$out/obj/cpu_$(basename "$f" .cpp).o" & pids+=($!)
