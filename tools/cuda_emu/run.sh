@@ -23,7 +23,7 @@ pids=()
 for f in "$csrc"/cuda/*.cuh; do  # found before the originals: gen/ holds the includer
     python3 "$here/translate.py" "$f" "$out/gen/$(basename "$f")"
 done
-for f in "$csrc"/cuda/*.cu; do
+for f in "$csrc"/cuda/*.cu "$here/selftest.cu"; do
     b=$(basename "$f" .cu)
     python3 "$here/translate.py" "$f" "$out/gen/$b.cpp"
     g++ "${flags[@]}" "${races[@]}" -include cuda_runtime.h -c "$out/gen/$b.cpp" -o "$out/obj/cu_$b.o" &

@@ -15,6 +15,9 @@
 #include "cuda/cuda_ops.h"
 
 using namespace fastconv;
+namespace fastconv::cuda {
+void selftest_block_sum(int64_t items, int rounds, float* out);  // selftest.cu
+}
 // The data follow the emulator's seed too, so one EMU_SEED reproduces a whole run.
 static std::seed_seq data_seed{uint64_t(12345), emu_seed()};
 static std::mt19937_64 rng(data_seed);
@@ -483,11 +486,26 @@ static void test_conv1d() {
     }
 }
 
+// block_sum's total in every thread, over consecutive calls (sums of small integers:
+// exact in float).
+static void test_block_sum() {
+    const int64_t items = 5;
+    const int rounds = 3, T = 256;
+    std::vector<float> out(items * rounds * T, NAN);
+    cuda::selftest_block_sum(items, rounds, out.data());
+    std::vector<double> ref(out.size());
+    for (int64_t i = 0; i < items; ++i)
+        for (int r = 0; r < rounds; ++r)
+            for (int t = 0; t < T; ++t) ref[(i * rounds + r) * T + t] = T * (T - 1) / 2 + T * (r + i);
+    compare("block_sum-every-thread", "", out, ref, true);
+}
+
 int main(int argc, char** argv) {
     // SCALE multiplies the random draws of each family (0.25: a quarter; 0: the fixed
     // cases alone).
     const double scale_arg = argc > 1 ? atof(argv[1]) : 1;
     const auto scale = [&](int n) { return int(std::ceil(n * scale_arg)); };
+    test_block_sum();
     test_activation_bwd();
     test_conv1d();
     test_filters(scale(200));
