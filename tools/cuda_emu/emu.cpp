@@ -54,11 +54,7 @@ dim3 threadIdx, blockIdx, blockDim, gridDim;
 long emu_syncs = 0;
 unsigned long emu_block_serial = 0;  // one per block run, never reused
 
-namespace emu {
-
 // ------------------------------------------------------------------ the seeded generator
-
-}  // namespace emu
 
 uint64_t emu_seed() {
     const char* s = std::getenv("EMU_SEED");
