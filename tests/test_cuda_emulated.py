@@ -1,9 +1,13 @@
 """The CUDA kernel sources, run on the CPU by tools/cuda_emu against their CPU twins.
 
 Not a GPU proof (see tools/cuda_emu/README.md): it catches semantic slips in the
-kernels (indices, borders, reductions, barriers) on machines without a GPU.
+kernels (indices, borders, reductions, barriers, bounds, alignment) on machines without a
+GPU. Built once (UBSan bounds and alignment always on), run under two seeds (EMU_SEED:
+thread and block orders, cut grids, data); and an AddressSanitizer build at a quarter of
+the draws on a third seed, for out-of-bounds accesses through pointers.
 """
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,10 +18,40 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "tools" / "cuda_emu" / "run.sh"
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
-def test_cuda_kernels_match_cpu_twins_under_emulation(tmp_path):
-    r = subprocess.run(["bash", str(RUN), str(tmp_path)], capture_output=True, text=True,
+SEEDS = (1, 2)
+
+
+@pytest.fixture(scope="module")
+def emu_build(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    out = tmp_path_factory.mktemp("cuda_emu")
+    # SCALE 0 builds and runs only the fixed cases: the build, checked here, and the
+    # random draws, run per seed below.
+    r = subprocess.run(["bash", str(RUN), str(out), "0"], capture_output=True, text=True,
                        timeout=1200)
+    assert r.returncode == 0, f"cuda_emu build or fixed cases failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return out / "emu_test"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cuda_kernels_match_cpu_twins_under_emulation(emu_build, seed):
+    env = dict(os.environ, EMU_SEED=str(seed))
+    r = subprocess.run([str(emu_build), "1"], capture_output=True, text=True, timeout=1200,
+                       env=env)
+    lines = r.stdout.strip().splitlines()
+    last = lines[-1] if lines else ""
+    assert lines and lines[0] == f"cuda_emu: EMU_SEED={seed}", lines[:1]
+    assert r.returncode == 0, f"emulated CUDA kernels differ from the CPU twins (EMU_SEED={seed}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert last.endswith("0 failures") and int(last.split()[0]) > 1000, last
+
+
+def test_cuda_kernels_under_address_sanitizer(tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    env = dict(os.environ, EMU_SEED="3", EMU_CXXFLAGS="-fsanitize=address -DEMU_STACK_KIB=256")
+    r = subprocess.run(["bash", str(RUN), str(tmp_path), "0.25"], capture_output=True,
+                       text=True, timeout=1200, env=env)
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-    assert r.returncode == 0, f"emulated CUDA kernels differ from the CPU twins:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, f"ASan build of the emulated kernels failed (EMU_SEED=3):\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     assert last.endswith("0 failures") and int(last.split()[0]) > 1000, last
