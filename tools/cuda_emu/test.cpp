@@ -154,14 +154,14 @@ static void test_bwd_filter_splits() {
         std::vector<float> dw(nw, NAN), dw2(nw, NAN);
         cuda::conv2d_bwd_filter(p, cuda::ConvVariant::ImplicitGemm, dy.data(), x.data(), dw.data(), nullptr);
         // The second run's partials in a caller's workspace (as the Python layer passes
-        // one from torch's or CuPy's allocator), NaN-filled: the same bits.
+        // one from torch's or CuPy's allocator), NaN-filled: the same bits. (A draw
+        // with one split needs none: the size is then 0 and the pointer unused.)
         const int64_t ws_bytes = cuda::conv2d_bwd_filter_workspace(p, cuda::ConvVariant::ImplicitGemm);
         std::vector<float> ws(ws_bytes / sizeof(float), NAN);
         cuda::conv2d_bwd_filter(p, cuda::ConvVariant::ImplicitGemm, dy.data(), x.data(), dw2.data(), nullptr,
                                 ws.data());
         compare("bwd-filter-splits", conv_str(p), dw, dwr, integer, 5e-6);
         ++checks;
-        if (ws_bytes == 0) ++failures, printf("FAIL bwd-filter-splits without a workspace %s\n", conv_str(p).c_str());
         if (dw != dw2) ++failures, printf("FAIL bwd-filter-splits not deterministic %s\n", conv_str(p).c_str());
     }
 }
