@@ -1,6 +1,6 @@
 """Per-kernel ptxas table for csrc/cuda/*.cu: registers, spills, shared memory, and the
-64-bit integer divisions / remainders left in the PTX (each one a ~20-instruction
-sequence, or a call, on the card). Compiles each file to PTX once and runs ptxas -v
+integer divisions / remainders left in the PTX, 64-bit (each a ~20-instruction sequence
+with a slow-path call on the card) and 32-bit (fewer instructions, no call). Compiles each file to PTX once and runs ptxas -v
 on it; needs nvcc and ptxas, no GPU.
 
     python tools/ptxas_table.py [FILES...] [--arch 90] [--nvcc nvcc]
@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 
-DIVREM = re.compile(r'^\s*(?:@%p\d+\s+)?(div|rem)\.[su]64\b', re.M)
+DIVREM = re.compile(r'^\s*(?:@%p\d+\s+)?(?:div|rem)\.[su]64\b', re.M)
+DIVREM32 = re.compile(r'^\s*(?:@%p\d+\s+)?(?:div|rem)\.[su]32\b', re.M)
 
 
 def demangle(names):
@@ -60,7 +61,7 @@ def table(path, arch, nvcc, csrc):
         body = text[start:start + nxt.start()] if nxt else text[start:]
         if '{' not in body:
             continue  # a declaration
-        counts[m.group(2)] = (m.group(1), len(DIVREM.findall(body)))
+        counts[m.group(2)] = (m.group(1), f'{len(DIVREM.findall(body))} / {len(DIVREM32.findall(body))}')
     rows = {}
     cur = None
     for line in res.splitlines():
@@ -81,7 +82,7 @@ def table(path, arch, nvcc, csrc):
     names += [n for n, (kind, _) in counts.items() if kind == 'func']
     out = []
     for n, d in zip(names, demangle(names)):
-        kind, dr = counts.get(n, ('entry', '?'))
+        kind, dr = counts.get(n, ('entry', '? / ?'))
         label = short(d) + (' (func)' if kind == 'func' else '')
         r = rows.get(n, {})
         out.append((os.path.basename(path)[:-3], label, r.get('regs', '-'), r.get('spill', '0/0'),
@@ -97,7 +98,7 @@ def main():
     ap.add_argument('--arch', default='90')
     ap.add_argument('--nvcc', default='nvcc')
     a = ap.parse_args()
-    print('| file | kernel | regs | spill st/ld (B) | smem (B) | 64-bit div/rem (PTX) |')
+    print('| file | kernel | regs | spill st/ld (B) | smem (B) | div/rem in PTX: 64-bit / 32-bit |')
     print('|---|---|---|---|---|---|')
     for f in a.files:
         for row in table(f, a.arch, a.nvcc, csrc):
