@@ -35,6 +35,12 @@
 //                   from the stream-ordered pool, which hands memory back to the driver
 //                   at every synchronisation (7-10 MB re-mapped per ResNet call).
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
+//
+// avgpool_act_bwd, bwd_data, bwd_filter's reduce and bwd_bias come in two index types
+// (cuda_common.cuh): int32_t where conv_extent fits, int64_t otherwise. In int32_t their
+// per-element (n, c, h, w) takes multiply-highs (Unravel4), and bwd_filter_reduce walks
+// its pixels with counters instead of three divisions and three remainders per
+// multiply-add.
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
@@ -47,6 +53,16 @@ namespace cuda {
 
 namespace {
 
+// The largest index, offset or coordinate the kernels below form (tensors, weight, and
+// window coordinates oh * stride - pad + r * dil on either side of the image).
+int64_t conv_extent(const Conv2dParams& p) {
+    const int64_t tensors = max64(max64(p.N * p.C * p.H * p.W, p.N * p.K * p.P * p.Q),
+                                  p.K * max64(p.C / max64(p.groups, 1), 1) * p.R * p.S);
+    const int64_t rows = p.H + p.pad_h + (p.P + 1) * p.stride_h + (p.R + 1) * p.dil_h;
+    const int64_t cols = p.W + p.pad_w + (p.Q + 1) * p.stride_w + (p.S + 1) * p.dil_w;
+    return max64(tensors, 2 * max64(rows, cols));
+}
+
 __global__ void __launch_bounds__(kThreads)
     activation_bwd_kernel(Activation act, int64_t count, const float* __restrict__ y,
                           const float* __restrict__ dy, float* __restrict__ dz) {
@@ -57,85 +73,120 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One thread per element of dz (N, K, P, Q), in its memory order; the CPU's formula.
+// un unravels (K, P, Q); by_ph, by_pw divide by the pooling window.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    avgpool_act_bwd_kernel(Conv2dPoolParams bp, const float* __restrict__ dy,
+    avgpool_act_bwd_kernel(Conv2dPoolParams bp, Unravel4<I> un, DivMod<I> by_ph,
+                           DivMod<I> by_pw, const float* __restrict__ dy,
                            const float* __restrict__ a, float* __restrict__ dz) {
     const Conv2dParams& p = bp.conv;
-    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
-    const int64_t count = p.N * p.K * p.P * p.Q;
+    const I K = I(p.K), PP = I(p.P / bp.pool_h), QQ = I(p.Q / bp.pool_w);
+    const I count = I(p.N * p.K * p.P * p.Q);
     const double area = double(bp.pool_h * bp.pool_w);
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);
-        const int64_t pi = o.h / bp.pool_h, qi = o.w / bp.pool_w;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);
+        const I pi = by_ph.div(o.h), qi = by_pw.div(o.w);
         if (pi >= PP || qi >= QQ) {
             dz[i] = 0.f;
             continue;
         }
-        const double d = double(dy[offset4(p.layout, o.n, o.c, pi, qi, p.K, PP, QQ)]) / area;
+        const double d = double(dy[offset4i(p.layout, o.n, o.c, pi, qi, K, PP, QQ)]) / area;
         dz[i] = float(a ? d * activate_grad(p.act, double(a[i])) : d);
     }
 }
 
-// One thread per element of dx, in dx's memory order.
+// One thread per element of dx, in dx's memory order. un unravels (C, H, W); by_cg
+// divides by C / groups.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    bwd_data_gather(Conv2dParams p, const float* __restrict__ dy, const float* __restrict__ w,
-                    float* __restrict__ dx) {
-    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
-    const int64_t count = p.N * p.C * p.H * p.W;
+    bwd_data_gather(Conv2dParams p, Unravel4<I> un, DivMod<I> by_cg, const float* __restrict__ dy,
+                    const float* __restrict__ w, float* __restrict__ dx) {
+    const I Cg = by_cg.d, Kg = I(p.K / p.groups);
+    const I K = I(p.K), P = I(p.P), Q = I(p.Q), R = I(p.R), S = I(p.S);
+    const I sh = I(p.stride_h), sw = I(p.stride_w), ph = I(p.pad_h), pw = I(p.pad_w);
+    const I dh = I(p.dil_h), dw = I(p.dil_w);
+    const I count = I(p.N * p.C * p.H * p.W);
     const bool nchw = p.layout == Layout::NCHW;
     // Distance between filters k and k + 1 in dy and in w.
-    const int64_t dy_step = nchw ? p.P * p.Q : 1, w_step = nchw ? Cg * p.R * p.S : 1;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);  // (n, c, h, wi)
-        const int64_t g = at.c / Cg, cg = at.c % Cg;
-        const int64_t p0 = first_out_reaching(at.h, p.R, p.stride_h, p.pad_h, p.dil_h);
-        const int64_t p1 = last_out_reaching(at.h, p.stride_h, p.pad_h, p.P);
-        const int64_t q0 = first_out_reaching(at.w, p.S, p.stride_w, p.pad_w, p.dil_w);
-        const int64_t q1 = last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q);
+    const I dy_step = nchw ? P * Q : I(1), w_step = nchw ? Cg * R * S : I(1);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);  // (n, c, h, wi)
+        I g;
+        const I cg = by_cg.divmod(at.c, g);
+        // Once per element, in 64 bits (shapes.h's helpers); the loops below are in I.
+        const I p0 = I(first_out_reaching(at.h, p.R, p.stride_h, p.pad_h, p.dil_h));
+        const I p1 = I(last_out_reaching(at.h, p.stride_h, p.pad_h, p.P));
+        const I q0 = I(first_out_reaching(at.w, p.S, p.stride_w, p.pad_w, p.dil_w));
+        const I q1 = I(last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q));
         // The filters are the innermost loop (the CPU's is the outermost): the dilation
         // tests then run once per output rather than once per filter, and the filter loop
         // is two strided loads. The order is still fixed, so the result is too.
         float acc = 0.f;
-        for (int64_t oh = p0; oh < p1; ++oh) {
-            const int64_t rr = at.h + p.pad_h - oh * p.stride_h;  // = r * dil_h
-            if (rr % p.dil_h) continue;
-            for (int64_t ow = q0; ow < q1; ++ow) {
-                const int64_t ss = at.w + p.pad_w - ow * p.stride_w;  // = s * dil_w
-                if (ss % p.dil_w) continue;
-                const float* dyk = dy + offset4(p.layout, at.n, g * Kg, oh, ow, p.K, p.P, p.Q);
-                const float* wk = w + weight_offset(p.layout, g * Kg, cg, rr / p.dil_h,
-                                                    ss / p.dil_w, p.K, Cg, p.R, p.S);
-                for (int64_t k = 0; k < Kg; ++k) acc += dyk[k * dy_step] * wk[k * w_step];
+        for (I oh = p0; oh < p1; ++oh) {
+            const I rr = at.h + ph - oh * sh;  // = r * dil_h
+            if (rr % dh) continue;
+            for (I ow = q0; ow < q1; ++ow) {
+                const I ss = at.w + pw - ow * sw;  // = s * dil_w
+                if (ss % dw) continue;
+                const float* dyk = dy + offset4i(p.layout, at.n, I(g * Kg), oh, ow, K, P, Q);
+                const I r = rr / dh, s = ss / dw;
+                const float* wk = w + (nchw ? ((g * Kg * Cg + cg) * R + r) * S + s
+                                            : ((r * S + s) * Cg + cg) * K + g * Kg);
+                for (I k = 0; k < Kg; ++k) acc += dyk[k * dy_step] * wk[k * w_step];
             }
         }
         dx[i] = acc;
     }
 }
 
+// A walk over the output pixels (n, oh, ow) of N x P x Q in steps of `step` pixels with
+// no division: the step is split once into (dn, doh, dow), and each advance adds the
+// parts with one carry per digit (ow + dow < 2Q, oh + doh + 1 < 2P).
+template <typename I>
+struct PixelWalk {
+    I n, oh, ow;
+    I dn, doh, dow, P, Q;
+    __device__ __forceinline__ PixelWalk(I j, I step, I P_, I Q_) : P(P_), Q(Q_) {
+        const I PQ = P * Q;
+        n = j / PQ, oh = j % PQ / Q, ow = j % Q;
+        dn = step / PQ, doh = step % PQ / Q, dow = step % Q;
+    }
+    __device__ __forceinline__ void advance() {
+        ow += dow, oh += doh, n += dn;
+        if (ow >= Q) ow -= Q, ++oh;
+        if (oh >= P) oh -= P, ++n;
+    }
+};
+
 // One block per element of dw, in dw's memory order; blockDim.x == kReduceThreads.
+template <typename I>
 __global__ void __launch_bounds__(kReduceThreads)
     bwd_filter_reduce(Conv2dParams p, const float* __restrict__ dy, const float* __restrict__ x,
                       float* __restrict__ dw) {
     __shared__ float partial[kReduceThreads];
-    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
-    const int64_t PQ = p.P * p.Q, NPQ = p.N * PQ, count = p.K * Cg * p.R * p.S;
-    for (int64_t e = blockIdx.x; e < count; e += gridDim.x) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), P = I(p.P), Q = I(p.Q);
+    const I R = I(p.R), S = I(p.S);
+    const I Cg = I(p.C / p.groups), Kg = I(p.K / p.groups);
+    const I NPQ = I(p.N) * P * Q, count = K * Cg * R * S;
+    const I sh = I(p.stride_h), sw = I(p.stride_w), ph = I(p.pad_h), pw = I(p.pad_w);
+    for (I e = blockIdx.x; e < count; e += gridDim.x) {
         // (k, c, r, s) of weight element e: (K, Cg, R, S) for NCHW, (R, S, Cg, K) for NHWC.
-        int64_t k, c, r, s;
+        // Once per block of NPQ multiply-adds: plain divisions.
+        I k, c, r, s;
         if (p.layout == Layout::NCHW) {
-            s = e % p.S, r = e / p.S % p.R, c = e / (p.S * p.R) % Cg, k = e / (p.S * p.R * Cg);
+            s = e % S, r = e / S % R, c = e / (S * R) % Cg, k = e / (S * R * Cg);
         } else {
-            k = e % p.K, c = e / p.K % Cg, s = e / (p.K * Cg) % p.S, r = e / (p.K * Cg * p.S);
+            k = e % K, c = e / K % Cg, s = e / (K * Cg) % S, r = e / (K * Cg * S);
         }
-        const int64_t ci = (k / Kg) * Cg + c;
+        const I ci = (k / Kg) * Cg + c;
+        const I h_off = r * I(p.dil_h) - ph, w_off = s * I(p.dil_w) - pw;
         float acc = 0.f;
-        for (int64_t j = threadIdx.x; j < NPQ; j += blockDim.x) {
-            const int64_t n = j / PQ, oh = j % PQ / p.Q, ow = j % p.Q;
-            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-            const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
-            if (h < 0 || h >= p.H || wi < 0 || wi >= p.W) continue;
-            acc += dy[offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q)] *
-                   x[offset4(p.layout, n, ci, h, wi, p.C, p.H, p.W)];
+        PixelWalk<I> px(I(threadIdx.x), I(blockDim.x), P, Q);
+        for (I j = threadIdx.x; j < NPQ; j += blockDim.x, px.advance()) {
+            const I h = px.oh * sh + h_off, wi = px.ow * sw + w_off;
+            if (h < 0 || h >= H || wi < 0 || wi >= W) continue;
+            acc += dy[offset4i(p.layout, px.n, k, px.oh, px.ow, K, P, Q)] *
+                   x[offset4i(p.layout, px.n, ci, h, wi, C, H, W)];
         }
         const float total = block_sum(acc, partial);
         if (threadIdx.x == 0) dw[e] = total;
@@ -145,14 +196,19 @@ __global__ void __launch_bounds__(kReduceThreads)
 // One block per filter k; blockDim.x == kReduceThreads. Accumulated in double, as the
 // CPU: a long sum of gradients that largely cancel, whose float32 result then stays
 // within one rounding of the exact sum.
+template <typename I>
 __global__ void __launch_bounds__(kReduceThreads)
-    bwd_bias_reduce(Conv2dParams p, const float* __restrict__ dy, float* __restrict__ db) {
+    bwd_bias_reduce(Conv2dParams p, DivMod<I> by_pq, const float* __restrict__ dy,
+                    float* __restrict__ db) {
     __shared__ double partial[kReduceThreads];
-    const int64_t PQ = p.P * p.Q, NPQ = p.N * PQ;
-    for (int64_t k = blockIdx.x; k < p.K; k += gridDim.x) {
+    const I PQ = by_pq.d, NPQ = I(p.N) * PQ, K = I(p.K);
+    for (I k = blockIdx.x; k < K; k += gridDim.x) {
         double acc = 0.0;
-        for (int64_t j = threadIdx.x; j < NPQ; j += blockDim.x)
-            acc += p.layout == Layout::NCHW ? dy[(j / PQ * p.K + k) * PQ + j % PQ] : dy[j * p.K + k];
+        for (I j = threadIdx.x; j < NPQ; j += blockDim.x) {
+            I n;
+            const I pq = by_pq.divmod(j, n);
+            acc += p.layout == Layout::NCHW ? dy[(n * K + k) * PQ + pq] : dy[j * K + k];
+        }
         const double total = block_sum(acc, partial);
         if (threadIdx.x == 0) db[k] = float(total);
     }
@@ -339,7 +395,12 @@ void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a,
                      cudaStream_t stream) {
     const int64_t count = p.conv.N * p.conv.K * p.conv.P * p.conv.Q;
     if (count <= 0) return;
-    avgpool_act_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, a, dz);
+    with_index_type(conv_extent(p.conv), [&](auto index) {
+        using I = decltype(index);
+        avgpool_act_bwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.conv.layout, p.conv.K, p.conv.P, p.conv.Q), DivMod<I>(p.pool_h),
+            DivMod<I>(p.pool_w), dy, a, dz);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -347,7 +408,11 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant, const float* dy, const 
                      float* dx, cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    bwd_data_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, w, dx);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        bwd_data_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), DivMod<I>(p.C / p.groups), dy, w, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -371,13 +436,20 @@ void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, co
     if (count <= 0) return;
     if (bwd_filter_uses_gemm(p, v)) return launch_bwd_filter_gemm(p, dy, x, dw, workspace, stream);
     // With no outputs every block writes a zero sum, which is the gradient.
-    bwd_filter_reduce<<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, dy, x, dw);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        bwd_filter_reduce<I><<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, dy, x, dw);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
 void conv2d_bwd_bias(const Conv2dParams& p, const float* dy, float* db, cudaStream_t stream) {
     if (p.K <= 0) return;
-    bwd_bias_reduce<<<blocks_for(p.K, 1), kReduceThreads, 0, stream>>>(p, dy, db);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        bwd_bias_reduce<I><<<blocks_for(p.K, 1), kReduceThreads, 0, stream>>>(
+            p, DivMod<I>(p.P * p.Q), dy, db);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 

@@ -173,6 +173,12 @@ struct Unravel4 {
     }
 };
 
+// offset4 in the kernel's index type.
+template <typename I>
+__device__ __forceinline__ I offset4i(Layout layout, I n, I c, I h, I w, I C, I H, I W) {
+    return layout == Layout::NCHW ? ((n * C + c) * H + h) * W + w : ((n * H + h) * W + w) * C + c;
+}
+
 // Threads of the reduction kernels; block_sum's tree needs a power of two.
 constexpr int kReduceThreads = 256;
 
