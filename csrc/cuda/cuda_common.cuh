@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -73,7 +74,7 @@ inline void with_index_type(int64_t extent, F&& f) {
         f(int64_t(0));
 }
 
-FC_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
+FC_HD uint32_t mulhi(uint32_t a, uint32_t b) {
 #if defined(__CUDA_ARCH__)
     return __umulhi(a, b);
 #else
@@ -81,44 +82,41 @@ FC_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
 #endif
 }
 
+FC_HD uint64_t mulhi(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+    return __umul64hi(a, b);
+#else
+    return uint64_t((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+}
+
 // Division of a non-negative index by a divisor fixed for the whole launch, built on the
-// host and passed to the kernel. For int32_t a multiply-high and a shift (the round-up
-// method): with l = ceil(log2 d) and m = floor(2^32 (2^l - d) / d) + 1, which fits in 32
-// bits, n / d = (mulhi(n, m) + n) >> l for every 0 <= n < 2^31 (the sum stays below 2^32).
-// For int64_t the plain operators: the 64-bit kernels are the rare huge tensors.
+// host and passed to the kernel: a multiply-high, an add and a shift (the round-up
+// method). For a B-bit index type, l = ceil(log2 d) and m = floor(2^B (2^l - d) / d) + 1,
+// which fits in B bits; then n / d = (mulhi(n, m) + n) >> l for every 0 <= n < 2^(B-1)
+// (mulhi(n, m) < n, so the sum stays below 2^B). tools/divmod_check.cpp checks it.
 template <typename I>
-struct DivMod;
-
-template <>
-struct DivMod<int64_t> {
-    int64_t d;
-    DivMod() = default;
-    explicit DivMod(int64_t d_) : d(d_) {}
-    FC_HD int64_t div(int64_t n) const { return n / d; }
-    // q = n / d, returns n % d.
-    FC_HD int64_t divmod(int64_t n, int64_t& q) const {
-        q = n / d;
-        return n - q * d;
-    }
-};
-
-template <>
-struct DivMod<int32_t> {
-    int32_t d;
-    uint32_t m;
+struct DivMod {
+    using U = typename std::conditional<sizeof(I) == 4, uint32_t, uint64_t>::type;
+    I d;
+    U m;
     uint32_t l;
     DivMod() = default;
-    // 1 <= d_ <= INT32_MAX (a 0 is kept as a divisor that must not be used).
-    explicit DivMod(int64_t d_) : d(int32_t(d_)), m(0), l(0) {
+    // 1 <= d_ <= the largest I (a 0 is kept as a divisor that must not be used).
+    explicit DivMod(int64_t d_) : d(I(d_)), m(0), l(0) {
         if (d_ < 1) return;
-        while ((int64_t(1) << l) < d_) ++l;
-        m = uint32_t(((uint64_t(1) << 32) * ((uint64_t(1) << l) - uint64_t(d_))) / uint64_t(d_) + 1);
+        while ((uint64_t(1) << l) < uint64_t(d_)) ++l;
+        constexpr int B = 8 * sizeof(I);
+        const unsigned __int128 num = (static_cast<unsigned __int128>(1) << B) *
+                                      ((static_cast<unsigned __int128>(1) << l) - uint64_t(d_));
+        m = U(num / uint64_t(d_) + 1);
     }
-    FC_HD int32_t div(int32_t n) const {
-        const uint32_t u = uint32_t(n);
-        return int32_t((mulhi32(u, m) + u) >> l);
+    FC_HD I div(I n) const {
+        const U u = U(n);
+        return I((mulhi(u, m) + u) >> l);
     }
-    FC_HD int32_t divmod(int32_t n, int32_t& q) const {
+    // q = n / d, returns n % d.
+    FC_HD I divmod(I n, I& q) const {
         q = div(n);
         return n - q * d;
     }

@@ -37,6 +37,12 @@
 //                        one float4 output; the backward the reverse.
 // The taps are visited in the generic kernels' order with their arithmetic, so the
 // bits are the same (the CUDA emulation compares the two exactly).
+//
+// max_pool_fwd, max_pool_bwd, avg_pool_fwd, avg_pool_bwd and global_avg_pool_bwd come
+// in two index types (cuda_common.cuh): int32_t where pool_extent fits, int64_t
+// otherwise; in int32_t each element's (n, c, h, w) takes multiply-highs (Unravel4) and
+// the window loops run in 32 bits. The window bounds (pool_taps, first_out_reaching)
+// are still shapes.h's 64-bit helpers, once per element.
 #include <cmath>
 
 #include "../common/check.h"
@@ -49,22 +55,33 @@ namespace cuda {
 
 namespace {
 
+// The largest index, offset or window coordinate the generic kernels form.
+int64_t pool_extent(const Pool2dParams& p) {
+    const int64_t tensors = max64(p.N * p.C * p.H * p.W, p.N * p.C * p.P * p.Q);
+    const int64_t rows = p.H + p.pad_h + p.pad_h_end + (p.P + 1) * p.stride_h + (p.kh + 1) * p.dil_h;
+    const int64_t cols = p.W + p.pad_w + p.pad_w_end + (p.Q + 1) * p.stride_w + (p.kw + 1) * p.dil_w;
+    return max64(tensors, 2 * max64(rows, cols));
+}
+
+// un unravels (C, P, Q).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_fwd_kernel(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y,
-                        int64_t* __restrict__ idx) {
-    const int64_t count = p.N * p.C * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.C, p.P, p.Q);  // (n, c, oh, ow)
+    max_pool_fwd_kernel(Pool2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                        float* __restrict__ y, int64_t* __restrict__ idx) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W), dh = I(p.dil_h), dw = I(p.dil_w);
+    const I count = I(p.N * p.C * p.P * p.Q);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, c, oh, ow)
         const PoolTaps th = pool_taps(o.h, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
         const PoolTaps tw = pool_taps(o.w, p.stride_w, p.pad_w, p.kw, p.dil_w, p.W);
         float best = -INFINITY;
-        int64_t arg = -1;
-        for (int64_t a = th.t0; a < th.t1; ++a) {
-            const int64_t h = th.start + a * p.dil_h;
-            for (int64_t b = tw.t0; b < tw.t1; ++b) {
-                const int64_t w = tw.start + b * p.dil_w;
-                const float v = x[offset4(p.layout, o.n, o.c, h, w, p.C, p.H, p.W)];
-                if (v > best || isnan(v)) best = v, arg = h * p.W + w;
+        I arg = -1;
+        for (I a = I(th.t0); a < I(th.t1); ++a) {
+            const I h = I(th.start) + a * dh;
+            for (I b = I(tw.t0); b < I(tw.t1); ++b) {
+                const I w = I(tw.start) + b * dw;
+                const float v = x[offset4i(p.layout, o.n, o.c, h, w, C, H, W)];
+                if (v > best || isnan(v)) best = v, arg = h * W + w;
             }
         }
         y[i] = best;
@@ -72,24 +89,26 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// One thread per element of dx, in dx's memory order.
+// One thread per element of dx, in dx's memory order. un unravels (C, H, W).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_bwd_gather(Pool2dParams p, const float* __restrict__ dy,
+    max_pool_bwd_gather(Pool2dParams p, Unravel4<I> un, const float* __restrict__ dy,
                         const int64_t* __restrict__ idx, float* __restrict__ dx) {
-    const int64_t count = p.N * p.C * p.H * p.W;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);  // (n, c, h, w)
-        const int64_t self = at.h * p.W + at.w;
-        const int64_t p0 = first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, p.dil_h);
-        const int64_t p1 = last_out_reaching(at.h, p.stride_h, p.pad_h, p.P);
-        const int64_t q0 = first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, p.dil_w);
-        const int64_t q1 = last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q);
+    const I C = I(p.C), W = I(p.W), P = I(p.P), Q = I(p.Q);
+    const I count = I(p.N * p.C * p.H * p.W);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);  // (n, c, h, w)
+        const int64_t self = at.h * W + at.w;
+        const I p0 = I(first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, p.dil_h));
+        const I p1 = I(last_out_reaching(at.h, p.stride_h, p.pad_h, p.P));
+        const I q0 = I(first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, p.dil_w));
+        const I q1 = I(last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q));
         // Windows that skip the pixel (dilation) cannot have chosen it: the index test
         // alone decides.
         float acc = 0.f;
-        for (int64_t oh = p0; oh < p1; ++oh)
-            for (int64_t ow = q0; ow < q1; ++ow) {
-                const int64_t o = offset4(p.layout, at.n, at.c, oh, ow, p.C, p.P, p.Q);
+        for (I oh = p0; oh < p1; ++oh)
+            for (I ow = q0; ow < q1; ++ow) {
+                const I o = offset4i(p.layout, at.n, at.c, oh, ow, C, P, Q);
                 if (idx[o] == self) acc += dy[o];
             }
         dx[i] = acc;
@@ -107,17 +126,21 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// un unravels (C, P, Q).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_fwd_kernel(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y) {
-    const int64_t count = p.N * p.C * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.C, p.P, p.Q);
+    avg_pool_fwd_kernel(Pool2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                        float* __restrict__ y) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W);
+    const I count = I(p.N * p.C * p.P * p.Q);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);
         const PoolTaps th = pool_taps(o.h, p.stride_h, p.pad_h, p.kh, 1, p.H);
         const PoolTaps tw = pool_taps(o.w, p.stride_w, p.pad_w, p.kw, 1, p.W);
         float acc = 0.f;
-        for (int64_t a = th.t0; a < th.t1; ++a)
-            for (int64_t b = tw.t0; b < tw.t1; ++b)
-                acc += x[offset4(p.layout, o.n, o.c, th.start + a, tw.start + b, p.C, p.H, p.W)];
+        for (I a = I(th.t0); a < I(th.t1); ++a)
+            for (I b = I(tw.t0); b < I(tw.t1); ++b)
+                acc += x[offset4i(p.layout, o.n, o.c, I(th.start + a), I(tw.start + b), C, H, W)];
         y[i] = acc / float(pool_avg_divisor(p, o.h, o.w));
     }
 }
@@ -125,19 +148,23 @@ __global__ void __launch_bounds__(kThreads)
 // One thread per element of dx, in dx's memory order. The outputs whose (undilated)
 // window holds row h are exactly [first_out_reaching, last_out_reaching), and likewise
 // for columns, so no tap test is needed.
+// un unravels (C, H, W).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_bwd_gather(Pool2dParams p, const float* __restrict__ dy, float* __restrict__ dx) {
-    const int64_t count = p.N * p.C * p.H * p.W;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);
-        const int64_t p0 = first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, 1);
-        const int64_t p1 = last_out_reaching(at.h, p.stride_h, p.pad_h, p.P);
-        const int64_t q0 = first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, 1);
-        const int64_t q1 = last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q);
+    avg_pool_bwd_gather(Pool2dParams p, Unravel4<I> un, const float* __restrict__ dy,
+                        float* __restrict__ dx) {
+    const I C = I(p.C), P = I(p.P), Q = I(p.Q);
+    const I count = I(p.N * p.C * p.H * p.W);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);
+        const I p0 = I(first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, 1));
+        const I p1 = I(last_out_reaching(at.h, p.stride_h, p.pad_h, p.P));
+        const I q0 = I(first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, 1));
+        const I q1 = I(last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q));
         float acc = 0.f;
-        for (int64_t oh = p0; oh < p1; ++oh)
-            for (int64_t ow = q0; ow < q1; ++ow)
-                acc += dy[offset4(p.layout, at.n, at.c, oh, ow, p.C, p.P, p.Q)] /
+        for (I oh = p0; oh < p1; ++oh)
+            for (I ow = q0; ow < q1; ++ow)
+                acc += dy[offset4i(p.layout, at.n, at.c, oh, ow, C, P, Q)] /
                        float(pool_avg_divisor(p, oh, ow));
         dx[i] = acc;
     }
@@ -170,14 +197,16 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// un unravels (C, H, W).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    global_avg_pool_bwd_kernel(GlobalPoolParams p, const float* __restrict__ dy,
+    global_avg_pool_bwd_kernel(GlobalPoolParams p, Unravel4<I> un, const float* __restrict__ dy,
                                float* __restrict__ dx) {
-    const int64_t count = p.N * p.C * p.H * p.W;
+    const I count = I(p.N * p.C * p.H * p.W), C = I(p.C);
     const float HW = float(p.H * p.W);
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);
-        dx[i] = dy[at.n * p.C + at.c] / HW;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);
+        dx[i] = dy[at.n * C + at.c] / HW;
     }
 }
 
@@ -363,7 +392,11 @@ void max_pool_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
     const int64_t count = p.N * p.C * p.P * p.Q;
     if (count <= 0) return;
     if (pool2x2_applies(p, x, y, idx)) return launch_pool2x2_fwd<true>(p, x, y, idx, stream);
-    max_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y, idx);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        max_pool_fwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.P, p.Q), x, y, idx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -390,7 +423,11 @@ void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, fl
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
     if (pool2x2_applies(p, dy, idx, dx)) return launch_pool2x2_bwd<true>(p, dy, idx, dx, stream);
-    max_pool_bwd_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        max_pool_bwd_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), dy, idx, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -398,7 +435,11 @@ void avg_pool_fwd(const Pool2dParams& p, const float* x, float* y, cudaStream_t 
     const int64_t count = p.N * p.C * p.P * p.Q;
     if (count <= 0) return;
     if (pool2x2_applies(p, x, y, nullptr)) return launch_pool2x2_fwd<false>(p, x, y, nullptr, stream);
-    avg_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        avg_pool_fwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.P, p.Q), x, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -407,7 +448,11 @@ void avg_pool_bwd(const Pool2dParams& p, const float* dy, float* dx, cudaStream_
     if (count <= 0) return;
     if (pool2x2_applies(p, dy, dx, nullptr))
         return launch_pool2x2_bwd<false>(p, dy, nullptr, dx, stream);
-    avg_pool_bwd_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, dx);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        avg_pool_bwd_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), dy, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -426,7 +471,11 @@ void global_avg_pool_bwd(const GlobalPoolParams& p, const float* dy, float* dx,
                          cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    global_avg_pool_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, dx);
+    with_index_type(count, [&](auto index) {
+        using I = decltype(index);
+        global_avg_pool_bwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), dy, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
