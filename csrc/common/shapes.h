@@ -79,22 +79,28 @@ FC_HD I floor_mod(I a, I b) {
 //   wrap     a b c d | a b c d | a b c d     (period n)
 // I is the caller's index type: int32_t in the GPU kernels whose host checked that
 // 2 * n and |i| fit (32-bit remainders), int64_t elsewhere. Both arguments the same type.
+// Within one line of the edge (every Sobel tap, most filter taps) no remainder is taken.
 template <typename I>
 FC_HD I border_index(I i, I n, Border mode) {
     if (i >= 0 && i < n) return i;
+    const bool near = i >= -n && i < 2 * n;
     switch (mode) {
         case Border::Reflect: {
+            if (near) return i < 0 ? I(-1 - i) : I(2 * n - 1 - i);
             const I j = floor_mod(i, I(2 * n));
             return j < n ? j : I(2 * n - 1 - j);
         }
         case Border::Mirror: {
             if (n == 1) return 0;
+            if (i > -n && i < 2 * n - 1) return i < 0 ? I(-i) : I(2 * n - 2 - i);
             const I period = 2 * n - 2;
             const I j = floor_mod(i, period);
             return j < n ? j : I(period - j);
         }
         case Border::Nearest: return i < 0 ? I(0) : I(n - 1);
-        case Border::Wrap: return floor_mod(i, n);
+        case Border::Wrap:
+            if (near) return i < 0 ? I(i + n) : I(i - n);
+            return floor_mod(i, n);
         default: return -1;
     }
 }

@@ -159,29 +159,29 @@ struct PixelWalk {
 };
 
 // One block per element of dw, in dw's memory order; blockDim.x == kReduceThreads.
+// wu unravels a weight element as a dense 4-D (NCHW) index: (K, Cg, R, S) for NCHW,
+// (R, S, Cg, K) for NHWC.
 template <typename I>
 __global__ void __launch_bounds__(kReduceThreads)
-    bwd_filter_reduce(Conv2dParams p, const float* __restrict__ dy, const float* __restrict__ x,
-                      float* __restrict__ dw) {
+    bwd_filter_reduce(Conv2dParams p, Unravel4<I> wu, const float* __restrict__ dy,
+                      const float* __restrict__ x, float* __restrict__ dw) {
     __shared__ float partial[kReduceThreads];
     const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), P = I(p.P), Q = I(p.Q);
     const I R = I(p.R), S = I(p.S);
     const I Cg = I(p.C / p.groups), Kg = I(p.K / p.groups);
     const I NPQ = I(p.N) * P * Q, count = K * Cg * R * S;
     const I sh = I(p.stride_h), sw = I(p.stride_w), ph = I(p.pad_h), pw = I(p.pad_w);
+    const PixelWalk<I> first(I(threadIdx.x), I(blockDim.x), P, Q);  // the same for every e
     for (I e = blockIdx.x; e < count; e += gridDim.x) {
-        // (k, c, r, s) of weight element e: (K, Cg, R, S) for NCHW, (R, S, Cg, K) for NHWC.
-        // Once per block of NPQ multiply-adds: plain divisions.
-        I k, c, r, s;
-        if (p.layout == Layout::NCHW) {
-            s = e % S, r = e / S % R, c = e / (S * R) % Cg, k = e / (S * R * Cg);
-        } else {
-            k = e % K, c = e / K % Cg, s = e / (K * Cg) % S, r = e / (K * Cg * S);
-        }
+        // (k, c, r, s) of weight element e.
+        const Coord4I<I> we = wu(e);
+        const bool nchw = p.layout == Layout::NCHW;
+        const I k = nchw ? we.n : we.w, c = nchw ? we.c : we.h;
+        const I r = nchw ? we.h : we.n, s = nchw ? we.w : we.c;
         const I ci = (k / Kg) * Cg + c;
         const I h_off = r * I(p.dil_h) - ph, w_off = s * I(p.dil_w) - pw;
         float acc = 0.f;
-        PixelWalk<I> px(I(threadIdx.x), I(blockDim.x), P, Q);
+        PixelWalk<I> px = first;
         for (I j = threadIdx.x; j < NPQ; j += blockDim.x, px.advance()) {
             const I h = px.oh * sh + h_off, wi = px.ow * sw + w_off;
             if (h < 0 || h >= H || wi < 0 || wi >= W) continue;
@@ -438,7 +438,10 @@ void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, co
     // With no outputs every block writes a zero sum, which is the gradient.
     with_index_type(conv_extent(p), [&](auto index) {
         using I = decltype(index);
-        bwd_filter_reduce<I><<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, dy, x, dw);
+        const int64_t Cg = p.C / p.groups;
+        const Unravel4<I> wu = p.layout == Layout::NCHW ? Unravel4<I>(Layout::NCHW, Cg, p.R, p.S)
+                                                        : Unravel4<I>(Layout::NCHW, p.S, Cg, p.K);
+        bwd_filter_reduce<I><<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, wu, dy, x, dw);
     });
     FC_CUDA_CHECK_LAUNCH();
 }
