@@ -37,7 +37,7 @@
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
 //
 // avgpool_act_bwd, bwd_data, bwd_filter's reduce and bwd_bias come in two index types
-// (cuda_common.cuh): int32_t where conv_extent fits, int64_t otherwise. In int32_t their
+// (cuda_common.cuh): int32_t where conv_extent (implicit_gemm.cuh) fits, int64_t otherwise. In int32_t their
 // per-element (n, c, h, w) takes multiply-highs (Unravel4), and bwd_filter_reduce walks
 // its pixels with counters instead of three divisions and three remainders per
 // multiply-add.
@@ -52,16 +52,6 @@ namespace fastconv {
 namespace cuda {
 
 namespace {
-
-// The largest index, offset or coordinate the kernels below form (tensors, weight, and
-// window coordinates oh * stride - pad + r * dil on either side of the image).
-int64_t conv_extent(const Conv2dParams& p) {
-    const int64_t tensors = max64(max64(p.N * p.C * p.H * p.W, p.N * p.K * p.P * p.Q),
-                                  p.K * max64(p.C / max64(p.groups, 1), 1) * p.R * p.S);
-    const int64_t rows = p.H + p.pad_h + (p.P + 1) * p.stride_h + (p.R + 1) * p.dil_h;
-    const int64_t cols = p.W + p.pad_w + (p.Q + 1) * p.stride_w + (p.S + 1) * p.dil_w;
-    return max64(tensors, 2 * max64(rows, cols));
-}
 
 __global__ void __launch_bounds__(kThreads)
     activation_bwd_kernel(Activation act, int64_t count, const float* __restrict__ y,

@@ -125,9 +125,13 @@ static_assert(kBM * kBK == 4 * kGemmThreads);  // each thread loads 4 elements o
 // contiguous along kk (NCHW, weight (K, Cg, R, S): kk = (c*R + r)*S + s) or along the
 // filters (NHWC, weight (R, S, Cg, K): kk = (r*S + s)*Cg + c, which also makes the A
 // gather contiguous along c).
-template <Layout L>
+//
+// Instantiated on the index type I (cuda_common.cuh): int32_t where conv_extent fits,
+// int64_t otherwise. The gathers' divisions (pixel m -> (n, oh, ow), kk -> (c, r, s))
+// are multiply-highs through dv.
+template <Layout L, typename I>
 __global__ void __launch_bounds__(kGemmThreads)
-    conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, const float* __restrict__ x,
+    conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, GemmDiv<I> dv, const float* __restrict__ x,
                          const float* __restrict__ w, const float* __restrict__ b,
                          float* __restrict__ y) {
     constexpr bool nchw = L == Layout::NCHW;
@@ -143,59 +147,63 @@ __global__ void __launch_bounds__(kGemmThreads)
     const int tid = threadIdx.x;
     const int tm = nchw ? tid % kGrid : tid / kGrid;
     const int tn = nchw ? tid / kGrid : tid % kGrid;
-    const int64_t RS = p.R * p.S;
+    const I red = I(gs.red), Kg = I(gs.Kg), K = I(p.K), M = I(gs.M), PQ = I(gs.PQ);
+    const I m_tiles = I(gs.m_tiles), n_tiles = I(gs.n_tiles), tiles = I(gs.tiles);
 
-    for (int64_t tile = blockIdx.x; tile < gs.tiles; tile += gridDim.x) {
-        const int64_t m0 = (tile % gs.m_tiles) * kBM;
-        const int64_t j0 = (tile / gs.m_tiles % gs.n_tiles) * kBN;
-        const int64_t g = tile / (gs.m_tiles * gs.n_tiles);
-        const float* xg = x + g * gs.Cg * (nchw ? p.H * p.W : 1);
+    for (I tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        // Once per tile: plain divisions.
+        const I m0 = (tile % m_tiles) * kBM;
+        const I j0 = (tile / m_tiles % n_tiles) * kBN;
+        const I g = tile / (m_tiles * n_tiles);
+        const float* xg = x + g * I(gs.Cg) * (nchw ? I(p.H) * I(p.W) : I(1));
 
-        Pixel px[kPixels];
+        PixelI<I> px[kPixels];
 #pragma unroll
         for (int i = 0; i < kPixels; ++i)
-            px[i] = pixel_of(p, gs, m0 + (nchw ? tid % kBM : tid / kBK + 16 * i));
+            px[i] = pixel_of(p, gs, dv, I(m0 + (nchw ? tid % kBM : tid / kBK + 16 * i)));
 
         float acc[kPerThread][kPerThread] = {};
-        for (int64_t k0 = 0; k0 < gs.red; k0 += kBK) {
+        for (I k0 = 0; k0 < red; k0 += kBK) {
             if (nchw) {
                 // A: row kk = tid / 64 + 4 i, column pixel tid % 64.
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int row = tid / kBM + 4 * i;
-                    const int64_t kk = k0 + row;
+                    const I kk = k0 + row;
                     float v = 0.f;
-                    if (kk < gs.red) {
-                        const int64_t c = kk / RS, rs = kk % RS;
-                        v = gather<L>(p, xg, px[0], c, rs / p.S, rs % p.S);
+                    if (kk < red) {
+                        I c, r;
+                        const I rs = dv.rs.divmod(kk, c);
+                        const I s = dv.s.divmod(rs, r);
+                        v = gather<L>(p, xg, px[0], c, r, s);
                     }
                     As[row][tid % kBM] = v;
                 }
                 // B: row kk = tid % 16, column filter tid / 16 + 16 i.
-                const int64_t kk = k0 + tid % kBK;
+                const I kk = k0 + tid % kBK;
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int col = tid / kBK + 16 * i;
-                    const int64_t j = j0 + col;
-                    Bs[tid % kBK][col] =
-                        (kk < gs.red && j < gs.Kg) ? w[(g * gs.Kg + j) * gs.red + kk] : 0.f;
+                    const I j = j0 + col;
+                    Bs[tid % kBK][col] = (kk < red && j < Kg) ? w[(g * Kg + j) * red + kk] : 0.f;
                 }
             } else {
                 // A: row kk = tid % 16, column pixel tid / 16 + 16 i.
-                const int64_t kk = k0 + tid % kBK;
-                const int64_t rs = kk / gs.Cg, c = kk % gs.Cg;
+                const I kk = k0 + tid % kBK;
+                I rs, r;
+                const I c = dv.cg.divmod(kk, rs);
+                const I s = dv.s.divmod(rs, r);
 #pragma unroll
                 for (int i = 0; i < kPixels; ++i)
                     As[tid % kBK][tid / kBK + 16 * i] =
-                        kk < gs.red ? gather<L>(p, xg, px[i], c, rs / p.S, rs % p.S) : 0.f;
+                        kk < red ? gather<L>(p, xg, px[i], c, r, s) : 0.f;
                 // B: row kk = tid / 64 + 4 i, column filter tid % 64.
-                const int64_t j = j0 + tid % kBN;
+                const I j = j0 + tid % kBN;
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int row = tid / kBN + 4 * i;
-                    const int64_t kr = k0 + row;
-                    Bs[row][tid % kBN] =
-                        (kr < gs.red && j < gs.Kg) ? w[kr * p.K + g * gs.Kg + j] : 0.f;
+                    const I kr = k0 + row;
+                    Bs[row][tid % kBN] = (kr < red && j < Kg) ? w[kr * K + g * Kg + j] : 0.f;
                 }
             }
             __syncthreads();
@@ -217,16 +225,17 @@ __global__ void __launch_bounds__(kGemmThreads)
         // Epilogue: y = act(acc + bias), as the CPU's bias_activation after its GEMM.
 #pragma unroll
         for (int i = 0; i < kPerThread; ++i) {
-            const int64_t m = m0 + tm + kGrid * i;
-            if (m >= gs.M) continue;
-            const int64_t n = m / gs.PQ, pq = m % gs.PQ;
+            const I m = m0 + tm + kGrid * i;
+            if (m >= M) continue;
+            I n;
+            const I pq = dv.pq.divmod(m, n);
 #pragma unroll
             for (int j = 0; j < kPerThread; ++j) {
-                const int64_t jj = j0 + tn + kGrid * j;
-                if (jj >= gs.Kg) continue;
-                const int64_t k = g * gs.Kg + jj;
+                const I jj = j0 + tn + kGrid * j;
+                if (jj >= Kg) continue;
+                const I k = g * Kg + jj;
                 const float z = acc[i][j] + (p.has_bias ? b[k] : 0.f);
-                y[nchw ? (n * p.K + k) * gs.PQ + pq : m * p.K + k] = activate(p.act, z);
+                y[nchw ? (n * K + k) * PQ + pq : m * K + k] = activate(p.act, z);
             }
         }
     }
@@ -251,10 +260,15 @@ void launch_implicit_gemm(const Conv2dParams& p, const float* x, const float* w,
     gs.n_tiles = ceil_div(gs.Kg, kBN);
     gs.tiles = gs.m_tiles * gs.n_tiles * p.groups;
     const unsigned int blocks = blocks_for(gs.tiles, 1);
-    if (p.layout == Layout::NCHW)
-        conv2d_implicit_gemm<Layout::NCHW><<<blocks, kGemmThreads, 0, stream>>>(p, gs, x, w, b, y);
-    else
-        conv2d_implicit_gemm<Layout::NHWC><<<blocks, kGemmThreads, 0, stream>>>(p, gs, x, w, b, y);
+    // + the tiles' overhang (kBM pixels, kBK reduction indices) past M and red.
+    with_index_type(max64(conv_extent(p), gs.tiles + gs.M + gs.red + kBM + kBK), [&](auto index) {
+        using I = decltype(index);
+        const GemmDiv<I> dv(p, gs);
+        if (p.layout == Layout::NCHW)
+            conv2d_implicit_gemm<Layout::NCHW, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, y);
+        else
+            conv2d_implicit_gemm<Layout::NHWC, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
