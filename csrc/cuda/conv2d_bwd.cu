@@ -225,9 +225,11 @@ struct FilterGemm {
 // Block (j tile, kk tile, group, split) sums dy[m][g*Kg + j] * col[m][kk] over its chunk
 // of pixels, slice by slice in order, and writes the partial tile: into ws[split] (in
 // (K, red) order) when there are several splits, else straight into dw.
-template <Layout L>
+// On index type I with the forward's gathers (implicit_gemm.cuh), dv's divisions by
+// multiply-high.
+template <Layout L, typename I>
 __global__ void __launch_bounds__(kThreads)
-    bwd_filter_gemm(Conv2dParams p, FilterGemm fg, const float* __restrict__ dy,
+    bwd_filter_gemm(Conv2dParams p, FilterGemm fg, GemmDiv<I> dv, const float* __restrict__ dy,
                     const float* __restrict__ x, float* __restrict__ ws, float* __restrict__ dw) {
     constexpr bool nchw = L == Layout::NCHW;
     __shared__ float As[kFBK][kFBM + 1];  // dy^T slice: [pixel][filter]
@@ -235,27 +237,36 @@ __global__ void __launch_bounds__(kThreads)
     const GemmShape& gs = fg.gs;
     const int tid = threadIdx.x;
     const int tj = tid % kFGrid, tk = tid / kFGrid;  // the thread's rows / columns of the tile
-    const int64_t RS = p.R * p.S;
-    for (int64_t tile = blockIdx.x; tile < fg.tiles; tile += gridDim.x) {
-        const int64_t j0 = tile % fg.j_tiles * kFBM;
-        const int64_t k0 = tile / fg.j_tiles % fg.kk_tiles * kFBN;
-        const int64_t g = tile / (fg.j_tiles * fg.kk_tiles) % p.groups;
-        const int64_t split = tile / (fg.j_tiles * fg.kk_tiles * p.groups);
-        const int64_t m_begin = split * kSplitPixels, m_end = min64(gs.M, m_begin + kSplitPixels);
-        const float* xg = x + g * gs.Cg * (nchw ? p.H * p.W : 1);
+    const I K = I(p.K), Kg = I(gs.Kg), red = I(gs.red), PQ = I(gs.PQ), M = I(gs.M);
+    const I j_tiles = I(fg.j_tiles), kk_tiles = I(fg.kk_tiles), groups = I(p.groups);
+    for (I tile = blockIdx.x; tile < I(fg.tiles); tile += gridDim.x) {
+        // Once per tile: plain divisions.
+        const I j0 = tile % j_tiles * kFBM;
+        const I k0 = tile / j_tiles % kk_tiles * kFBN;
+        const I g = tile / (j_tiles * kk_tiles) % groups;
+        const I split = tile / (j_tiles * kk_tiles * groups);
+        const I m_begin = split * I(kSplitPixels);
+        const I m_end = M < m_begin + I(kSplitPixels) ? M : I(m_begin + kSplitPixels);
+        const float* xg = x + g * I(gs.Cg) * (nchw ? I(p.H) * I(p.W) : I(1));
         float acc[kFPer][kFPer] = {};
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += kFBK) {
+        for (I m0 = m_begin; m0 < m_end; m0 += kFBK) {
             // A: dy[m][g*Kg + j]. NCHW: pixels contiguous, so threads run along m
             // (m = tid % 16, j = tid / 16 + 16 i); NHWC: filters contiguous, along j.
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int row = nchw ? tid % kFBK : tid / kFBM + 4 * i;
                 const int col = nchw ? tid / kFBK + 16 * i : tid % kFBM;
-                const int64_t m = m0 + row, j = j0 + col;
+                const I m = m0 + row, j = j0 + col;
                 float v = 0.f;
-                if (m < m_end && j < gs.Kg) {
-                    const int64_t k = g * gs.Kg + j;
-                    v = nchw ? dy[(m / gs.PQ * p.K + k) * gs.PQ + m % gs.PQ] : dy[m * p.K + k];
+                if (m < m_end && j < Kg) {
+                    const I k = g * Kg + j;
+                    if (nchw) {
+                        I n;
+                        const I pq = dv.pq.divmod(m, n);
+                        v = dy[(n * K + k) * PQ + pq];
+                    } else {
+                        v = dy[m * K + k];
+                    }
                 }
                 As[row][col] = v;
             }
@@ -265,17 +276,17 @@ __global__ void __launch_bounds__(kThreads)
             for (int i = 0; i < 4; ++i) {
                 const int row = nchw ? tid % kFBK : tid / kFBN + 4 * i;
                 const int col = nchw ? tid / kFBK + 16 * i : tid % kFBN;
-                const int64_t m = m0 + row, kk = k0 + col;
+                const I m = m0 + row, kk = k0 + col;
                 float v = 0.f;
-                if (m < m_end && kk < gs.red) {
-                    const Pixel px = pixel_of(p, gs, m);
-                    if (nchw) {
-                        const int64_t c = kk / RS, rs = kk % RS;
-                        v = gather<L>(p, xg, px, c, rs / p.S, rs % p.S);
-                    } else {
-                        const int64_t rs = kk / gs.Cg, c = kk % gs.Cg;
-                        v = gather<L>(p, xg, px, c, rs / p.S, rs % p.S);
-                    }
+                if (m < m_end && kk < red) {
+                    const Pixel<I> px = pixel_of(p, gs, dv, m);
+                    I c, rs, r;
+                    if (nchw)
+                        rs = dv.rs.divmod(kk, c);
+                    else
+                        c = dv.cg.divmod(kk, rs);
+                    const I s = dv.s.divmod(rs, r);
+                    v = gather<L>(p, xg, px, c, r, s);
                 }
                 Bs[row][col] = v;
             }
@@ -296,17 +307,17 @@ __global__ void __launch_bounds__(kThreads)
         }
 #pragma unroll
         for (int i = 0; i < kFPer; ++i) {
-            const int64_t j = j0 + tj + kFGrid * i;
-            if (j >= gs.Kg) continue;
-            const int64_t k = g * gs.Kg + j;
+            const I j = j0 + tj + kFGrid * i;
+            if (j >= Kg) continue;
+            const I k = g * Kg + j;
 #pragma unroll
             for (int jj = 0; jj < kFPer; ++jj) {
-                const int64_t kk = k0 + tk + kFGrid * jj;
-                if (kk >= gs.red) continue;
+                const I kk = k0 + tk + kFGrid * jj;
+                if (kk >= red) continue;
                 if (fg.splits > 1)
-                    ws[(split * p.K + k) * gs.red + kk] = acc[i][jj];
+                    ws[(split * K + k) * red + kk] = acc[i][jj];
                 else
-                    dw[nchw ? k * gs.red + kk : kk * p.K + k] = acc[i][jj];
+                    dw[nchw ? k * red + kk : kk * K + k] = acc[i][jj];
             }
         }
     }
@@ -359,10 +370,17 @@ void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float*
         ws = own.dev;
     }
     const unsigned int blocks = blocks_for(fg.tiles, 1);
-    if (p.layout == Layout::NCHW)
-        bwd_filter_gemm<Layout::NCHW><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws, dw);
-    else
-        bwd_filter_gemm<Layout::NHWC><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws, dw);
+    // + the split partials and the tiles' overhang past Kg and red.
+    const int64_t extent = max64(max64(conv_extent(p), split_partials(fg, p) + kFBN),
+                                 fg.tiles + (p.K + kFBM) * (fg.gs.red + kFBN));
+    with_index_type(extent, [&](auto index) {
+        using I = decltype(index);
+        const GemmDiv<I> dv(p, fg.gs);
+        if (p.layout == Layout::NCHW)
+            bwd_filter_gemm<Layout::NCHW, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
+        else
+            bwd_filter_gemm<Layout::NHWC, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
+    });
     FC_CUDA_CHECK_LAUNCH();
     if (fg.splits > 1) {
         bwd_filter_sum_splits<<<blocks_for(p.K * fg.gs.red, kThreads), kThreads, 0, stream>>>(

@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(kGemmThreads)
         const I g = tile / (m_tiles * n_tiles);
         const float* xg = x + g * I(gs.Cg) * (nchw ? I(p.H) * I(p.W) : I(1));
 
-        PixelI<I> px[kPixels];
+        Pixel<I> px[kPixels];
 #pragma unroll
         for (int i = 0; i < kPixels; ++i)
             px[i] = pixel_of(p, gs, dv, I(m0 + (nchw ? tid % kBM : tid / kBK + 16 * i)));
