@@ -44,34 +44,44 @@ namespace {
 
 // ---------------------------------------------------------------------------------- direct
 
-// bias + the window sum of output (n, k, oh, ow), every tap bounds-checked.
-__device__ __forceinline__ float direct_output(const Conv2dParams& p, const float* __restrict__ x,
+// bias + the window sum of output (n, k, oh, ow), every tap bounds-checked; in the
+// kernel's index type I (int32_t where conv_extent fits). g = k / Kg by a plain
+// division, once per output: through a DivMod, ptxas spilled conv2d_avgpool_fused<int>
+// (32 registers, 32/48 B) where the division leaves it at 48 registers and none.
+template <typename I>
+__device__ __forceinline__ float direct_output(const Conv2dParams& p,
+                                               const float* __restrict__ x,
                                                const float* __restrict__ w,
-                                               const float* __restrict__ b, int64_t n,
-                                               int64_t k, int64_t oh, int64_t ow) {
-    const int64_t Cg = p.C / p.groups, g = k / (p.K / p.groups);
+                                               const float* __restrict__ b, I n, I k, I oh,
+                                               I ow) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), R = I(p.R), S = I(p.S);
+    const I Cg = I(p.C / p.groups), g = k / I(p.K / p.groups);
+    const I h0 = oh * I(p.stride_h) - I(p.pad_h), w0 = ow * I(p.stride_w) - I(p.pad_w);
+    const bool nchw = p.layout == Layout::NCHW;
     float acc = p.has_bias ? b[k] : 0.f;
-    for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < p.R; ++r) {
-            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-            if (h < 0 || h >= p.H) continue;
-            for (int64_t s = 0; s < p.S; ++s) {
-                const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
-                if (wi < 0 || wi >= p.W) continue;
-                acc += x[offset4(p.layout, n, g * Cg + c, h, wi, p.C, p.H, p.W)] *
-                       w[weight_offset(p.layout, k, c, r, s, p.K, Cg, p.R, p.S)];
+    for (I c = 0; c < Cg; ++c)
+        for (I r = 0; r < R; ++r) {
+            const I h = h0 + r * I(p.dil_h);
+            if (h < 0 || h >= H) continue;
+            for (I s = 0; s < S; ++s) {
+                const I wi = w0 + s * I(p.dil_w);
+                if (wi < 0 || wi >= W) continue;
+                acc += x[offset4i(p.layout, n, I(g * Cg + c), h, wi, C, H, W)] *
+                       w[nchw ? ((k * Cg + c) * R + r) * S + s : ((r * S + s) * Cg + c) * K + k];
             }
         }
     return acc;
 }
 
-// One thread per output, in y's memory order.
+// One thread per output, in y's memory order; un unravels (K, P, Q).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    conv2d_direct(Conv2dParams p, const float* __restrict__ x, const float* __restrict__ w,
-                  const float* __restrict__ b, float* __restrict__ y) {
-    const int64_t count = p.N * p.K * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);  // (n, k, oh, ow)
+    conv2d_direct(Conv2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                  const float* __restrict__ w, const float* __restrict__ b,
+                  float* __restrict__ y) {
+    const I count = I(p.N * p.K * p.P * p.Q);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, k, oh, ow)
         y[i] = activate(p.act, direct_output(p, x, w, b, o.n, o.c, o.h, o.w));
     }
 }
@@ -81,26 +91,30 @@ __global__ void __launch_bounds__(kThreads)
 // each through the activation (kept in `a` when save_activation), and averages them:
 // summed in row-major order and divided, as pool.cu's avg_pool_fwd_kernel, so the
 // fused and composed paths differ only where the convolution sums do.
+// un unravels (K, P / pool_h, Q / pool_w).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    conv2d_avgpool_fused(Conv2dPoolParams bp, const float* __restrict__ x,
-                         const float* __restrict__ w, const float* __restrict__ b,
-                         float* __restrict__ y, float* __restrict__ a) {
+    conv2d_avgpool_fused(Conv2dPoolParams bp, Unravel4<I> un, const float* __restrict__ x, const float* __restrict__ w,
+                         const float* __restrict__ b, float* __restrict__ y,
+                         float* __restrict__ a) {
     const Conv2dParams& p = bp.conv;
-    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
-    const int64_t count = p.N * p.K * PP * QQ;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.K, PP, QQ);  // (n, k, pooled row, col)
+    const I K = I(p.K), P = I(p.P), Q = I(p.Q), ph = I(bp.pool_h), pw = I(bp.pool_w);
+    const I PP = P / ph, QQ = Q / pw;
+    const I count = I(p.N) * K * PP * QQ;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, k, pooled row, col)
         // When saving, the last pooled row / column also covers the rows / columns the
         // floor drops, so the whole activation is written.
         const bool save = bp.save_activation;
-        const int64_t rows = save && o.h == PP - 1 ? p.P - o.h * bp.pool_h : bp.pool_h;
-        const int64_t cols = save && o.w == QQ - 1 ? p.Q - o.w * bp.pool_w : bp.pool_w;
+        const I rows = save && o.h == PP - 1 ? I(P - o.h * ph) : ph;
+        const I cols = save && o.w == QQ - 1 ? I(Q - o.w * pw) : pw;
         float sum = 0.f;
-        for (int64_t dr = 0; dr < rows; ++dr)
-            for (int64_t ds = 0; ds < cols; ++ds) {
-                const int64_t oh = o.h * bp.pool_h + dr, ow = o.w * bp.pool_w + ds;
-                const float v = activate(p.act, direct_output(p, x, w, b, o.n, o.c, oh, ow));
-                if (save) a[offset4(p.layout, o.n, o.c, oh, ow, p.K, p.P, p.Q)] = v;
+        for (I dr = 0; dr < rows; ++dr)
+            for (I ds = 0; ds < cols; ++ds) {
+                const I oh = o.h * ph + dr, ow = o.w * pw + ds;
+                const float v =
+                    activate(p.act, direct_output(p, x, w, b, o.n, o.c, oh, ow));
+                if (save) a[offset4i(p.layout, o.n, o.c, oh, ow, K, P, Q)] = v;
                 if (dr < bp.pool_h && ds < bp.pool_w) sum += v;
             }
         y[i] = sum / float(bp.pool_h * bp.pool_w);
@@ -243,8 +257,11 @@ __global__ void __launch_bounds__(kGemmThreads)
 
 void launch_direct(const Conv2dParams& p, const float* x, const float* w, const float* b,
                    float* y, cudaStream_t stream) {
-    conv2d_direct<<<blocks_for(p.N * p.K * p.P * p.Q, kThreads), kThreads, 0, stream>>>(p, x, w,
-                                                                                         b, y);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        conv2d_direct<I><<<blocks_for(p.N * p.K * p.P * p.Q, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.K, p.P, p.Q), x, w, b, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -307,8 +324,11 @@ void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x
         v = conv2d_auto_variant(c) == ConvVariant::Direct ? ConvVariant::Fused : ConvVariant::Auto;
     if (v == ConvVariant::Fused) {
         const int64_t count = c.N * c.K * (c.P / p.pool_h) * (c.Q / p.pool_w);
-        conv2d_avgpool_fused<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, w, b, y,
-                                                                                   a);
+        with_index_type(conv_extent(c), [&](auto index) {
+            using I = decltype(index);
+            conv2d_avgpool_fused<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(c.layout, c.K, c.P / p.pool_h, c.Q / p.pool_w), x, w, b, y, a);
+        });
         FC_CUDA_CHECK_LAUNCH();
         return;
     }
