@@ -63,27 +63,44 @@ FC_HD int64_t same_pad_begin(int64_t in, int64_t k, int64_t stride, int64_t dil)
     return same_pad_total(in, k, stride, dil) / 2;
 }
 
+// a mod b in [0, b) for any sign of a, b > 0: one remainder where i - floor_div(i, b) * b
+// takes a division and a remainder.
+template <typename I>
+FC_HD I floor_mod(I a, I b) {
+    const I r = a % b;
+    return r < 0 ? r + b : r;
+}
+
 // Border index map of scipy.ndimage for a coordinate i on a line of n samples.
 // Returns the sample to read, or -1 for Border::Constant outside the line.
 //   reflect  d c b a | a b c d | d c b a     (period 2n)
 //   mirror     d c b | a b c d | c b a       (period 2n - 2)
 //   nearest  a a a a | a b c d | d d d d
 //   wrap     a b c d | a b c d | a b c d     (period n)
-FC_HD int64_t border_index(int64_t i, int64_t n, Border mode) {
+// I is the caller's index type: int32_t in the GPU kernels whose host checked that
+// 2 * n and |i| fit (32-bit remainders), int64_t elsewhere. Both arguments the same type.
+// Within one line of the edge (every Sobel tap, most filter taps) no remainder is taken.
+template <typename I>
+FC_HD I border_index(I i, I n, Border mode) {
     if (i >= 0 && i < n) return i;
+    const bool near = i >= -n && i < 2 * n;
     switch (mode) {
         case Border::Reflect: {
-            int64_t j = i - floor_div(i, 2 * n) * 2 * n;
-            return j < n ? j : 2 * n - 1 - j;
+            if (near) return i < 0 ? I(-1 - i) : I(2 * n - 1 - i);
+            const I j = floor_mod(i, I(2 * n));
+            return j < n ? j : I(2 * n - 1 - j);
         }
         case Border::Mirror: {
             if (n == 1) return 0;
-            int64_t period = 2 * n - 2;
-            int64_t j = i - floor_div(i, period) * period;
-            return j < n ? j : period - j;
+            if (i > -n && i < 2 * n - 1) return i < 0 ? I(-i) : I(2 * n - 2 - i);
+            const I period = 2 * n - 2;
+            const I j = floor_mod(i, period);
+            return j < n ? j : I(period - j);
         }
-        case Border::Nearest: return i < 0 ? 0 : n - 1;
-        case Border::Wrap: return i - floor_div(i, n) * n;
+        case Border::Nearest: return i < 0 ? I(0) : I(n - 1);
+        case Border::Wrap:
+            if (near) return i < 0 ? I(i + n) : I(i - n);
+            return floor_mod(i, n);
         default: return -1;
     }
 }

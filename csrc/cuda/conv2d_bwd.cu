@@ -35,6 +35,12 @@
 //                   from the stream-ordered pool, which hands memory back to the driver
 //                   at every synchronisation (7-10 MB re-mapped per ResNet call).
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
+//
+// avgpool_act_bwd, bwd_data, bwd_filter's reduce and bwd_bias come in two index types
+// (cuda_common.cuh): int32_t where conv_extent (implicit_gemm.cuh) fits, int64_t otherwise. In int32_t their
+// per-element (n, c, h, w) takes multiply-highs (Unravel4), and bwd_filter_reduce walks
+// its pixels with counters instead of three divisions and three remainders per
+// multiply-add.
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
@@ -57,85 +63,120 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One thread per element of dz (N, K, P, Q), in its memory order; the CPU's formula.
+// un unravels (K, P, Q); by_ph, by_pw divide by the pooling window.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    avgpool_act_bwd_kernel(Conv2dPoolParams bp, const float* __restrict__ dy,
+    avgpool_act_bwd_kernel(Conv2dPoolParams bp, Unravel4<I> un, DivMod<I> by_ph,
+                           DivMod<I> by_pw, const float* __restrict__ dy,
                            const float* __restrict__ a, float* __restrict__ dz) {
     const Conv2dParams& p = bp.conv;
-    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
-    const int64_t count = p.N * p.K * p.P * p.Q;
+    const I K = I(p.K), PP = I(p.P / bp.pool_h), QQ = I(p.Q / bp.pool_w);
+    const I count = I(p.N * p.K * p.P * p.Q);
     const double area = double(bp.pool_h * bp.pool_w);
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);
-        const int64_t pi = o.h / bp.pool_h, qi = o.w / bp.pool_w;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);
+        const I pi = by_ph.div(o.h), qi = by_pw.div(o.w);
         if (pi >= PP || qi >= QQ) {
             dz[i] = 0.f;
             continue;
         }
-        const double d = double(dy[offset4(p.layout, o.n, o.c, pi, qi, p.K, PP, QQ)]) / area;
+        const double d = double(dy[offset4i(p.layout, o.n, o.c, pi, qi, K, PP, QQ)]) / area;
         dz[i] = float(a ? d * activate_grad(p.act, double(a[i])) : d);
     }
 }
 
-// One thread per element of dx, in dx's memory order.
+// One thread per element of dx, in dx's memory order. un unravels (C, H, W); by_cg
+// divides by C / groups.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    bwd_data_gather(Conv2dParams p, const float* __restrict__ dy, const float* __restrict__ w,
-                    float* __restrict__ dx) {
-    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
-    const int64_t count = p.N * p.C * p.H * p.W;
+    bwd_data_gather(Conv2dParams p, Unravel4<I> un, DivMod<I> by_cg, const float* __restrict__ dy,
+                    const float* __restrict__ w, float* __restrict__ dx) {
+    const I Cg = by_cg.d, Kg = I(p.K / p.groups);
+    const I K = I(p.K), P = I(p.P), Q = I(p.Q), R = I(p.R), S = I(p.S);
+    const I sh = I(p.stride_h), sw = I(p.stride_w), ph = I(p.pad_h), pw = I(p.pad_w);
+    const I dh = I(p.dil_h), dw = I(p.dil_w);
+    const I count = I(p.N * p.C * p.H * p.W);
     const bool nchw = p.layout == Layout::NCHW;
     // Distance between filters k and k + 1 in dy and in w.
-    const int64_t dy_step = nchw ? p.P * p.Q : 1, w_step = nchw ? Cg * p.R * p.S : 1;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);  // (n, c, h, wi)
-        const int64_t g = at.c / Cg, cg = at.c % Cg;
-        const int64_t p0 = first_out_reaching(at.h, p.R, p.stride_h, p.pad_h, p.dil_h);
-        const int64_t p1 = last_out_reaching(at.h, p.stride_h, p.pad_h, p.P);
-        const int64_t q0 = first_out_reaching(at.w, p.S, p.stride_w, p.pad_w, p.dil_w);
-        const int64_t q1 = last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q);
+    const I dy_step = nchw ? P * Q : I(1), w_step = nchw ? Cg * R * S : I(1);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);  // (n, c, h, wi)
+        I g;
+        const I cg = by_cg.divmod(at.c, g);
+        // Once per element, in 64 bits (shapes.h's helpers); the loops below are in I.
+        const I p0 = I(first_out_reaching(at.h, p.R, p.stride_h, p.pad_h, p.dil_h));
+        const I p1 = I(last_out_reaching(at.h, p.stride_h, p.pad_h, p.P));
+        const I q0 = I(first_out_reaching(at.w, p.S, p.stride_w, p.pad_w, p.dil_w));
+        const I q1 = I(last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q));
         // The filters are the innermost loop (the CPU's is the outermost): the dilation
         // tests then run once per output rather than once per filter, and the filter loop
         // is two strided loads. The order is still fixed, so the result is too.
         float acc = 0.f;
-        for (int64_t oh = p0; oh < p1; ++oh) {
-            const int64_t rr = at.h + p.pad_h - oh * p.stride_h;  // = r * dil_h
-            if (rr % p.dil_h) continue;
-            for (int64_t ow = q0; ow < q1; ++ow) {
-                const int64_t ss = at.w + p.pad_w - ow * p.stride_w;  // = s * dil_w
-                if (ss % p.dil_w) continue;
-                const float* dyk = dy + offset4(p.layout, at.n, g * Kg, oh, ow, p.K, p.P, p.Q);
-                const float* wk = w + weight_offset(p.layout, g * Kg, cg, rr / p.dil_h,
-                                                    ss / p.dil_w, p.K, Cg, p.R, p.S);
-                for (int64_t k = 0; k < Kg; ++k) acc += dyk[k * dy_step] * wk[k * w_step];
+        for (I oh = p0; oh < p1; ++oh) {
+            const I rr = at.h + ph - oh * sh;  // = r * dil_h
+            if (rr % dh) continue;
+            for (I ow = q0; ow < q1; ++ow) {
+                const I ss = at.w + pw - ow * sw;  // = s * dil_w
+                if (ss % dw) continue;
+                const float* dyk = dy + offset4i(p.layout, at.n, I(g * Kg), oh, ow, K, P, Q);
+                const I r = rr / dh, s = ss / dw;
+                const float* wk = w + (nchw ? ((g * Kg * Cg + cg) * R + r) * S + s
+                                            : ((r * S + s) * Cg + cg) * K + g * Kg);
+                for (I k = 0; k < Kg; ++k) acc += dyk[k * dy_step] * wk[k * w_step];
             }
         }
         dx[i] = acc;
     }
 }
 
+// A walk over the output pixels (n, oh, ow) of N x P x Q in steps of `step` pixels with
+// no division: the step is split once into (dn, doh, dow), and each advance adds the
+// parts with one carry per digit (ow + dow < 2Q, oh + doh + 1 < 2P).
+template <typename I>
+struct PixelWalk {
+    I n, oh, ow;
+    I dn, doh, dow, P, Q;
+    __device__ __forceinline__ PixelWalk(I j, I step, I P_, I Q_) : P(P_), Q(Q_) {
+        const I PQ = P * Q;
+        n = j / PQ, oh = j % PQ / Q, ow = j % Q;
+        dn = step / PQ, doh = step % PQ / Q, dow = step % Q;
+    }
+    __device__ __forceinline__ void advance() {
+        ow += dow, oh += doh, n += dn;
+        if (ow >= Q) ow -= Q, ++oh;
+        if (oh >= P) oh -= P, ++n;
+    }
+};
+
 // One block per element of dw, in dw's memory order; blockDim.x == kReduceThreads.
+// wu unravels a weight element as a dense 4-D (NCHW) index: (K, Cg, R, S) for NCHW,
+// (R, S, Cg, K) for NHWC.
+template <typename I>
 __global__ void __launch_bounds__(kReduceThreads)
-    bwd_filter_reduce(Conv2dParams p, const float* __restrict__ dy, const float* __restrict__ x,
-                      float* __restrict__ dw) {
+    bwd_filter_reduce(Conv2dParams p, Unravel4<I> wu, const float* __restrict__ dy,
+                      const float* __restrict__ x, float* __restrict__ dw) {
     __shared__ float partial[kReduceThreads];
-    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
-    const int64_t PQ = p.P * p.Q, NPQ = p.N * PQ, count = p.K * Cg * p.R * p.S;
-    for (int64_t e = blockIdx.x; e < count; e += gridDim.x) {
-        // (k, c, r, s) of weight element e: (K, Cg, R, S) for NCHW, (R, S, Cg, K) for NHWC.
-        int64_t k, c, r, s;
-        if (p.layout == Layout::NCHW) {
-            s = e % p.S, r = e / p.S % p.R, c = e / (p.S * p.R) % Cg, k = e / (p.S * p.R * Cg);
-        } else {
-            k = e % p.K, c = e / p.K % Cg, s = e / (p.K * Cg) % p.S, r = e / (p.K * Cg * p.S);
-        }
-        const int64_t ci = (k / Kg) * Cg + c;
+    const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), P = I(p.P), Q = I(p.Q);
+    const I R = I(p.R), S = I(p.S);
+    const I Cg = I(p.C / p.groups), Kg = I(p.K / p.groups);
+    const I NPQ = I(p.N) * P * Q, count = K * Cg * R * S;
+    const I sh = I(p.stride_h), sw = I(p.stride_w), ph = I(p.pad_h), pw = I(p.pad_w);
+    const PixelWalk<I> first(I(threadIdx.x), I(blockDim.x), P, Q);  // the same for every e
+    for (I e = blockIdx.x; e < count; e += gridDim.x) {
+        // (k, c, r, s) of weight element e.
+        const Coord4I<I> we = wu(e);
+        const bool nchw = p.layout == Layout::NCHW;
+        const I k = nchw ? we.n : we.w, c = nchw ? we.c : we.h;
+        const I r = nchw ? we.h : we.n, s = nchw ? we.w : we.c;
+        const I ci = (k / Kg) * Cg + c;
+        const I h_off = r * I(p.dil_h) - ph, w_off = s * I(p.dil_w) - pw;
         float acc = 0.f;
-        for (int64_t j = threadIdx.x; j < NPQ; j += blockDim.x) {
-            const int64_t n = j / PQ, oh = j % PQ / p.Q, ow = j % p.Q;
-            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-            const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
-            if (h < 0 || h >= p.H || wi < 0 || wi >= p.W) continue;
-            acc += dy[offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q)] *
-                   x[offset4(p.layout, n, ci, h, wi, p.C, p.H, p.W)];
+        PixelWalk<I> px = first;
+        for (I j = threadIdx.x; j < NPQ; j += blockDim.x, px.advance()) {
+            const I h = px.oh * sh + h_off, wi = px.ow * sw + w_off;
+            if (h < 0 || h >= H || wi < 0 || wi >= W) continue;
+            acc += dy[offset4i(p.layout, px.n, k, px.oh, px.ow, K, P, Q)] *
+                   x[offset4i(p.layout, px.n, ci, h, wi, C, H, W)];
         }
         const float total = block_sum(acc, partial);
         if (threadIdx.x == 0) dw[e] = total;
@@ -145,14 +186,19 @@ __global__ void __launch_bounds__(kReduceThreads)
 // One block per filter k; blockDim.x == kReduceThreads. Accumulated in double, as the
 // CPU: a long sum of gradients that largely cancel, whose float32 result then stays
 // within one rounding of the exact sum.
+template <typename I>
 __global__ void __launch_bounds__(kReduceThreads)
-    bwd_bias_reduce(Conv2dParams p, const float* __restrict__ dy, float* __restrict__ db) {
+    bwd_bias_reduce(Conv2dParams p, DivMod<I> by_pq, const float* __restrict__ dy,
+                    float* __restrict__ db) {
     __shared__ double partial[kReduceThreads];
-    const int64_t PQ = p.P * p.Q, NPQ = p.N * PQ;
-    for (int64_t k = blockIdx.x; k < p.K; k += gridDim.x) {
+    const I PQ = by_pq.d, NPQ = I(p.N) * PQ, K = I(p.K);
+    for (I k = blockIdx.x; k < K; k += gridDim.x) {
         double acc = 0.0;
-        for (int64_t j = threadIdx.x; j < NPQ; j += blockDim.x)
-            acc += p.layout == Layout::NCHW ? dy[(j / PQ * p.K + k) * PQ + j % PQ] : dy[j * p.K + k];
+        for (I j = threadIdx.x; j < NPQ; j += blockDim.x) {
+            I n;
+            const I pq = by_pq.divmod(j, n);
+            acc += p.layout == Layout::NCHW ? dy[(n * K + k) * PQ + pq] : dy[j * K + k];
+        }
         const double total = block_sum(acc, partial);
         if (threadIdx.x == 0) db[k] = float(total);
     }
@@ -179,9 +225,11 @@ struct FilterGemm {
 // Block (j tile, kk tile, group, split) sums dy[m][g*Kg + j] * col[m][kk] over its chunk
 // of pixels, slice by slice in order, and writes the partial tile: into ws[split] (in
 // (K, red) order) when there are several splits, else straight into dw.
-template <Layout L>
+// On index type I with the forward's gathers (implicit_gemm.cuh), dv's divisions by
+// multiply-high.
+template <Layout L, typename I>
 __global__ void __launch_bounds__(kThreads)
-    bwd_filter_gemm(Conv2dParams p, FilterGemm fg, const float* __restrict__ dy,
+    bwd_filter_gemm(Conv2dParams p, FilterGemm fg, GemmDiv<I> dv, const float* __restrict__ dy,
                     const float* __restrict__ x, float* __restrict__ ws, float* __restrict__ dw) {
     constexpr bool nchw = L == Layout::NCHW;
     __shared__ float As[kFBK][kFBM + 1];  // dy^T slice: [pixel][filter]
@@ -189,27 +237,36 @@ __global__ void __launch_bounds__(kThreads)
     const GemmShape& gs = fg.gs;
     const int tid = threadIdx.x;
     const int tj = tid % kFGrid, tk = tid / kFGrid;  // the thread's rows / columns of the tile
-    const int64_t RS = p.R * p.S;
-    for (int64_t tile = blockIdx.x; tile < fg.tiles; tile += gridDim.x) {
-        const int64_t j0 = tile % fg.j_tiles * kFBM;
-        const int64_t k0 = tile / fg.j_tiles % fg.kk_tiles * kFBN;
-        const int64_t g = tile / (fg.j_tiles * fg.kk_tiles) % p.groups;
-        const int64_t split = tile / (fg.j_tiles * fg.kk_tiles * p.groups);
-        const int64_t m_begin = split * kSplitPixels, m_end = min64(gs.M, m_begin + kSplitPixels);
-        const float* xg = x + g * gs.Cg * (nchw ? p.H * p.W : 1);
+    const I K = I(p.K), Kg = I(gs.Kg), red = I(gs.red), PQ = I(gs.PQ), M = I(gs.M);
+    const I j_tiles = I(fg.j_tiles), kk_tiles = I(fg.kk_tiles), groups = I(p.groups);
+    for (I tile = blockIdx.x; tile < I(fg.tiles); tile += gridDim.x) {
+        // Once per tile: plain divisions.
+        const I j0 = tile % j_tiles * kFBM;
+        const I k0 = tile / j_tiles % kk_tiles * kFBN;
+        const I g = tile / (j_tiles * kk_tiles) % groups;
+        const I split = tile / (j_tiles * kk_tiles * groups);
+        const I m_begin = split * I(kSplitPixels);
+        const I m_end = M < m_begin + I(kSplitPixels) ? M : I(m_begin + kSplitPixels);
+        const float* xg = x + g * I(gs.Cg) * (nchw ? I(p.H) * I(p.W) : I(1));
         float acc[kFPer][kFPer] = {};
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += kFBK) {
+        for (I m0 = m_begin; m0 < m_end; m0 += kFBK) {
             // A: dy[m][g*Kg + j]. NCHW: pixels contiguous, so threads run along m
             // (m = tid % 16, j = tid / 16 + 16 i); NHWC: filters contiguous, along j.
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int row = nchw ? tid % kFBK : tid / kFBM + 4 * i;
                 const int col = nchw ? tid / kFBK + 16 * i : tid % kFBM;
-                const int64_t m = m0 + row, j = j0 + col;
+                const I m = m0 + row, j = j0 + col;
                 float v = 0.f;
-                if (m < m_end && j < gs.Kg) {
-                    const int64_t k = g * gs.Kg + j;
-                    v = nchw ? dy[(m / gs.PQ * p.K + k) * gs.PQ + m % gs.PQ] : dy[m * p.K + k];
+                if (m < m_end && j < Kg) {
+                    const I k = g * Kg + j;
+                    if (nchw) {
+                        I n;
+                        const I pq = dv.pq.divmod(m, n);
+                        v = dy[(n * K + k) * PQ + pq];
+                    } else {
+                        v = dy[m * K + k];
+                    }
                 }
                 As[row][col] = v;
             }
@@ -219,17 +276,17 @@ __global__ void __launch_bounds__(kThreads)
             for (int i = 0; i < 4; ++i) {
                 const int row = nchw ? tid % kFBK : tid / kFBN + 4 * i;
                 const int col = nchw ? tid / kFBK + 16 * i : tid % kFBN;
-                const int64_t m = m0 + row, kk = k0 + col;
+                const I m = m0 + row, kk = k0 + col;
                 float v = 0.f;
-                if (m < m_end && kk < gs.red) {
-                    const Pixel px = pixel_of(p, gs, m);
-                    if (nchw) {
-                        const int64_t c = kk / RS, rs = kk % RS;
-                        v = gather<L>(p, xg, px, c, rs / p.S, rs % p.S);
-                    } else {
-                        const int64_t rs = kk / gs.Cg, c = kk % gs.Cg;
-                        v = gather<L>(p, xg, px, c, rs / p.S, rs % p.S);
-                    }
+                if (m < m_end && kk < red) {
+                    const Pixel<I> px = pixel_of(p, gs, dv, m);
+                    I c, rs, r;
+                    if (nchw)
+                        rs = dv.rs.divmod(kk, c);
+                    else
+                        c = dv.cg.divmod(kk, rs);
+                    const I s = dv.s.divmod(rs, r);
+                    v = gather<L>(p, xg, px, c, r, s);
                 }
                 Bs[row][col] = v;
             }
@@ -250,17 +307,17 @@ __global__ void __launch_bounds__(kThreads)
         }
 #pragma unroll
         for (int i = 0; i < kFPer; ++i) {
-            const int64_t j = j0 + tj + kFGrid * i;
-            if (j >= gs.Kg) continue;
-            const int64_t k = g * gs.Kg + j;
+            const I j = j0 + tj + kFGrid * i;
+            if (j >= Kg) continue;
+            const I k = g * Kg + j;
 #pragma unroll
             for (int jj = 0; jj < kFPer; ++jj) {
-                const int64_t kk = k0 + tk + kFGrid * jj;
-                if (kk >= gs.red) continue;
+                const I kk = k0 + tk + kFGrid * jj;
+                if (kk >= red) continue;
                 if (fg.splits > 1)
-                    ws[(split * p.K + k) * gs.red + kk] = acc[i][jj];
+                    ws[(split * K + k) * red + kk] = acc[i][jj];
                 else
-                    dw[nchw ? k * gs.red + kk : kk * p.K + k] = acc[i][jj];
+                    dw[nchw ? k * red + kk : kk * K + k] = acc[i][jj];
             }
         }
     }
@@ -313,10 +370,17 @@ void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float*
         ws = own.dev;
     }
     const unsigned int blocks = blocks_for(fg.tiles, 1);
-    if (p.layout == Layout::NCHW)
-        bwd_filter_gemm<Layout::NCHW><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws, dw);
-    else
-        bwd_filter_gemm<Layout::NHWC><<<blocks, kThreads, 0, stream>>>(p, fg, dy, x, ws, dw);
+    // + the split partials and the tiles' overhang past Kg and red.
+    const int64_t extent = max64(max64(conv_extent(p), split_partials(fg, p) + kFBN),
+                                 fg.tiles + (p.K + kFBM) * (fg.gs.red + kFBN));
+    with_index_type(extent, [&](auto index) {
+        using I = decltype(index);
+        const GemmDiv<I> dv(p, fg.gs);
+        if (p.layout == Layout::NCHW)
+            bwd_filter_gemm<Layout::NCHW, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
+        else
+            bwd_filter_gemm<Layout::NHWC, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
+    });
     FC_CUDA_CHECK_LAUNCH();
     if (fg.splits > 1) {
         bwd_filter_sum_splits<<<blocks_for(p.K * fg.gs.red, kThreads), kThreads, 0, stream>>>(
@@ -339,7 +403,12 @@ void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a,
                      cudaStream_t stream) {
     const int64_t count = p.conv.N * p.conv.K * p.conv.P * p.conv.Q;
     if (count <= 0) return;
-    avgpool_act_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, a, dz);
+    with_index_type(conv_extent(p.conv), [&](auto index) {
+        using I = decltype(index);
+        avgpool_act_bwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.conv.layout, p.conv.K, p.conv.P, p.conv.Q), DivMod<I>(p.pool_h),
+            DivMod<I>(p.pool_w), dy, a, dz);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -347,7 +416,11 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant, const float* dy, const 
                      float* dx, cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    bwd_data_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, w, dx);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        bwd_data_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), DivMod<I>(p.C / p.groups), dy, w, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -371,13 +444,23 @@ void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const float* dy, co
     if (count <= 0) return;
     if (bwd_filter_uses_gemm(p, v)) return launch_bwd_filter_gemm(p, dy, x, dw, workspace, stream);
     // With no outputs every block writes a zero sum, which is the gradient.
-    bwd_filter_reduce<<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, dy, x, dw);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        const int64_t Cg = p.C / p.groups;
+        const Unravel4<I> wu = p.layout == Layout::NCHW ? Unravel4<I>(Layout::NCHW, Cg, p.R, p.S)
+                                                        : Unravel4<I>(Layout::NCHW, p.S, Cg, p.K);
+        bwd_filter_reduce<I><<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, wu, dy, x, dw);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
 void conv2d_bwd_bias(const Conv2dParams& p, const float* dy, float* db, cudaStream_t stream) {
     if (p.K <= 0) return;
-    bwd_bias_reduce<<<blocks_for(p.K, 1), kReduceThreads, 0, stream>>>(p, dy, db);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        bwd_bias_reduce<I><<<blocks_for(p.K, 1), kReduceThreads, 0, stream>>>(
+            p, DivMod<I>(p.P * p.Q), dy, db);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 

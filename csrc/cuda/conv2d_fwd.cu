@@ -44,34 +44,44 @@ namespace {
 
 // ---------------------------------------------------------------------------------- direct
 
-// bias + the window sum of output (n, k, oh, ow), every tap bounds-checked.
-__device__ __forceinline__ float direct_output(const Conv2dParams& p, const float* __restrict__ x,
+// bias + the window sum of output (n, k, oh, ow), every tap bounds-checked; in the
+// kernel's index type I (int32_t where conv_extent fits). g = k / Kg by a plain
+// division, once per output: through a DivMod, ptxas spilled conv2d_avgpool_fused<int>
+// (32 registers, 32/48 B) where the division leaves it at 48 registers and none.
+template <typename I>
+__device__ __forceinline__ float direct_output(const Conv2dParams& p,
+                                               const float* __restrict__ x,
                                                const float* __restrict__ w,
-                                               const float* __restrict__ b, int64_t n,
-                                               int64_t k, int64_t oh, int64_t ow) {
-    const int64_t Cg = p.C / p.groups, g = k / (p.K / p.groups);
+                                               const float* __restrict__ b, I n, I k, I oh,
+                                               I ow) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), R = I(p.R), S = I(p.S);
+    const I Cg = I(p.C / p.groups), g = k / I(p.K / p.groups);
+    const I h0 = oh * I(p.stride_h) - I(p.pad_h), w0 = ow * I(p.stride_w) - I(p.pad_w);
+    const bool nchw = p.layout == Layout::NCHW;
     float acc = p.has_bias ? b[k] : 0.f;
-    for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < p.R; ++r) {
-            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-            if (h < 0 || h >= p.H) continue;
-            for (int64_t s = 0; s < p.S; ++s) {
-                const int64_t wi = ow * p.stride_w - p.pad_w + s * p.dil_w;
-                if (wi < 0 || wi >= p.W) continue;
-                acc += x[offset4(p.layout, n, g * Cg + c, h, wi, p.C, p.H, p.W)] *
-                       w[weight_offset(p.layout, k, c, r, s, p.K, Cg, p.R, p.S)];
+    for (I c = 0; c < Cg; ++c)
+        for (I r = 0; r < R; ++r) {
+            const I h = h0 + r * I(p.dil_h);
+            if (h < 0 || h >= H) continue;
+            for (I s = 0; s < S; ++s) {
+                const I wi = w0 + s * I(p.dil_w);
+                if (wi < 0 || wi >= W) continue;
+                acc += x[offset4i(p.layout, n, I(g * Cg + c), h, wi, C, H, W)] *
+                       w[nchw ? ((k * Cg + c) * R + r) * S + s : ((r * S + s) * Cg + c) * K + k];
             }
         }
     return acc;
 }
 
-// One thread per output, in y's memory order.
+// One thread per output, in y's memory order; un unravels (K, P, Q).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    conv2d_direct(Conv2dParams p, const float* __restrict__ x, const float* __restrict__ w,
-                  const float* __restrict__ b, float* __restrict__ y) {
-    const int64_t count = p.N * p.K * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.K, p.P, p.Q);  // (n, k, oh, ow)
+    conv2d_direct(Conv2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                  const float* __restrict__ w, const float* __restrict__ b,
+                  float* __restrict__ y) {
+    const I count = I(p.N * p.K * p.P * p.Q);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, k, oh, ow)
         y[i] = activate(p.act, direct_output(p, x, w, b, o.n, o.c, o.h, o.w));
     }
 }
@@ -81,26 +91,30 @@ __global__ void __launch_bounds__(kThreads)
 // each through the activation (kept in `a` when save_activation), and averages them:
 // summed in row-major order and divided, as pool.cu's avg_pool_fwd_kernel, so the
 // fused and composed paths differ only where the convolution sums do.
+// un unravels (K, P / pool_h, Q / pool_w).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    conv2d_avgpool_fused(Conv2dPoolParams bp, const float* __restrict__ x,
-                         const float* __restrict__ w, const float* __restrict__ b,
-                         float* __restrict__ y, float* __restrict__ a) {
+    conv2d_avgpool_fused(Conv2dPoolParams bp, Unravel4<I> un, const float* __restrict__ x, const float* __restrict__ w,
+                         const float* __restrict__ b, float* __restrict__ y,
+                         float* __restrict__ a) {
     const Conv2dParams& p = bp.conv;
-    const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
-    const int64_t count = p.N * p.K * PP * QQ;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.K, PP, QQ);  // (n, k, pooled row, col)
+    const I K = I(p.K), P = I(p.P), Q = I(p.Q), ph = I(bp.pool_h), pw = I(bp.pool_w);
+    const I PP = P / ph, QQ = Q / pw;
+    const I count = I(p.N) * K * PP * QQ;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, k, pooled row, col)
         // When saving, the last pooled row / column also covers the rows / columns the
         // floor drops, so the whole activation is written.
         const bool save = bp.save_activation;
-        const int64_t rows = save && o.h == PP - 1 ? p.P - o.h * bp.pool_h : bp.pool_h;
-        const int64_t cols = save && o.w == QQ - 1 ? p.Q - o.w * bp.pool_w : bp.pool_w;
+        const I rows = save && o.h == PP - 1 ? I(P - o.h * ph) : ph;
+        const I cols = save && o.w == QQ - 1 ? I(Q - o.w * pw) : pw;
         float sum = 0.f;
-        for (int64_t dr = 0; dr < rows; ++dr)
-            for (int64_t ds = 0; ds < cols; ++ds) {
-                const int64_t oh = o.h * bp.pool_h + dr, ow = o.w * bp.pool_w + ds;
-                const float v = activate(p.act, direct_output(p, x, w, b, o.n, o.c, oh, ow));
-                if (save) a[offset4(p.layout, o.n, o.c, oh, ow, p.K, p.P, p.Q)] = v;
+        for (I dr = 0; dr < rows; ++dr)
+            for (I ds = 0; ds < cols; ++ds) {
+                const I oh = o.h * ph + dr, ow = o.w * pw + ds;
+                const float v =
+                    activate(p.act, direct_output(p, x, w, b, o.n, o.c, oh, ow));
+                if (save) a[offset4i(p.layout, o.n, o.c, oh, ow, K, P, Q)] = v;
                 if (dr < bp.pool_h && ds < bp.pool_w) sum += v;
             }
         y[i] = sum / float(bp.pool_h * bp.pool_w);
@@ -125,9 +139,13 @@ static_assert(kBM * kBK == 4 * kGemmThreads);  // each thread loads 4 elements o
 // contiguous along kk (NCHW, weight (K, Cg, R, S): kk = (c*R + r)*S + s) or along the
 // filters (NHWC, weight (R, S, Cg, K): kk = (r*S + s)*Cg + c, which also makes the A
 // gather contiguous along c).
-template <Layout L>
+//
+// Instantiated on the index type I (cuda_common.cuh): int32_t where conv_extent fits,
+// int64_t otherwise. The gathers' divisions (pixel m -> (n, oh, ow), kk -> (c, r, s))
+// are multiply-highs through dv.
+template <Layout L, typename I>
 __global__ void __launch_bounds__(kGemmThreads)
-    conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, const float* __restrict__ x,
+    conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, GemmDiv<I> dv, const float* __restrict__ x,
                          const float* __restrict__ w, const float* __restrict__ b,
                          float* __restrict__ y) {
     constexpr bool nchw = L == Layout::NCHW;
@@ -143,59 +161,63 @@ __global__ void __launch_bounds__(kGemmThreads)
     const int tid = threadIdx.x;
     const int tm = nchw ? tid % kGrid : tid / kGrid;
     const int tn = nchw ? tid / kGrid : tid % kGrid;
-    const int64_t RS = p.R * p.S;
+    const I red = I(gs.red), Kg = I(gs.Kg), K = I(p.K), M = I(gs.M), PQ = I(gs.PQ);
+    const I m_tiles = I(gs.m_tiles), n_tiles = I(gs.n_tiles), tiles = I(gs.tiles);
 
-    for (int64_t tile = blockIdx.x; tile < gs.tiles; tile += gridDim.x) {
-        const int64_t m0 = (tile % gs.m_tiles) * kBM;
-        const int64_t j0 = (tile / gs.m_tiles % gs.n_tiles) * kBN;
-        const int64_t g = tile / (gs.m_tiles * gs.n_tiles);
-        const float* xg = x + g * gs.Cg * (nchw ? p.H * p.W : 1);
+    for (I tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        // Once per tile: plain divisions.
+        const I m0 = (tile % m_tiles) * kBM;
+        const I j0 = (tile / m_tiles % n_tiles) * kBN;
+        const I g = tile / (m_tiles * n_tiles);
+        const float* xg = x + g * I(gs.Cg) * (nchw ? I(p.H) * I(p.W) : I(1));
 
-        Pixel px[kPixels];
+        Pixel<I> px[kPixels];
 #pragma unroll
         for (int i = 0; i < kPixels; ++i)
-            px[i] = pixel_of(p, gs, m0 + (nchw ? tid % kBM : tid / kBK + 16 * i));
+            px[i] = pixel_of(p, gs, dv, I(m0 + (nchw ? tid % kBM : tid / kBK + 16 * i)));
 
         float acc[kPerThread][kPerThread] = {};
-        for (int64_t k0 = 0; k0 < gs.red; k0 += kBK) {
+        for (I k0 = 0; k0 < red; k0 += kBK) {
             if (nchw) {
                 // A: row kk = tid / 64 + 4 i, column pixel tid % 64.
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int row = tid / kBM + 4 * i;
-                    const int64_t kk = k0 + row;
+                    const I kk = k0 + row;
                     float v = 0.f;
-                    if (kk < gs.red) {
-                        const int64_t c = kk / RS, rs = kk % RS;
-                        v = gather<L>(p, xg, px[0], c, rs / p.S, rs % p.S);
+                    if (kk < red) {
+                        I c, r;
+                        const I rs = dv.rs.divmod(kk, c);
+                        const I s = dv.s.divmod(rs, r);
+                        v = gather<L>(p, xg, px[0], c, r, s);
                     }
                     As[row][tid % kBM] = v;
                 }
                 // B: row kk = tid % 16, column filter tid / 16 + 16 i.
-                const int64_t kk = k0 + tid % kBK;
+                const I kk = k0 + tid % kBK;
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int col = tid / kBK + 16 * i;
-                    const int64_t j = j0 + col;
-                    Bs[tid % kBK][col] =
-                        (kk < gs.red && j < gs.Kg) ? w[(g * gs.Kg + j) * gs.red + kk] : 0.f;
+                    const I j = j0 + col;
+                    Bs[tid % kBK][col] = (kk < red && j < Kg) ? w[(g * Kg + j) * red + kk] : 0.f;
                 }
             } else {
                 // A: row kk = tid % 16, column pixel tid / 16 + 16 i.
-                const int64_t kk = k0 + tid % kBK;
-                const int64_t rs = kk / gs.Cg, c = kk % gs.Cg;
+                const I kk = k0 + tid % kBK;
+                I rs, r;
+                const I c = dv.cg.divmod(kk, rs);
+                const I s = dv.s.divmod(rs, r);
 #pragma unroll
                 for (int i = 0; i < kPixels; ++i)
                     As[tid % kBK][tid / kBK + 16 * i] =
-                        kk < gs.red ? gather<L>(p, xg, px[i], c, rs / p.S, rs % p.S) : 0.f;
+                        kk < red ? gather<L>(p, xg, px[i], c, r, s) : 0.f;
                 // B: row kk = tid / 64 + 4 i, column filter tid % 64.
-                const int64_t j = j0 + tid % kBN;
+                const I j = j0 + tid % kBN;
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const int row = tid / kBN + 4 * i;
-                    const int64_t kr = k0 + row;
-                    Bs[row][tid % kBN] =
-                        (kr < gs.red && j < gs.Kg) ? w[kr * p.K + g * gs.Kg + j] : 0.f;
+                    const I kr = k0 + row;
+                    Bs[row][tid % kBN] = (kr < red && j < Kg) ? w[kr * K + g * Kg + j] : 0.f;
                 }
             }
             __syncthreads();
@@ -217,16 +239,17 @@ __global__ void __launch_bounds__(kGemmThreads)
         // Epilogue: y = act(acc + bias), as the CPU's bias_activation after its GEMM.
 #pragma unroll
         for (int i = 0; i < kPerThread; ++i) {
-            const int64_t m = m0 + tm + kGrid * i;
-            if (m >= gs.M) continue;
-            const int64_t n = m / gs.PQ, pq = m % gs.PQ;
+            const I m = m0 + tm + kGrid * i;
+            if (m >= M) continue;
+            I n;
+            const I pq = dv.pq.divmod(m, n);
 #pragma unroll
             for (int j = 0; j < kPerThread; ++j) {
-                const int64_t jj = j0 + tn + kGrid * j;
-                if (jj >= gs.Kg) continue;
-                const int64_t k = g * gs.Kg + jj;
+                const I jj = j0 + tn + kGrid * j;
+                if (jj >= Kg) continue;
+                const I k = g * Kg + jj;
                 const float z = acc[i][j] + (p.has_bias ? b[k] : 0.f);
-                y[nchw ? (n * p.K + k) * gs.PQ + pq : m * p.K + k] = activate(p.act, z);
+                y[nchw ? (n * K + k) * PQ + pq : m * K + k] = activate(p.act, z);
             }
         }
     }
@@ -234,8 +257,11 @@ __global__ void __launch_bounds__(kGemmThreads)
 
 void launch_direct(const Conv2dParams& p, const float* x, const float* w, const float* b,
                    float* y, cudaStream_t stream) {
-    conv2d_direct<<<blocks_for(p.N * p.K * p.P * p.Q, kThreads), kThreads, 0, stream>>>(p, x, w,
-                                                                                         b, y);
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        conv2d_direct<I><<<blocks_for(p.N * p.K * p.P * p.Q, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.K, p.P, p.Q), x, w, b, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -251,10 +277,15 @@ void launch_implicit_gemm(const Conv2dParams& p, const float* x, const float* w,
     gs.n_tiles = ceil_div(gs.Kg, kBN);
     gs.tiles = gs.m_tiles * gs.n_tiles * p.groups;
     const unsigned int blocks = blocks_for(gs.tiles, 1);
-    if (p.layout == Layout::NCHW)
-        conv2d_implicit_gemm<Layout::NCHW><<<blocks, kGemmThreads, 0, stream>>>(p, gs, x, w, b, y);
-    else
-        conv2d_implicit_gemm<Layout::NHWC><<<blocks, kGemmThreads, 0, stream>>>(p, gs, x, w, b, y);
+    // + the tiles' overhang (kBM pixels, kBK reduction indices) past M and red.
+    with_index_type(max64(conv_extent(p), gs.tiles + gs.M + gs.red + kBM + kBK), [&](auto index) {
+        using I = decltype(index);
+        const GemmDiv<I> dv(p, gs);
+        if (p.layout == Layout::NCHW)
+            conv2d_implicit_gemm<Layout::NCHW, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, y);
+        else
+            conv2d_implicit_gemm<Layout::NHWC, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -293,8 +324,11 @@ void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x
         v = conv2d_auto_variant(c) == ConvVariant::Direct ? ConvVariant::Fused : ConvVariant::Auto;
     if (v == ConvVariant::Fused) {
         const int64_t count = c.N * c.K * (c.P / p.pool_h) * (c.Q / p.pool_w);
-        conv2d_avgpool_fused<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, w, b, y,
-                                                                                   a);
+        with_index_type(conv_extent(c), [&](auto index) {
+            using I = decltype(index);
+            conv2d_avgpool_fused<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(c.layout, c.K, c.P / p.pool_h, c.Q / p.pool_w), x, w, b, y, a);
+        });
         FC_CUDA_CHECK_LAUNCH();
         return;
     }

@@ -9,6 +9,7 @@
 #pragma once
 #include "../common/params.h"
 #include "../common/shapes.h"
+#include "cuda_common.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -19,33 +20,60 @@ struct GemmShape {
     int64_t m_tiles, n_tiles, tiles;  // tiles = m_tiles * n_tiles * groups
 };
 
-// One output pixel m of the GEMM as the A-tile loader sees it: where its image starts
-// and the input coordinates of its window's top-left tap.
-struct Pixel {
-    int64_t base;    // offset of image n in x
-    int64_t h0, w0;  // oh * sh - ph, ow * sw - pw
-    bool valid;      // m < M (the last tile overhangs)
+// The kernels' index type I (cuda_common.cuh): int32_t where conv_extent fits. Their
+// divisions by P*Q, Q, S, R*S and Cg go through DivMod, built once on the host.
+template <typename I>
+struct GemmDiv {
+    DivMod<I> pq, q, s, rs, cg;
+    GemmDiv() = default;
+    GemmDiv(const Conv2dParams& p, const GemmShape& gs)
+        : pq(gs.PQ), q(p.Q), s(p.S), rs(p.R * p.S), cg(gs.Cg) {}
 };
 
-__device__ __forceinline__ Pixel pixel_of(const Conv2dParams& p, const GemmShape& gs, int64_t m) {
-    Pixel px;
-    px.valid = m < gs.M;
-    const int64_t n = m / gs.PQ, pq = m % gs.PQ;
-    px.base = n * p.C * p.H * p.W;
-    px.h0 = (pq / p.Q) * p.stride_h - p.pad_h;
-    px.w0 = (pq % p.Q) * p.stride_w - p.pad_w;
+// One output pixel m of the GEMM as a tile loader sees it: where its image starts and
+// the input coordinates of its window's top-left tap.
+template <typename I>
+struct Pixel {
+    I base;    // offset of image n in x
+    I h0, w0;  // oh * sh - ph, ow * sw - pw
+    bool valid;  // m < M (the last tile overhangs)
+};
+
+template <typename I>
+__device__ __forceinline__ Pixel<I> pixel_of(const Conv2dParams& p, const GemmShape& gs,
+                                              const GemmDiv<I>& dv, I m) {
+    Pixel<I> px;
+    px.valid = m < I(gs.M);
+    I n, oh;
+    const I pq = dv.pq.divmod(m, n);
+    const I ow = dv.q.divmod(pq, oh);
+    px.base = n * I(p.C) * I(p.H) * I(p.W);
+    px.h0 = oh * I(p.stride_h) - I(p.pad_h);
+    px.w0 = ow * I(p.stride_w) - I(p.pad_w);
     return px;
 }
 
 // col[m][(c, r, s)] = x[n, g*Cg + c, h0 + r*dh, w0 + s*dw], 0 in the padding. xg points
 // at channel g*Cg of image 0.
-template <Layout L>
+template <Layout L, typename I>
 __device__ __forceinline__ float gather(const Conv2dParams& p, const float* __restrict__ xg,
-                                        const Pixel& px, int64_t c, int64_t r, int64_t s) {
-    const int64_t h = px.h0 + r * p.dil_h, w = px.w0 + s * p.dil_w;
-    if (!px.valid || h < 0 || h >= p.H || w < 0 || w >= p.W) return 0.f;
-    return L == Layout::NCHW ? xg[px.base + (c * p.H + h) * p.W + w]
-                             : xg[px.base + (h * p.W + w) * p.C + c];
+                                        const Pixel<I>& px, I c, I r, I s) {
+    const I H = I(p.H), W = I(p.W);
+    const I h = px.h0 + r * I(p.dil_h), w = px.w0 + s * I(p.dil_w);
+    if (!px.valid || h < 0 || h >= H || w < 0 || w >= W) return 0.f;
+    return L == Layout::NCHW ? xg[px.base + (c * H + h) * W + w]
+                             : xg[px.base + (h * W + w) * I(p.C) + c];
+}
+
+// The largest index, offset or coordinate the conv2d kernels form (tensors, weight,
+// and window coordinates oh * stride - pad + r * dil on either side of the image); the
+// launchers choose int32_t where it fits.
+inline int64_t conv_extent(const Conv2dParams& p) {
+    const int64_t tensors = max64(max64(p.N * p.C * p.H * p.W, p.N * p.K * p.P * p.Q),
+                                  p.K * max64(p.C / max64(p.groups, 1), 1) * p.R * p.S);
+    const int64_t rows = p.H + p.pad_h + (p.P + 1) * p.stride_h + (p.R + 1) * p.dil_h;
+    const int64_t cols = p.W + p.pad_w + (p.Q + 1) * p.stride_w + (p.S + 1) * p.dil_w;
+    return max64(tensors, 2 * max64(rows, cols));
 }
 
 }  // namespace cuda

@@ -37,6 +37,12 @@
 //                        one float4 output; the backward the reverse.
 // The taps are visited in the generic kernels' order with their arithmetic, so the
 // bits are the same (the CUDA emulation compares the two exactly).
+//
+// max_pool_fwd, max_pool_bwd, avg_pool_fwd, avg_pool_bwd, global_avg_pool_bwd and the
+// 2x2 paths come in two index types (cuda_common.cuh): int32_t where pool_extent fits, int64_t
+// otherwise; in int32_t each element's (n, c, h, w) takes multiply-highs (Unravel4) and
+// the window loops run in 32 bits. The window bounds (pool_taps, first_out_reaching)
+// are still shapes.h's 64-bit helpers, once per element.
 #include <cmath>
 
 #include "../common/check.h"
@@ -49,22 +55,33 @@ namespace cuda {
 
 namespace {
 
+// The largest index, offset or window coordinate the generic kernels form.
+int64_t pool_extent(const Pool2dParams& p) {
+    const int64_t tensors = max64(p.N * p.C * p.H * p.W, p.N * p.C * p.P * p.Q);
+    const int64_t rows = p.H + p.pad_h + p.pad_h_end + (p.P + 1) * p.stride_h + (p.kh + 1) * p.dil_h;
+    const int64_t cols = p.W + p.pad_w + p.pad_w_end + (p.Q + 1) * p.stride_w + (p.kw + 1) * p.dil_w;
+    return max64(tensors, 2 * max64(rows, cols));
+}
+
+// un unravels (C, P, Q).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_fwd_kernel(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y,
-                        int64_t* __restrict__ idx) {
-    const int64_t count = p.N * p.C * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.C, p.P, p.Q);  // (n, c, oh, ow)
+    max_pool_fwd_kernel(Pool2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                        float* __restrict__ y, int64_t* __restrict__ idx) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W), dh = I(p.dil_h), dw = I(p.dil_w);
+    const I count = I(p.N * p.C * p.P * p.Q);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, c, oh, ow)
         const PoolTaps th = pool_taps(o.h, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
         const PoolTaps tw = pool_taps(o.w, p.stride_w, p.pad_w, p.kw, p.dil_w, p.W);
         float best = -INFINITY;
-        int64_t arg = -1;
-        for (int64_t a = th.t0; a < th.t1; ++a) {
-            const int64_t h = th.start + a * p.dil_h;
-            for (int64_t b = tw.t0; b < tw.t1; ++b) {
-                const int64_t w = tw.start + b * p.dil_w;
-                const float v = x[offset4(p.layout, o.n, o.c, h, w, p.C, p.H, p.W)];
-                if (v > best || isnan(v)) best = v, arg = h * p.W + w;
+        I arg = -1;
+        for (I a = I(th.t0); a < I(th.t1); ++a) {
+            const I h = I(th.start) + a * dh;
+            for (I b = I(tw.t0); b < I(tw.t1); ++b) {
+                const I w = I(tw.start) + b * dw;
+                const float v = x[offset4i(p.layout, o.n, o.c, h, w, C, H, W)];
+                if (v > best || isnan(v)) best = v, arg = h * W + w;
             }
         }
         y[i] = best;
@@ -72,24 +89,26 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// One thread per element of dx, in dx's memory order.
+// One thread per element of dx, in dx's memory order. un unravels (C, H, W).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_bwd_gather(Pool2dParams p, const float* __restrict__ dy,
+    max_pool_bwd_gather(Pool2dParams p, Unravel4<I> un, const float* __restrict__ dy,
                         const int64_t* __restrict__ idx, float* __restrict__ dx) {
-    const int64_t count = p.N * p.C * p.H * p.W;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);  // (n, c, h, w)
-        const int64_t self = at.h * p.W + at.w;
-        const int64_t p0 = first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, p.dil_h);
-        const int64_t p1 = last_out_reaching(at.h, p.stride_h, p.pad_h, p.P);
-        const int64_t q0 = first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, p.dil_w);
-        const int64_t q1 = last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q);
+    const I C = I(p.C), W = I(p.W), P = I(p.P), Q = I(p.Q);
+    const I count = I(p.N * p.C * p.H * p.W);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);  // (n, c, h, w)
+        const int64_t self = at.h * W + at.w;
+        const I p0 = I(first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, p.dil_h));
+        const I p1 = I(last_out_reaching(at.h, p.stride_h, p.pad_h, p.P));
+        const I q0 = I(first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, p.dil_w));
+        const I q1 = I(last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q));
         // Windows that skip the pixel (dilation) cannot have chosen it: the index test
         // alone decides.
         float acc = 0.f;
-        for (int64_t oh = p0; oh < p1; ++oh)
-            for (int64_t ow = q0; ow < q1; ++ow) {
-                const int64_t o = offset4(p.layout, at.n, at.c, oh, ow, p.C, p.P, p.Q);
+        for (I oh = p0; oh < p1; ++oh)
+            for (I ow = q0; ow < q1; ++ow) {
+                const I o = offset4i(p.layout, at.n, at.c, oh, ow, C, P, Q);
                 if (idx[o] == self) acc += dy[o];
             }
         dx[i] = acc;
@@ -107,17 +126,21 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// un unravels (C, P, Q).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_fwd_kernel(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y) {
-    const int64_t count = p.N * p.C * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.C, p.P, p.Q);
+    avg_pool_fwd_kernel(Pool2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                        float* __restrict__ y) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W);
+    const I count = I(p.N * p.C * p.P * p.Q);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);
         const PoolTaps th = pool_taps(o.h, p.stride_h, p.pad_h, p.kh, 1, p.H);
         const PoolTaps tw = pool_taps(o.w, p.stride_w, p.pad_w, p.kw, 1, p.W);
         float acc = 0.f;
-        for (int64_t a = th.t0; a < th.t1; ++a)
-            for (int64_t b = tw.t0; b < tw.t1; ++b)
-                acc += x[offset4(p.layout, o.n, o.c, th.start + a, tw.start + b, p.C, p.H, p.W)];
+        for (I a = I(th.t0); a < I(th.t1); ++a)
+            for (I b = I(tw.t0); b < I(tw.t1); ++b)
+                acc += x[offset4i(p.layout, o.n, o.c, I(th.start + a), I(tw.start + b), C, H, W)];
         y[i] = acc / float(pool_avg_divisor(p, o.h, o.w));
     }
 }
@@ -125,19 +148,23 @@ __global__ void __launch_bounds__(kThreads)
 // One thread per element of dx, in dx's memory order. The outputs whose (undilated)
 // window holds row h are exactly [first_out_reaching, last_out_reaching), and likewise
 // for columns, so no tap test is needed.
+// un unravels (C, H, W).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    avg_pool_bwd_gather(Pool2dParams p, const float* __restrict__ dy, float* __restrict__ dx) {
-    const int64_t count = p.N * p.C * p.H * p.W;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);
-        const int64_t p0 = first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, 1);
-        const int64_t p1 = last_out_reaching(at.h, p.stride_h, p.pad_h, p.P);
-        const int64_t q0 = first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, 1);
-        const int64_t q1 = last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q);
+    avg_pool_bwd_gather(Pool2dParams p, Unravel4<I> un, const float* __restrict__ dy,
+                        float* __restrict__ dx) {
+    const I C = I(p.C), P = I(p.P), Q = I(p.Q);
+    const I count = I(p.N * p.C * p.H * p.W);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);
+        const I p0 = I(first_out_reaching(at.h, p.kh, p.stride_h, p.pad_h, 1));
+        const I p1 = I(last_out_reaching(at.h, p.stride_h, p.pad_h, p.P));
+        const I q0 = I(first_out_reaching(at.w, p.kw, p.stride_w, p.pad_w, 1));
+        const I q1 = I(last_out_reaching(at.w, p.stride_w, p.pad_w, p.Q));
         float acc = 0.f;
-        for (int64_t oh = p0; oh < p1; ++oh)
-            for (int64_t ow = q0; ow < q1; ++ow)
-                acc += dy[offset4(p.layout, at.n, at.c, oh, ow, p.C, p.P, p.Q)] /
+        for (I oh = p0; oh < p1; ++oh)
+            for (I ow = q0; ow < q1; ++ow)
+                acc += dy[offset4i(p.layout, at.n, at.c, oh, ow, C, P, Q)] /
                        float(pool_avg_divisor(p, oh, ow));
         dx[i] = acc;
     }
@@ -170,14 +197,16 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// un unravels (C, H, W).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    global_avg_pool_bwd_kernel(GlobalPoolParams p, const float* __restrict__ dy,
+    global_avg_pool_bwd_kernel(GlobalPoolParams p, Unravel4<I> un, const float* __restrict__ dy,
                                float* __restrict__ dx) {
-    const int64_t count = p.N * p.C * p.H * p.W;
+    const I count = I(p.N * p.C * p.H * p.W), C = I(p.C);
     const float HW = float(p.H * p.W);
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 at = unravel4(p.layout, i, p.C, p.H, p.W);
-        dx[i] = dy[at.n * p.C + at.c] / HW;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> at = un(i);
+        dx[i] = dy[at.n * C + at.c] / HW;
     }
 }
 
@@ -217,69 +246,76 @@ __device__ __forceinline__ float tap_grad(float g, int64_t arg, int64_t self, fl
     return 0.f + g / div;
 }
 
-template <bool kMax>
+// Item i = (plane * P + oh) * (Q / 2) + j: by_pairs divides by Q / 2, by_p by P.
+template <bool kMax, typename I>
 __global__ void __launch_bounds__(kThreads)
-    pool2x2_nchw_fwd(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y,
+    pool2x2_nchw_fwd(Pool2dParams p, DivMod<I> by_pairs, DivMod<I> by_p,
+                     const float* __restrict__ x, float* __restrict__ y,
                      int64_t* __restrict__ idx, float div) {
-    const int64_t pairs = p.Q / 2, per_plane = p.P * pairs, count = p.N * p.C * per_plane;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const int64_t plane = i / per_plane, r = i % per_plane;
-        const int64_t oh = r / pairs, j = r % pairs;
-        const int64_t at = 2 * oh * p.W + 4 * j;  // top-left tap of the first window
-        const float* xp = x + plane * p.H * p.W + at;
+    const I H = I(p.H), W = I(p.W), P = I(p.P), Q = I(p.Q);
+    const I count = I(p.N * p.C) * P * by_pairs.d;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        I row, plane;
+        const I j = by_pairs.divmod(i, row), oh = by_p.divmod(row, plane);
+        const I at = 2 * oh * W + 4 * j;  // top-left tap of the first window
+        const float* xp = x + plane * H * W + at;
         const float4 a = *reinterpret_cast<const float4*>(xp);
-        const float4 b = *reinterpret_cast<const float4*>(xp + p.W);
-        const Window w0 = window2x2<kMax>(a.x, a.y, b.x, b.y, at, p.W, div);
-        const Window w1 = window2x2<kMax>(a.z, a.w, b.z, b.w, at + 2, p.W, div);
-        const int64_t o = plane * p.P * p.Q + oh * p.Q + 2 * j;
+        const float4 b = *reinterpret_cast<const float4*>(xp + W);
+        const Window w0 = window2x2<kMax>(a.x, a.y, b.x, b.y, at, W, div);
+        const Window w1 = window2x2<kMax>(a.z, a.w, b.z, b.w, at + 2, W, div);
+        const I o = plane * P * Q + oh * Q + 2 * j;
         *reinterpret_cast<float2*>(y + o) = make_float2(w0.v, w1.v);
         if (kMax && idx) *reinterpret_cast<longlong2*>(idx + o) = make_longlong2(w0.arg, w1.arg);
     }
 }
 
-template <bool kMax>
+template <bool kMax, typename I>
 __global__ void __launch_bounds__(kThreads)
-    pool2x2_nchw_bwd(Pool2dParams p, const float* __restrict__ dy,
-                     const int64_t* __restrict__ idx, float* __restrict__ dx, float div) {
-    const int64_t pairs = p.Q / 2, per_plane = p.P * pairs, count = p.N * p.C * per_plane;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const int64_t plane = i / per_plane, r = i % per_plane;
-        const int64_t oh = r / pairs, j = r % pairs;
-        const int64_t at = 2 * oh * p.W + 4 * j;
-        const int64_t o = plane * p.P * p.Q + oh * p.Q + 2 * j;
+    pool2x2_nchw_bwd(Pool2dParams p, DivMod<I> by_pairs, DivMod<I> by_p,
+                     const float* __restrict__ dy, const int64_t* __restrict__ idx,
+                     float* __restrict__ dx, float div) {
+    const I H = I(p.H), W = I(p.W), P = I(p.P), Q = I(p.Q);
+    const I count = I(p.N * p.C) * P * by_pairs.d;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        I row, plane;
+        const I j = by_pairs.divmod(i, row), oh = by_p.divmod(row, plane);
+        const I at = 2 * oh * W + 4 * j;
+        const I o = plane * P * Q + oh * Q + 2 * j;
         const float2 g = *reinterpret_cast<const float2*>(dy + o);
         longlong2 arg{-1, -1};
         if (kMax) arg = *reinterpret_cast<const longlong2*>(idx + o);
-        float* dp = dx + plane * p.H * p.W + at;
+        float* dp = dx + plane * H * W + at;
         *reinterpret_cast<float4*>(dp) =
             make_float4(tap_grad<kMax>(g.x, arg.x, at, div), tap_grad<kMax>(g.x, arg.x, at + 1, div),
                         tap_grad<kMax>(g.y, arg.y, at + 2, div), tap_grad<kMax>(g.y, arg.y, at + 3, div));
-        const int64_t below = at + p.W;
-        *reinterpret_cast<float4*>(dp + p.W) = make_float4(
+        const I below = at + W;
+        *reinterpret_cast<float4*>(dp + W) = make_float4(
             tap_grad<kMax>(g.x, arg.x, below, div), tap_grad<kMax>(g.x, arg.x, below + 1, div),
             tap_grad<kMax>(g.y, arg.y, below + 2, div), tap_grad<kMax>(g.y, arg.y, below + 3, div));
     }
 }
 
 // NHWC: item i is (n, oh, ow, four channels), and 4 * i is its offset in y.
-template <bool kMax>
+// un unravels item i as a dense (N, P, Q, C / 4) index: {n, oh, ow, c4}.
+template <bool kMax, typename I>
 __global__ void __launch_bounds__(kThreads)
-    pool2x2_nhwc_fwd(Pool2dParams p, const float* __restrict__ x, float* __restrict__ y,
-                     int64_t* __restrict__ idx, float div) {
-    const int64_t C4 = p.C / 4, count = p.N * p.P * p.Q * C4;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const int64_t c4 = i % C4, pix = i / C4;
-        const int64_t ow = pix % p.Q, oh = pix / p.Q % p.P, n = pix / (p.Q * p.P);
-        const int64_t at = 2 * oh * p.W + 2 * ow;
-        const float* x00 = x + (n * p.H * p.W + at) * p.C + 4 * c4;
+    pool2x2_nhwc_fwd(Pool2dParams p, Unravel4<I> un, const float* __restrict__ x,
+                     float* __restrict__ y, int64_t* __restrict__ idx, float div) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W);
+    const I count = I(p.N * p.P * p.Q * (p.C / 4));
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> u = un(i);
+        const I n = u.n, oh = u.c, ow = u.h, c4 = u.w;
+        const I at = 2 * oh * W + 2 * ow;
+        const float* x00 = x + (n * H * W + at) * C + 4 * c4;
         const float4 a = *reinterpret_cast<const float4*>(x00);
-        const float4 b = *reinterpret_cast<const float4*>(x00 + p.C);
-        const float4 c = *reinterpret_cast<const float4*>(x00 + p.W * p.C);
-        const float4 d = *reinterpret_cast<const float4*>(x00 + (p.W + 1) * p.C);
-        const Window r0 = window2x2<kMax>(a.x, b.x, c.x, d.x, at, p.W, div);
-        const Window r1 = window2x2<kMax>(a.y, b.y, c.y, d.y, at, p.W, div);
-        const Window r2 = window2x2<kMax>(a.z, b.z, c.z, d.z, at, p.W, div);
-        const Window r3 = window2x2<kMax>(a.w, b.w, c.w, d.w, at, p.W, div);
+        const float4 b = *reinterpret_cast<const float4*>(x00 + C);
+        const float4 c = *reinterpret_cast<const float4*>(x00 + W * C);
+        const float4 d = *reinterpret_cast<const float4*>(x00 + (W + 1) * C);
+        const Window r0 = window2x2<kMax>(a.x, b.x, c.x, d.x, at, W, div);
+        const Window r1 = window2x2<kMax>(a.y, b.y, c.y, d.y, at, W, div);
+        const Window r2 = window2x2<kMax>(a.z, b.z, c.z, d.z, at, W, div);
+        const Window r3 = window2x2<kMax>(a.w, b.w, c.w, d.w, at, W, div);
         *reinterpret_cast<float4*>(y + 4 * i) = make_float4(r0.v, r1.v, r2.v, r3.v);
         if (kMax && idx) {
             *reinterpret_cast<longlong2*>(idx + 4 * i) = make_longlong2(r0.arg, r1.arg);
@@ -288,24 +324,25 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-template <bool kMax>
+template <bool kMax, typename I>
 __global__ void __launch_bounds__(kThreads)
-    pool2x2_nhwc_bwd(Pool2dParams p, const float* __restrict__ dy,
+    pool2x2_nhwc_bwd(Pool2dParams p, Unravel4<I> un, const float* __restrict__ dy,
                      const int64_t* __restrict__ idx, float* __restrict__ dx, float div) {
-    const int64_t C4 = p.C / 4, count = p.N * p.P * p.Q * C4;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const int64_t c4 = i % C4, pix = i / C4;
-        const int64_t ow = pix % p.Q, oh = pix / p.Q % p.P, n = pix / (p.Q * p.P);
-        const int64_t at = 2 * oh * p.W + 2 * ow;
+    const I C = I(p.C), H = I(p.H), W = I(p.W);
+    const I count = I(p.N * p.P * p.Q * (p.C / 4));
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> u = un(i);
+        const I n = u.n, oh = u.c, ow = u.h, c4 = u.w;
+        const I at = 2 * oh * W + 2 * ow;
         const float4 g = *reinterpret_cast<const float4*>(dy + 4 * i);
         longlong2 a01{-1, -1}, a23{-1, -1};
         if (kMax) {
             a01 = *reinterpret_cast<const longlong2*>(idx + 4 * i);
             a23 = *reinterpret_cast<const longlong2*>(idx + 4 * i + 2);
         }
-        float* d00 = dx + (n * p.H * p.W + at) * p.C + 4 * c4;
-        const int64_t taps[4] = {at, at + 1, at + p.W, at + p.W + 1};
-        float* dst[4] = {d00, d00 + p.C, d00 + p.W * p.C, d00 + (p.W + 1) * p.C};
+        float* d00 = dx + (n * H * W + at) * C + 4 * c4;
+        const I taps[4] = {at, I(at + 1), I(at + W), I(at + W + 1)};
+        float* dst[4] = {d00, d00 + C, d00 + W * C, d00 + (W + 1) * C};
 #pragma unroll
         for (int t = 0; t < 4; ++t)
             *reinterpret_cast<float4*>(dst[t]) = make_float4(
@@ -332,13 +369,18 @@ template <bool kMax>
 void launch_pool2x2_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
                         cudaStream_t stream) {
     const float div = pool2x2_divisor(p);
-    if (p.layout == Layout::NCHW) {
-        const int64_t items = p.N * p.C * p.P * (p.Q / 2);
-        pool2x2_nchw_fwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, x, y, idx, div);
-    } else {
-        const int64_t items = p.N * p.P * p.Q * (p.C / 4);
-        pool2x2_nhwc_fwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, x, y, idx, div);
-    }
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        if (p.layout == Layout::NCHW) {
+            const int64_t items = p.N * p.C * p.P * (p.Q / 2);
+            pool2x2_nchw_fwd<kMax, I><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(
+                p, DivMod<I>(p.Q / 2), DivMod<I>(p.P), x, y, idx, div);
+        } else {
+            const int64_t items = p.N * p.P * p.Q * (p.C / 4);
+            pool2x2_nhwc_fwd<kMax, I><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(Layout::NCHW, p.P, p.Q, p.C / 4), x, y, idx, div);
+        }
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -346,13 +388,18 @@ template <bool kMax>
 void launch_pool2x2_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, float* dx,
                         cudaStream_t stream) {
     const float div = pool2x2_divisor(p);
-    if (p.layout == Layout::NCHW) {
-        const int64_t items = p.N * p.C * p.P * (p.Q / 2);
-        pool2x2_nchw_bwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx, div);
-    } else {
-        const int64_t items = p.N * p.P * p.Q * (p.C / 4);
-        pool2x2_nhwc_bwd<kMax><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx, div);
-    }
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        if (p.layout == Layout::NCHW) {
+            const int64_t items = p.N * p.C * p.P * (p.Q / 2);
+            pool2x2_nchw_bwd<kMax, I><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(
+                p, DivMod<I>(p.Q / 2), DivMod<I>(p.P), dy, idx, dx, div);
+        } else {
+            const int64_t items = p.N * p.P * p.Q * (p.C / 4);
+            pool2x2_nhwc_bwd<kMax, I><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(Layout::NCHW, p.P, p.Q, p.C / 4), dy, idx, dx, div);
+        }
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -363,7 +410,11 @@ void max_pool_fwd(const Pool2dParams& p, const float* x, float* y, int64_t* idx,
     const int64_t count = p.N * p.C * p.P * p.Q;
     if (count <= 0) return;
     if (pool2x2_applies(p, x, y, idx)) return launch_pool2x2_fwd<true>(p, x, y, idx, stream);
-    max_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y, idx);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        max_pool_fwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.P, p.Q), x, y, idx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -390,7 +441,11 @@ void max_pool_bwd(const Pool2dParams& p, const float* dy, const int64_t* idx, fl
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
     if (pool2x2_applies(p, dy, idx, dx)) return launch_pool2x2_bwd<true>(p, dy, idx, dx, stream);
-    max_pool_bwd_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, idx, dx);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        max_pool_bwd_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), dy, idx, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -398,7 +453,11 @@ void avg_pool_fwd(const Pool2dParams& p, const float* x, float* y, cudaStream_t 
     const int64_t count = p.N * p.C * p.P * p.Q;
     if (count <= 0) return;
     if (pool2x2_applies(p, x, y, nullptr)) return launch_pool2x2_fwd<false>(p, x, y, nullptr, stream);
-    avg_pool_fwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        avg_pool_fwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.P, p.Q), x, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -407,7 +466,11 @@ void avg_pool_bwd(const Pool2dParams& p, const float* dy, float* dx, cudaStream_
     if (count <= 0) return;
     if (pool2x2_applies(p, dy, dx, nullptr))
         return launch_pool2x2_bwd<false>(p, dy, nullptr, dx, stream);
-    avg_pool_bwd_gather<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, dx);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        avg_pool_bwd_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), dy, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -426,7 +489,11 @@ void global_avg_pool_bwd(const GlobalPoolParams& p, const float* dy, float* dx,
                          cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    global_avg_pool_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, dy, dx);
+    with_index_type(count, [&](auto index) {
+        using I = decltype(index);
+        global_avg_pool_bwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), dy, dx);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 

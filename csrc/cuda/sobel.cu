@@ -37,6 +37,10 @@
 //                  shared load per 4 outputs. The taps are summed in the generic
 //                  kernel's order from zero: the same bits. Meant for issue 7's 70% of
 //                  copy bandwidth up to 7 x 7.
+// Each kernel comes in two index types (cuda_common.cuh): int32_t where filter_extent
+// says the batch, the planes doubled (the reflect period) and the filter fit, int64_t
+// otherwise. In int32_t the 130 64-bit divisions of sobel's inlined border maps
+// become 32-bit remainders, and each element's (n, c, h, w) takes three multiply-highs.
 #include <cmath>
 
 #include "../common/check.h"
@@ -50,13 +54,22 @@ namespace cuda {
 
 namespace {
 
-template <typename In>
+// The largest index, offset or border coordinate (times two, for the reflect period)
+// the kernels below form: the launchers choose int32_t when it fits.
+int64_t filter_extent(const Filter2dParams& p) {
+    const int64_t kh = max64(p.kh, 1), kw = max64(p.kw, 1);
+    // + 128: filter2d_tiled's last tile overhangs the plane by less than 64 + 7.
+    return max64(max64(p.N * p.C * p.H * p.W, kh * kw), 2 * (max64(p.H + kh, p.W + kw) + 128));
+}
+
+template <typename In, typename I>
 __global__ void __launch_bounds__(kThreads)
-    sobel_kernel(Filter2dParams p, const In* __restrict__ x, float* __restrict__ y) {
-    const int64_t count = p.N * p.C * p.H * p.W;
-    for (int64_t e = thread_index(); e < count; e += thread_count()) {
-        const Coord4 at = unravel4(p.layout, e, p.C, p.H, p.W);
-        const Plane<float, In> im = plane_of<float>(p, x, at.n, at.c);
+    sobel_kernel(Filter2dParams p, Unravel4<I> un, const In* __restrict__ x,
+                 float* __restrict__ y) {
+    const I count = I(p.N * p.C * p.H * p.W);
+    for (I e = thread_index<I>(); e < count; e += thread_count<I>()) {
+        const Coord4I<I> at = un(e);
+        const Plane<float, In, I> im = plane_of<float>(p, x, at.n, at.c);
         float out;
         if (p.axis >= 0) {
             out = sobel_at(im, p.axis, at.h, at.w);
@@ -72,32 +85,34 @@ constexpr int kRowPixels = 4;
 
 // One pixel by the definition, out of line: sobel_rows calls it on the border only, and
 // inlined its border arithmetic would take registers from the interior path.
-template <typename In>
-__device__ __noinline__ float sobel_pixel(const Plane<float, In> im, int axis, int64_t i,
-                                          int64_t j) {
+template <typename In, typename I>
+__device__ __noinline__ float sobel_pixel(const Plane<float, In, I> im, int axis, I i, I j) {
     if (axis >= 0) return sobel_at(im, axis, i, j);
     const float gy = sobel_at(im, 0, i, j), gx = sobel_at(im, 1, i, j);
     return sqrtf(gx * gx + gy * gy);
 }
 
-template <typename In>
+// by_groups divides by ceil(W / kRowPixels), by_h by H.
+template <typename In, typename I>
 __global__ void __launch_bounds__(kThreads)
-    sobel_rows(Filter2dParams p, const In* __restrict__ x, float* __restrict__ y) {
-    const int64_t groups = ceil_div(p.W, kRowPixels);
-    const int64_t count = p.N * p.C * p.H * groups;
-    for (int64_t e = thread_index(); e < count; e += thread_count()) {
-        const int64_t row = e / groups, i = row % p.H;  // row = plane * H + i
-        const int64_t j0 = (e % groups) * kRowPixels;
-        Plane<float, In> im;
-        im.base = x + (row - i) * p.W, im.sy = p.W, im.sx = 1;
-        im.H = p.H, im.W = p.W, im.mode = p.mode, im.cval = float(p.cval);
-        float* dst = y + row * p.W + j0;
-        if (i >= 1 && i + 1 < p.H && j0 >= 1 && j0 + kRowPixels < p.W) {
+    sobel_rows(Filter2dParams p, DivMod<I> by_groups, DivMod<I> by_h, const In* __restrict__ x,
+               float* __restrict__ y) {
+    const I H = I(p.H), W = I(p.W);
+    const I count = I(p.N * p.C) * H * by_groups.d;
+    for (I e = thread_index<I>(); e < count; e += thread_count<I>()) {
+        I row, plane;  // row = plane * H + i
+        const I j0 = by_groups.divmod(e, row) * kRowPixels;
+        const I i = by_h.divmod(row, plane);
+        Plane<float, In, I> im;
+        im.base = x + (row - i) * W, im.sy = W, im.sx = 1;
+        im.H = H, im.W = W, im.mode = p.mode, im.cval = float(p.cval);
+        float* dst = y + row * W + j0;
+        if (i >= 1 && i + 1 < H && j0 >= 1 && j0 + kRowPixels < W) {
             // r[a][b] = pixel (i - 1 + a, j0 - 1 + b); pixel j0 + k sits at column k + 1.
             float r[3][kRowPixels + 2];
 #pragma unroll
             for (int a = 0; a < 3; ++a) {
-                const In* src = im.base + (i - 1 + a) * p.W + j0 - 1;
+                const In* src = im.base + (i - 1 + a) * W + j0 - 1;
 #pragma unroll
                 for (int b = 0; b < kRowPixels + 2; ++b) r[a][b] = float(src[b]);
             }
@@ -121,53 +136,54 @@ __global__ void __launch_bounds__(kThreads)
             continue;
         }
         // The border: each pixel by the definition.
-        for (int64_t j = j0; j < min64(j0 + kRowPixels, p.W); ++j)
-            dst[j - j0] = sobel_pixel(im, p.axis, i, j);
+        const I j1 = j0 + kRowPixels < W ? I(j0 + kRowPixels) : W;
+        for (I j = j0; j < j1; ++j) dst[j - j0] = sobel_pixel(im, p.axis, i, j);
     }
 }
 
 // Taps of filter2d held in shared memory at a time: 4 KiB, all of any filter up to 32 x 32.
 constexpr int64_t kTapChunk = 1024;
 
-template <typename In>
+template <typename In, typename I>
 __global__ void __launch_bounds__(kThreads)
-    filter2d_kernel(Filter2dParams p, const In* __restrict__ x, const float* __restrict__ k,
-                    float* __restrict__ y) {
+    filter2d_kernel(Filter2dParams p, Unravel4<I> un, const In* __restrict__ x,
+                    const float* __restrict__ k, float* __restrict__ y) {
     __shared__ float taps[kTapChunk];
-    const int64_t count = p.N * p.C * p.H * p.W, ntaps = p.kh * p.kw;
-    const int64_t ch = p.kh / 2, cw = p.kw / 2;
+    const I H = I(p.H), W = I(p.W), kw = I(p.kw);
+    const I count = I(p.N * p.C) * H * W, ntaps = I(p.kh) * kw;
+    const I ch = I(p.kh) / 2, cw = kw / 2;
     const bool resident = ntaps <= kTapChunk;  // then the block loads the taps once
     if (resident) {
-        for (int64_t t = threadIdx.x; t < ntaps; t += blockDim.x) taps[t] = k[t];
+        for (I t = threadIdx.x; t < ntaps; t += blockDim.x) taps[t] = k[t];
         __syncthreads();
     }
     // The loop runs the same number of times in every thread of the block (its bound
     // depends on the block's first element only), so all of them reach each
     // __syncthreads below.
-    for (int64_t first = int64_t(blockIdx.x) * blockDim.x; first < count; first += thread_count()) {
-        const int64_t e = first + threadIdx.x;
+    for (I first = I(blockIdx.x) * I(blockDim.x); first < count; first += thread_count<I>()) {
+        const I e = first + I(threadIdx.x);
         const bool active = e < count;
-        const Coord4 at = unravel4(p.layout, active ? e : first, p.C, p.H, p.W);
-        const Plane<float, In> im = plane_of<float>(p, x, at.n, at.c);
+        const Coord4I<I> at = un(active ? e : first);
+        const Plane<float, In, I> im = plane_of<float>(p, x, at.n, at.c);
         // Taps in (a, b) row-major order, summed from zero as the CPU does.
         float acc = 0.f;
-        for (int64_t t0 = 0; t0 < ntaps; t0 += kTapChunk) {
-            const int64_t t1 = min64(ntaps, t0 + kTapChunk);
+        for (I t0 = 0; t0 < ntaps; t0 += kTapChunk) {
+            const I t1 = ntaps < t0 + I(kTapChunk) ? ntaps : I(t0 + kTapChunk);
             if (!resident) {
                 __syncthreads();  // the previous chunk is no longer being read
-                for (int64_t t = t0 + threadIdx.x; t < t1; t += blockDim.x) taps[t - t0] = k[t];
+                for (I t = t0 + I(threadIdx.x); t < t1; t += blockDim.x) taps[t - t0] = k[t];
                 __syncthreads();
             }
             if (!active) continue;
-            int64_t a = t0 / p.kw, b = t0 % p.kw;
-            int64_t row = border_index(at.h + a - ch, p.H, p.mode);
-            for (int64_t t = t0; t < t1; ++t) {
-                const int64_t col = border_index(at.w + b - cw, p.W, p.mode);
+            I a = t0 / kw, b = t0 - a * kw;  // once per chunk of 1024 taps
+            I row = border_index(I(at.h + a - ch), H, p.mode);
+            for (I t = t0; t < t1; ++t) {
+                const I col = border_index(I(at.w + b - cw), W, p.mode);
                 const float v = (row < 0 || col < 0) ? im.cval : im.get(row, col);
                 acc += taps[t - t0] * v;
-                if (++b == p.kw) {
+                if (++b == kw) {
                     b = 0, ++a;
-                    row = border_index(at.h + a - ch, p.H, p.mode);
+                    row = border_index(I(at.h + a - ch), H, p.mode);
                 }
             }
         }
@@ -182,7 +198,7 @@ constexpr int kTileRows = 16, kTileCols = 16 * kRowPixels, kMaxTaps1d = 7;
 constexpr int kHaloRows = kTileRows + kMaxTaps1d - 1, kHaloCols = kTileCols + kMaxTaps1d - 1;
 static_assert(kTileRows * (kTileCols / kRowPixels) == kThreads, "one thread per 4 outputs");
 
-template <typename In>
+template <typename In, typename I>
 __global__ void __launch_bounds__(kThreads)
     filter2d_tiled(Filter2dParams p, const In* __restrict__ x, const float* __restrict__ k,
                    float* __restrict__ y) {
@@ -190,21 +206,23 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ float taps[kMaxTaps1d * kMaxTaps1d];
     const int kh = int(p.kh), kw = int(p.kw), ch = kh / 2, cw = kw / 2;
     for (int t = threadIdx.x; t < kh * kw; t += blockDim.x) taps[t] = k[t];
-    const int64_t tiles_h = ceil_div(p.H, kTileRows), tiles_w = ceil_div(p.W, kTileCols);
-    const int64_t tiles = p.N * p.C * tiles_h * tiles_w;
+    const I H = I(p.H), W = I(p.W);
+    const I tiles_h = (H + kTileRows - 1) / kTileRows, tiles_w = (W + kTileCols - 1) / kTileCols;
+    const I tiles = I(p.N * p.C) * tiles_h * tiles_w;
     const int ty = threadIdx.x / (kTileCols / kRowPixels);
     const int tx = threadIdx.x % (kTileCols / kRowPixels) * kRowPixels;
     const int rows = kTileRows + kh - 1, cols = kTileCols + kw - 1;
-    for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // the same count in every thread
-        const int64_t plane = t / (tiles_h * tiles_w), rest = t % (tiles_h * tiles_w);
-        const int64_t h0 = rest / tiles_w * kTileRows, w0 = rest % tiles_w * kTileCols;
-        Plane<float, In> im;
-        im.base = x + plane * p.H * p.W, im.sy = p.W, im.sx = 1;
-        im.H = p.H, im.W = p.W, im.mode = p.mode, im.cval = float(p.cval);
+    for (I t = blockIdx.x; t < tiles; t += gridDim.x) {  // the same count in every thread
+        // Once per tile of 1024 outputs: plain divisions.
+        const I plane = t / (tiles_h * tiles_w), rest = t - plane * (tiles_h * tiles_w);
+        const I h0 = rest / tiles_w * kTileRows, w0 = rest % tiles_w * kTileCols;
+        Plane<float, In, I> im;
+        im.base = x + plane * H * W, im.sy = W, im.sx = 1;
+        im.H = H, im.W = W, im.mode = p.mode, im.cval = float(p.cval);
         __syncthreads();  // the previous tile is no longer being read
         for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
             const int r = e / cols, c = e % cols;
-            tile[r][c] = im.at(h0 + r - ch, w0 + c - cw);
+            tile[r][c] = im.at(I(h0 + r - ch), I(w0 + c - cw));
         }
         __syncthreads();
         float acc[kRowPixels] = {0.f, 0.f, 0.f, 0.f};
@@ -221,15 +239,15 @@ __global__ void __launch_bounds__(kThreads)
                 for (int o = 0; o < kRowPixels; ++o) acc[o] += tap * seg[b + o];
             }
         }
-        const int64_t h = h0 + ty, w = w0 + tx;
-        if (h >= p.H) continue;
-        float* dst = y + (plane * p.H + h) * p.W + w;
-        if (w + kRowPixels <= p.W && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+        const I h = h0 + ty, w = w0 + tx;
+        if (h >= H) continue;
+        float* dst = y + (plane * H + h) * W + w;
+        if (w + kRowPixels <= W && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
             *reinterpret_cast<float4*>(dst) = make_float4(acc[0], acc[1], acc[2], acc[3]);
         } else {
 #pragma unroll
             for (int o = 0; o < kRowPixels; ++o)
-                if (w + o < p.W) dst[o] = acc[o];
+                if (w + o < W) dst[o] = acc[o];
         }
     }
 }
@@ -239,12 +257,18 @@ void sobel_launch(const Filter2dParams& p, const In* x, float* y, cudaStream_t s
     FC_CHECK(p.axis == 0 || p.axis == 1 || p.axis == -1, "sobel axis must be 0, 1 or -1");
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    if (p.layout == Layout::NCHW) {
-        const int64_t items = p.N * p.C * p.H * ceil_div(p.W, kRowPixels);
-        sobel_rows<In><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(p, x, y);
-    } else {
-        sobel_kernel<In><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
-    }
+    with_index_type(filter_extent(p), [&](auto index) {
+        using I = decltype(index);
+        if (p.layout == Layout::NCHW) {
+            const int64_t groups = ceil_div(p.W, int64_t(kRowPixels));
+            const int64_t items = p.N * p.C * p.H * groups;
+            sobel_rows<In, I><<<blocks_for(items, kThreads), kThreads, 0, stream>>>(
+                p, DivMod<I>(groups), DivMod<I>(p.H), x, y);
+        } else {
+            sobel_kernel<In, I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(p.layout, p.C, p.H, p.W), x, y);
+        }
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
@@ -253,12 +277,17 @@ void filter2d_launch(const Filter2dParams& p, const In* x, const float* k, float
                      cudaStream_t stream) {
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
-    if (p.layout == Layout::NCHW && p.kh <= kMaxTaps1d && p.kw <= kMaxTaps1d) {
-        const int64_t tiles = p.N * p.C * ceil_div(p.H, kTileRows) * ceil_div(p.W, kTileCols);
-        filter2d_tiled<In><<<blocks_for(tiles, 1), kThreads, 0, stream>>>(p, x, k, y);
-    } else {
-        filter2d_kernel<In><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, k, y);
-    }
+    with_index_type(filter_extent(p), [&](auto index) {
+        using I = decltype(index);
+        if (p.layout == Layout::NCHW && p.kh <= kMaxTaps1d && p.kw <= kMaxTaps1d) {
+            const int64_t tiles = p.N * p.C * ceil_div(p.H, int64_t(kTileRows)) *
+                                  ceil_div(p.W, int64_t(kTileCols));
+            filter2d_tiled<In, I><<<blocks_for(tiles, 1), kThreads, 0, stream>>>(p, x, k, y);
+        } else {
+            filter2d_kernel<In, I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(p.layout, p.C, p.H, p.W), x, k, y);
+        }
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 
