@@ -113,6 +113,9 @@ MUTANTS = [
     Mutant("blocked-width-8", "blocked channel limit", FWD,
            "if (p.K <= 8)\n            blocked_vk<1>", "if (p.K <= 9)\n            blocked_vk<1>",
            CONV),
+    Mutant("conv1d-last-tap", "off-by-one reduction", "csrc/cpu/conv1d.cpp",
+           "for (int64_t t = 0; t < p.n; ++t) acc += s[t] * w[t];",
+           "for (int64_t t = 0; t + 1 < p.n; ++t) acc += s[t] * w[t];", FILTERS),
     # AVX-512 / Winograd paths: add their rows here when they land.
 ]
 
