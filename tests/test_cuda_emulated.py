@@ -3,8 +3,9 @@
 Not a GPU proof (see tools/cuda_emu/README.md): it catches semantic slips in the
 kernels (indices, borders, reductions, barriers, bounds, alignment) on machines without a
 GPU. Built once (UBSan bounds and alignment always on), run under two seeds (EMU_SEED:
-thread and block orders, cut grids, data); and an AddressSanitizer build at a quarter of
-the draws on a third seed, for out-of-bounds accesses through pointers.
+thread and block orders, cut grids, data); once more with the 64-bit index kernels
+forced (FASTCONV_INDEX64=1); and an AddressSanitizer build at a quarter of the draws on a
+third seed, for out-of-bounds accesses through pointers.
 """
 
 import os
@@ -43,6 +44,17 @@ def test_cuda_kernels_match_cpu_twins_under_emulation(emu_build, seed):
     last = lines[-1] if lines else ""
     assert lines and lines[0] == f"cuda_emu: EMU_SEED={seed}", lines[:1]
     assert r.returncode == 0, f"emulated CUDA kernels differ from the CPU twins (EMU_SEED={seed}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert last.endswith("0 failures") and int(last.split()[0]) > 1000, last
+
+
+def test_64_bit_index_kernels_under_emulation(emu_build):
+    """The int64_t instantiations, which the host picks only for tensors past 2^31
+    elements, forced on small ones (FASTCONV_INDEX64=1), half the draws of seed 2."""
+    env = dict(os.environ, EMU_SEED="2", FASTCONV_INDEX64="1")
+    r = subprocess.run([str(emu_build), "0.5"], capture_output=True, text=True, timeout=1200,
+                       env=env)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    assert r.returncode == 0, f"64-bit index kernels differ from the CPU twins:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     assert last.endswith("0 failures") and int(last.split()[0]) > 1000, last
 
 

@@ -53,13 +53,13 @@ constexpr int64_t kIndex32Max = INT32_MAX - kMaxBlocks * 1024;
 // FASTCONV_INDEX64=1 makes every launcher take the int64_t instantiation whatever the
 // sizes: how the tests (tools/cuda_emu, a GPU run) reach the 64-bit kernels without
 // tensors of 2^31 elements.
-inline bool force_index64() {
-    static const bool on = [] {
-        const char* e = std::getenv("FASTCONV_INDEX64");
-        return e != nullptr && e[0] != '\0' && e[0] != '0';
-    }();
-    return on;
-}
+// (Read once at load, not in a function-local static: that one's thread-safe guard is
+// an atomic the emulator's instrumented build has no runtime for.)
+inline const bool kForceIndex64 = [] {
+    const char* e = std::getenv("FASTCONV_INDEX64");
+    return e != nullptr && e[0] != '\0' && e[0] != '0';
+}();
+inline bool force_index64() { return kForceIndex64; }
 
 // Whether a kernel whose indices and offsets all lie in [-extent, extent] runs in 32 bits.
 inline bool index32(int64_t extent) { return extent <= kIndex32Max && !force_index64(); }
