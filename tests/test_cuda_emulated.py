@@ -67,3 +67,16 @@ def test_cuda_kernels_under_address_sanitizer(tmp_path):
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     assert r.returncode == 0, f"ASan build of the emulated kernels failed (EMU_SEED=3):\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     assert last.endswith("0 failures") and int(last.split()[0]) > 1000, last
+
+
+def test_the_kernels_multiply_high_division_equals_division(tmp_path):
+    """DivMod (cuda_common.cuh), which the 32- and 64-bit index kernels divide by,
+    against / and % on ~1.4e8 divisor/numerator pairs (tools/divmod_check.cpp)."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    exe = tmp_path / "divmod_check"
+    subprocess.run(["g++", "-O2", "-std=c++17", f"-I{ROOT / 'tools/cuda_emu/include'}",
+                    f"-I{ROOT / 'csrc'}", str(ROOT / "tools/divmod_check.cpp"), "-o", str(exe)],
+                   check=True, timeout=300)
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and " 0 wrong" in r.stdout, r.stdout + r.stderr
