@@ -535,8 +535,11 @@ def sobel(image, axis=None, mode="reflect", cval=0.0, *, layout="NCHW"):
     "mirror", "nearest", "constant" (with cval) or "wrap", as SciPy names them.
     image may be uint8 (an 8-bit photograph): it is filtered in float32 and the result is
     float32 (scipy.ndimage.sobel would return uint8, wrapped around).
+    PyTorch tensors that require grad go through fastconv.torch.sobel, with autograd.
     """
     op = "sobel"
+    if _needs_autograd(image):
+        return _autograd_op(op, layout, "auto")(image, axis, mode, cval)
     a = _prepare(op, image=image)
     params = _args.image(op, a.shape("image"), layout, mode, cval, axis=axis)
     be = a.select_backend(IMAGE_GPU_DTYPES, IMAGE_CPU_DTYPES)
@@ -549,8 +552,11 @@ def filter2d(image, kernel, mode="reflect", cval=0.0, *, layout="NCHW"):
     """Cross-correlation of every 2-D plane of image with a small 2-D kernel, as
     scipy.ndimage.correlate on each plane: the kernel's centre is (kh // 2, kw // 2);
     borders by mode as in sobel. Same output shape as image. A uint8 image takes a
-    float32 kernel and gives a float32 result."""
+    float32 kernel and gives a float32 result. PyTorch tensors that require grad (the
+    image, the kernel or both) go through fastconv.torch.filter2d, with autograd."""
     op = "filter2d"
+    if _needs_autograd(image, kernel):
+        return _autograd_op(op, layout, "auto")(image, kernel, mode, cval)
     a = _prepare(op, image=image)
     if a.dtype == "uint8":  # an 8-bit image takes a float32 kernel, as its output is
         k = _prepare(op, kernel=kernel)

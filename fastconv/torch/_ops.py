@@ -437,24 +437,3 @@ def global_avg_pool2d(input):
     if input.dim() == 3:
         return _unbatched(global_avg_pool2d, input)
     return _global_avg_pool2d(input)
-
-
-# ----------------------------------------------------------------------- sobel
-
-
-@torch.library.custom_op(f"{_NS}::sobel", mutates_args=())
-def _sobel(image: Tensor, axis: Optional[int], mode: str, cval: float) -> Tensor:
-    return ops.sobel(image, axis, mode, cval)
-
-
-@_sobel.register_fake
-def _(image, axis, mode, cval):
-    _args.image("sobel", tuple(image.shape), "NCHW", mode, cval, axis=axis)
-    return image.new_empty(image.shape, dtype=torch.float32 if image.dtype == torch.uint8
-                           else image.dtype)
-
-
-def sobel(image, axis=None, mode="reflect", cval=0.0):
-    """fastconv.sobel on a tensor of shape (H, W), (N, H, W) or (N, C, H, W); not
-    differentiable."""
-    return _sobel(image, axis, mode, float(cval))
