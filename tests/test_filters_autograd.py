@@ -160,3 +160,26 @@ def test_an_edge_aware_loss_trains_a_filter():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not fastconv.cuda_available() or not torch.cuda.is_available(),
+                    reason="no CUDA GPU")
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_on_the_gpu_match_the_cpu(mode):
+    """float32 on the GPU backend (its kernels for the forward, torch ops on CUDA
+    tensors for the backward) against float64 on the CPU."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 33, 31, dtype=torch.float64)
+    k = torch.randn(3, 5, dtype=torch.float64)
+    w = torch.randn_like(x)
+    grads = []
+    for device, dtype in (("cpu", torch.float64), ("cuda", torch.float32)):
+        xd = x.to(device, dtype).requires_grad_()
+        kd = k.to(device, dtype).requires_grad_()
+        loss = (fct.sobel(xd, None, mode, 0.5) * w.to(device, dtype)).sum() \
+            + (fct.sobel(fct.filter2d(xd, kd, mode, 0.5), 1, mode) * w.to(device, dtype)).sum()
+        loss.backward()
+        grads.append((xd.grad.double().cpu(), kd.grad.double().cpu()))
+    for ours, truth in zip(grads[1], grads[0]):
+        assert rel_error(ours, truth) < 1e-5

@@ -32,8 +32,9 @@ Conv2dAvgPool2d (the Conv2d's parameters and state_dict, plus pool=), or found i
 existing model by fuse(model), which returns a torch.fx GraphModule with every such
 Conv2d -> [Tanh/ReLU/Sigmoid] -> AvgPool2d chain replaced by a block sharing the
 Conv2d's parameters.
-Tensors of any memory format are accepted; the kernels read NCHW, so a channels_last
-tensor is copied to NCHW first.
+Tensors of any memory format are accepted. A channels_last tensor runs the NHWC kernels
+on its own memory (no copy) and gets a channels_last result (the LeNet-5 block excepted:
+it copies to NCHW); other strided tensors are copied to NCHW.
 
 The package's seams: _ops (the registered convolution and pooling ops and their
 differentiable functions), _filters (sobel and filter2d),

@@ -48,6 +48,22 @@ def _unbatched(fn, input, *args, **kwargs):
     return ops.drop_batch(fn(input.unsqueeze(0), *args, **kwargs))
 
 
+def _format_of(input):
+    """The memory format fastconv answers input with: channels_last for a (strictly)
+    channels_last 4-D input, whose NHWC view the kernels read without a copy."""
+    return torch.channels_last if ops._channels_last(input, "NCHW") else torch.contiguous_format
+
+
+def _dense(t, input):
+    """t dense in input's memory format (an upstream gradient usually is already)."""
+    return t.contiguous(memory_format=_format_of(input))
+
+
+def _empty(input, shape, dtype=None):
+    """A fake output of shape in input's memory format (what the real op returns)."""
+    return input.new_empty(shape, dtype=dtype).contiguous(memory_format=_format_of(input))
+
+
 def _call(op, eager, *args):
     """op's custom op under torch.compile, its autograd.Function in eager mode."""
     return op(*args) if torch.compiler.is_compiling() else eager.apply(*args)
@@ -72,7 +88,7 @@ def _(input, weight, bias, stride, padding, same, dilation, groups, activation):
                             None if bias is None else tuple(bias.shape), tuple(stride),
                             _conv_padding(padding, same), tuple(dilation), groups,
                             _act(activation), "NCHW")
-    return input.new_empty(shape)
+    return _empty(input, shape)
 
 
 def _conv2d_backward_impl(grad_output: Tensor, input: Tensor, weight: Tensor,
@@ -95,8 +111,16 @@ _conv2d_backward = torch.library.custom_op(f"{_NS}::conv2d_backward",
 @_conv2d_backward.register_fake
 def _(grad_output, input, weight, output, stride, padding, same, dilation, groups,
       activation, output_mask):
-    shapes = (input.shape, weight.shape, (weight.shape[0],))
-    return tuple(input.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
+    if not any(output_mask):
+        return tuple(input.new_empty(0) for _ in range(3))
+    # The weight's gradient comes back in the weight's format on the channels_last path
+    # (ops._nchw_weight_grad), contiguous on the NCHW one.
+    weight_format = (torch.channels_last if ops._channels_last(input, "NCHW")
+                     and ops._channels_last(weight, "NCHW") else torch.contiguous_format)
+    return (_empty(input, input.shape) if output_mask[0] else input.new_empty(0),
+            weight.new_empty(weight.shape).contiguous(memory_format=weight_format)
+            if output_mask[1] else input.new_empty(0),
+            input.new_empty((weight.shape[0],) if output_mask[2] else (0,)))
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -112,7 +136,7 @@ def _conv2d_grad(ctx, grad_output, eager=False):
     stride, padding, same, dilation, groups, activation = ctx.conf
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
-    gx, gw, gb = backward(grad_output.contiguous(), input, weight, output, stride, padding,
+    gx, gw, gb = backward(_dense(grad_output, input), input, weight, output, stride, padding,
                           same, dilation, groups, activation, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None)
@@ -273,7 +297,7 @@ _max_pool2d = torch.library.custom_op(f"{_NS}::max_pool2d", mutates_args=())(_ma
 def _(input, kernel_size, stride, padding, same, dilation, ceil_mode):
     _, shape = _args.pool2d("max_pool2d", tuple(input.shape), tuple(kernel_size), tuple(stride),
                             _conv_padding(padding, same), tuple(dilation), ceil_mode, "NCHW")
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return _empty(input, shape), _empty(input, shape, torch.int64)
 
 
 def _max_pool2d_backward_impl(grad_output: Tensor, input: Tensor, indices: Tensor,
@@ -295,7 +319,7 @@ _max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
 @_max_pool2d_backward.register_fake
 def _(grad_output, input, indices, kernel_size, stride, padding, same, dilation, ceil_mode,
       own_indices=False):
-    return torch.empty_like(input)
+    return _empty(input, input.shape)
 
 
 def _max_pool2d_setup(ctx, inputs, output):
@@ -308,7 +332,7 @@ def _max_pool2d_setup(ctx, inputs, output):
 def _max_pool2d_grad(ctx, grad_output, grad_indices, eager=False):
     backward = _max_pool2d_backward_impl if eager else _max_pool2d_backward
     input, indices = ctx.saved_tensors
-    return (backward(grad_output.contiguous(), input, indices, *ctx.conf, True),
+    return (backward(_dense(grad_output, input), input, indices, *ctx.conf, True),
             None, None, None, None, None, None)
 
 
@@ -343,7 +367,7 @@ def _(input, kernel_size, stride, padding, same, ceil_mode, count_include_pad, d
     _, shape = _args.pool2d("avg_pool2d", tuple(input.shape), tuple(kernel_size), tuple(stride),
                             _conv_padding(padding, same), 1, ceil_mode, "NCHW",
                             count_include_pad, divisor_override)
-    return input.new_empty(shape)
+    return _empty(input, shape)
 
 
 def _avg_pool2d_backward_impl(grad_output: Tensor, input: Tensor, kernel_size: List[int],
@@ -362,7 +386,7 @@ _avg_pool2d_backward = torch.library.custom_op(f"{_NS}::avg_pool2d_backward",
 @_avg_pool2d_backward.register_fake
 def _(grad_output, input, kernel_size, stride, padding, same, ceil_mode, count_include_pad,
       divisor_override):
-    return torch.empty_like(input)
+    return _empty(input, input.shape)
 
 
 def _avg_pool2d_setup(ctx, inputs, output):
@@ -373,7 +397,7 @@ def _avg_pool2d_setup(ctx, inputs, output):
 def _avg_pool2d_grad(ctx, grad_output, eager=False):
     backward = _avg_pool2d_backward_impl if eager else _avg_pool2d_backward
     (input,) = ctx.saved_tensors
-    return (backward(grad_output.contiguous(), input, *ctx.conf),
+    return (backward(_dense(grad_output, input), input, *ctx.conf),
             None, None, None, None, None, None, None)
 
 
@@ -414,7 +438,7 @@ def _global_avg_pool2d_backward(grad_output: Tensor, input: Tensor) -> Tensor:
 
 @_global_avg_pool2d_backward.register_fake
 def _(grad_output, input):
-    return torch.empty_like(input)
+    return _empty(input, input.shape)
 
 
 def _global_avg_pool2d_setup(ctx, inputs, output):
