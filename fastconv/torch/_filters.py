@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .. import _args, _shapes, ops
+from ._ops import _register_autocast
 
 _NS = "fastconv"
 
@@ -151,6 +152,7 @@ def _filter2d_grad(ctx, grad):
 
 
 _filter2d.register_autograd(_filter2d_grad, setup_context=_filter2d_setup)
+_register_autocast(_filter2d)
 
 
 def filter2d(image, kernel, mode="reflect", cval=0.0):
@@ -211,6 +213,7 @@ def _sobel_grad(ctx, grad):
 
 
 _sobel.register_autograd(_sobel_grad, setup_context=_sobel_setup)
+_register_autocast(_sobel)
 
 
 def sobel(image, axis=None, mode="reflect", cval=0.0):

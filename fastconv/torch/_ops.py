@@ -65,8 +65,43 @@ def _empty(input, shape, dtype=None):
 
 
 def _call(op, eager, *args):
-    """op's custom op under torch.compile, its autograd.Function in eager mode."""
-    return op(*args) if torch.compiler.is_compiling() else eager.apply(*args)
+    """op's custom op under torch.compile, its autograd.Function in eager mode. The
+    autograd.Function bypasses the dispatcher, and with it the autocast registration
+    (_register_autocast), so eager mode applies the same cast here."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return eager.apply(*_autocast(args))
+
+
+# ----------------------------------------------------------------------- autocast
+#
+# Mixed precision: fastconv's kernels compute float32 (float64 on the CPU); there are no
+# float16 / bfloat16 kernels yet (the GPU's tensor-core kernels will bring them). Under
+# torch.autocast (CPU or CUDA), every fastconv op takes its float16 / bfloat16 inputs as
+# float32, computes in float32 and returns float32, as torch's own float32-policy ops
+# do (autocast's "cast_inputs=float32"); float32 and float64 inputs are left as they
+# are. Outside autocast a float16 / bfloat16 tensor is refused with a TypeError naming
+# its dtype (fastconv/_args.py), never converted silently.
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _autocast(args):
+    """args with float16 / bfloat16 tensors cast to float32 when autocast is on for
+    their device."""
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), None)
+    if device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
+        return args
+    return tuple(a.float() if isinstance(a, Tensor) and a.dtype in _LOW_PRECISION else a
+                 for a in args)
+
+
+def _register_autocast(op):
+    """The dispatcher's autocast rule for op (what torch.compile and direct calls of the
+    registered op see): floating inputs to float32."""
+    for device in _AUTOCAST_DEVICES:
+        torch.library.register_autocast(op, device, torch.float32)
 
 
 # ----------------------------------------------------------------------- conv2d
@@ -144,6 +179,7 @@ def _conv2d_grad(ctx, grad_output, eager=False):
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
 _conv2d_eager = _eager(_conv2d_impl, _conv2d_setup, _conv2d_grad)
+_register_autocast(_conv2d)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -238,6 +274,7 @@ def _conv2d_avgpool_grad(ctx, grad_output, grad_activation, eager=False):
 
 _conv2d_avgpool.register_autograd(_conv2d_avgpool_grad, setup_context=_conv2d_avgpool_setup)
 _conv2d_avgpool_eager = _eager(_conv2d_avgpool_impl, _conv2d_avgpool_setup, _conv2d_avgpool_grad)
+_register_autocast(_conv2d_avgpool)
 
 
 def _padding_conf(op, padding):
@@ -338,6 +375,7 @@ def _max_pool2d_grad(ctx, grad_output, grad_indices, eager=False):
 
 _max_pool2d.register_autograd(_max_pool2d_grad, setup_context=_max_pool2d_setup)
 _max_pool2d_eager = _eager(_max_pool2d_impl, _max_pool2d_setup, _max_pool2d_grad)
+_register_autocast(_max_pool2d)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -403,6 +441,7 @@ def _avg_pool2d_grad(ctx, grad_output, eager=False):
 
 _avg_pool2d.register_autograd(_avg_pool2d_grad, setup_context=_avg_pool2d_setup)
 _avg_pool2d_eager = _eager(_avg_pool2d_impl, _avg_pool2d_setup, _avg_pool2d_grad)
+_register_autocast(_avg_pool2d)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -452,6 +491,7 @@ def _global_avg_pool2d_grad(ctx, grad_output):
 
 _global_avg_pool2d.register_autograd(_global_avg_pool2d_grad,
                                      setup_context=_global_avg_pool2d_setup)
+_register_autocast(_global_avg_pool2d)
 
 
 def global_avg_pool2d(input):
