@@ -9,7 +9,9 @@ conv2d_avgpool, conv2d_avgpool_backward, max_pool2d, max_pool2d_backward, avg_po
 avg_pool2d_backward, sobel, filter2d), each with a
 fake (meta) implementation for torch.compile and an autograd formula that calls
 fastconv's backward kernels. CPU tensors run on the C++ backend, CUDA tensors on the GPU
-backend, on PyTorch's current stream. float32 everywhere, float64 on the CPU.
+backend, on PyTorch's current stream. float32 everywhere, float64 on the CPU. Under
+torch.autocast, float16 / bfloat16 inputs are computed in float32 and give float32
+results (no half-precision kernels yet); outside it they are refused (TypeError).
 
 The modules subclass their torch.nn namesakes: the constructor arguments, parameters,
 initialisation and state_dict are torch.nn's, so a model swaps them in and loads the
