@@ -11,6 +11,14 @@ Peers: PyTorch CPU (torch.nn.functional, the same thread count), scipy.ndimage f
 `--device cuda` runs the same suites on the GPU against cuDNN and cupyx
 (fastconv/bench_gpu.py: CUDA events, eager and device timings).
 
+The `models` suite times torchvision's ResNet-50 and MobileNetV3-Small (weights=None),
+converted with fastconv.torch.convert, against the same models unconverted: forward
+(eval mode, no grad) and forward + backward (train mode, the sum of the outputs as the
+loss), at batch 1 and 32 on 224x224 images (--quick: 112x112). The work is the FLOPs
+torch's FlopCounterMode counts for the unconverted model (convolutions and matrix
+products). On the 2-core CPU a full run of this suite takes about 5 minutes (ResNet-50's
+batch-32 step is several seconds a call), --quick about 1.5.
+
 The `train` suite times one LeNet-5 training step (forward, backward, Adam) with
 fastconv's layers against the same model on PyTorch's, at batch 128 and 1024, and each
 of LeNet-5's two blocks (conv + bias + tanh + 2x2 average pool, forward and backward
@@ -49,7 +57,11 @@ POOL = {
 }
 SOBEL = {"img4096": (4096, 4096), "batch64_512": (64, 512, 512)}
 TRAIN_BATCHES = (128, 1024)
-SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward", "train")
+# Whole models (torchvision's, randomly initialised, converted by fastconv.torch.convert):
+# name -> image size; each at every batch of MODEL_BATCHES. --quick halves the image side.
+MODELS = {"resnet50": 224, "mobilenet_v3_small": 224}
+MODEL_BATCHES = (1, 32)
+SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward", "train", "models")
 
 
 def conv_out(shape):
@@ -262,6 +274,50 @@ def block_rows(torch, device, quick, pair, ceilings):
     return rows
 
 
+def model_rows(torch, device, quick, pair, ceilings):
+    """torchvision's models, converted by fastconv.torch.convert against unconverted:
+    forward (eval, no grad) and forward + backward (train mode). pair(ours, theirs) times
+    two zero-argument callables alternately."""
+    try:
+        import torchvision
+    except ImportError:
+        raise RuntimeError("the models suite needs torchvision (pip install torchvision, "
+                           "the build matching torch)") from None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import torch as fct
+
+    peer = "torch-cudnn" if device.type == "cuda" else "torch-cpu"
+    rows = []
+    for name, size in MODELS.items():
+        size = size // 2 if quick else size
+        torch.manual_seed(0)
+        theirs_model = getattr(torchvision.models, name)(weights=None).to(device)
+        ours_model = fct.convert(theirs_model)  # the same parameters and buffers
+        for batch in MODEL_BATCHES:
+            gen = torch.Generator().manual_seed(batch)
+            x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+
+            def forward(model):
+                model.eval()
+                with torch.no_grad():
+                    model(x)
+
+            def step(model):
+                model.train()
+                model.zero_grad(set_to_none=True)
+                model(x).sum().backward()
+
+            for op, fn in (("forward", forward), ("forward_backward", step)):
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    fn(theirs_model)
+                t_ours, t_theirs = pair(lambda: fn(ours_model), lambda: fn(theirs_model))
+                rows.append(_row("models", f"{name}_{size}_b{batch}", op, "NCHW", t_ours, peer,
+                                 t_theirs, counter.get_total_flops(), "TFLOP/s", ceilings))
+    return rows
+
+
 def _environment():
     # gpu_check.py names the commit it tests: the device machine's copy has no .git.
     commit = os.environ.get("FASTCONV_COMMIT", "")
@@ -317,6 +373,9 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
         elif suite == "train":
             rows += block_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
             rows += train_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
+        elif suite == "models":  # a call is up to seconds: fewer rounds
+            rows += model_rows(torch, torch.device("cpu"), quick,
+                               Timer(min(timer.repeat, 3 if quick else 5)).pair, ceilings)
         else:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     commit, cpu = _environment()
@@ -363,7 +422,7 @@ def _label(r):
     label = f"{r['suite']}/{r['case']}"
     if r["layout"] not in ("NCHW", "-"):
         label += f" {r['layout']}"
-    if r["op"] == "conv2d_avgpool_fwd_bwd":
+    if r["op"] in ("conv2d_avgpool_fwd_bwd", "forward_backward"):
         label += " fwd+bwd"
     if r["op"].startswith("conv2d_bias"):
         label += f" +{r['op'][len('conv2d_'):]}"

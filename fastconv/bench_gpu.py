@@ -370,8 +370,11 @@ def _suite_rows(suite, quick, torch, timer, gen, ceilings):
     def pair(a, b):
         return timer.eager(lambda i: a(), lambda i: b())
 
-    rows = (bench.block_rows(torch, gen.device, quick, pair, ceilings)
-            + bench.train_rows(torch, gen.device, quick, pair, ceilings))
+    if suite == "models":
+        rows = bench.model_rows(torch, gen.device, quick, pair, ceilings)
+    else:
+        rows = (bench.block_rows(torch, gen.device, quick, pair, ceilings)
+                + bench.train_rows(torch, gen.device, quick, pair, ceilings))
     for row in rows:
         row["timing"] = {"fastconv": EAGER, "peer": EAGER}
     return rows

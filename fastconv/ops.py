@@ -77,6 +77,52 @@ def _autograd_op(op, layout, variant):
     return getattr(fastconv_torch, op)
 
 
+# ----------------------------------------------------------------------- channels_last
+#
+# A torch tensor in torch.channels_last memory format is, viewed as (N, H, W, C) by
+# permute(0, 2, 3, 1), a contiguous NHWC array: with layout="NCHW" it runs the NHWC
+# kernels on that view (no copy of the activations) and the result is the NHWC output
+# permuted back, a channels_last tensor, as cuDNN answers. The weight goes to the NHWC
+# kernels' (R, S, C/groups, K) by a copy (small: ResNet-50's largest is 9.4 MB), and its
+# gradient comes back in the weight's own memory format. Only strictly channels_last
+# tensors take this path: one that is also NCHW-contiguous (C = 1, or H = W = 1) is
+# simply NCHW.
+
+
+def _channels_last(input, layout):
+    """True for a 4-D torch tensor in channels_last memory format, given as NCHW."""
+    if layout != "NCHW" or getattr(input, "ndim", 0) != 4 or not hasattr(input, "is_contiguous"):
+        return False
+    torch = sys.modules.get("torch")
+    return (torch is not None and isinstance(input, torch.Tensor) and not input.is_contiguous()
+            and input.is_contiguous(memory_format=torch.channels_last))
+
+
+def _nhwc(t):
+    """(N, C, H, W) -> the (N, H, W, C) view (contiguous when t is channels_last)."""
+    return None if t is None else t.permute(0, 2, 3, 1)
+
+
+def _nchw(t):
+    """(N, H, W, C) -> (N, C, H, W), a channels_last view."""
+    return None if t is None else t.permute(0, 3, 1, 2)
+
+
+def _nhwc_weight(weight):
+    """(K, C/g, R, S) -> the NHWC kernels' (R, S, C/g, K), a copy."""
+    return weight.permute(2, 3, 1, 0).contiguous()
+
+
+def _nchw_weight_grad(grad, weight):
+    """(R, S, C/g, K) -> (K, C/g, R, S) in weight's memory format."""
+    if grad is None:
+        return None
+    torch = sys.modules["torch"]
+    fmt = (torch.channels_last if not weight.is_contiguous()
+           and weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    return grad.permute(3, 2, 0, 1).contiguous(memory_format=fmt)
+
+
 # ----------------------------------------------------------------------- conv2d
 
 
@@ -112,6 +158,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             activation=None, layout="NCHW", variant="auto"):
+    if _channels_last(input, layout):
+        return _nchw(_conv2d(_nhwc(input), _nhwc_weight(weight), bias, stride, padding, dilation,
+                             groups, activation=activation, layout="NHWC", variant=variant))
     def build():
         op = "conv2d"
         a = _prepare(op, input=input, weight=weight, bias=bias)
@@ -143,6 +192,13 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     grad_bias is the sum of the (pre-activation) gradient over N, H and W, shape (K,).
     Deterministic: bitwise identical from run to run.
     """
+    if _channels_last(input, layout):
+        gx, gw, gb = conv2d_backward(
+            _nhwc(grad_output), _nhwc(input), _nhwc_weight(weight), stride, padding, dilation,
+            groups, activation=activation, output=_nhwc(output), layout="NHWC",
+            output_mask=output_mask, variant=variant)
+        return _nchw(gx), _nchw_weight_grad(gw, weight), gb
+
     def build():
         op = "conv2d_backward"
         a = _prepare(op, grad_output=grad_output, input=input, weight=weight, output=output)
@@ -342,6 +398,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 return_indices=False, *, layout="NCHW"):
+    if _channels_last(input, layout):
+        out = _max_pool2d(_nhwc(input), kernel_size, stride, padding, dilation, ceil_mode,
+                          return_indices, layout="NHWC")
+        return tuple(map(_nchw, out)) if return_indices else _nchw(out)
     def build():
         op = "max_pool2d"
         a = _prepare(op, input=input)
@@ -380,6 +440,10 @@ def _max_pool2d_backward(grad_output, input, kernel_size, stride, padding, dilat
     """check_indices=False only for indices fastconv's own forward made (autograd): the
     GPU's check costs an allocation, a copy and a stream synchronisation a call, which
     blocks the host and prevents graph capture."""
+    if _channels_last(input, layout):
+        return _nchw(_max_pool2d_backward(
+            _nhwc(grad_output), _nhwc(input), kernel_size, stride, padding, dilation, ceil_mode,
+            indices=_nhwc(indices), layout="NHWC", check_indices=check_indices))
     def build():
         op = "max_pool2d_backward"
         a = _prepare(op, grad_output=grad_output, input=input)
@@ -438,6 +502,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                 count_include_pad=True, divisor_override=None, *, layout="NCHW"):
+    if _channels_last(input, layout):
+        return _nchw(_avg_pool2d(_nhwc(input), kernel_size, stride, padding, ceil_mode,
+                                 count_include_pad, divisor_override, layout="NHWC"))
+
     def build():
         op = "avg_pool2d"
         a = _prepare(op, input=input)
@@ -461,6 +529,11 @@ def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None, *,
                         layout="NCHW"):
     """Gradient of avg_pool2d with respect to its input (input gives the shape)."""
+    if _channels_last(input, layout):
+        return _nchw(avg_pool2d_backward(_nhwc(grad_output), _nhwc(input), kernel_size, stride,
+                                         padding, ceil_mode, count_include_pad, divisor_override,
+                                         layout="NHWC"))
+
     def build():
         op = "avg_pool2d_backward"
         a = _prepare(op, grad_output=grad_output, input=input)
@@ -495,6 +568,8 @@ def global_avg_pool2d(input, *, layout="NCHW"):
 
 
 def _global_avg_pool2d(input, *, layout="NCHW"):
+    if _channels_last(input, layout):
+        return _global_avg_pool2d(_nhwc(input), layout="NHWC")
     op = "global_avg_pool2d"
     a = _prepare(op, input=input)
     params, out_shape = _args.global_pool(op, a.shape("input"), layout)
@@ -506,6 +581,8 @@ def _global_avg_pool2d(input, *, layout="NCHW"):
 
 
 def global_avg_pool2d_backward(grad_output, input, *, layout="NCHW"):
+    if _channels_last(input, layout):
+        return _nchw(global_avg_pool2d_backward(grad_output, _nhwc(input), layout="NHWC"))
     op = "global_avg_pool2d_backward"
     a = _prepare(op, grad_output=grad_output, input=input)
     params, out_shape = _args.global_pool(op, a.shape("input"), layout)
@@ -535,8 +612,11 @@ def sobel(image, axis=None, mode="reflect", cval=0.0, *, layout="NCHW"):
     "mirror", "nearest", "constant" (with cval) or "wrap", as SciPy names them.
     image may be uint8 (an 8-bit photograph): it is filtered in float32 and the result is
     float32 (scipy.ndimage.sobel would return uint8, wrapped around).
+    PyTorch tensors that require grad go through fastconv.torch.sobel, with autograd.
     """
     op = "sobel"
+    if _needs_autograd(image):
+        return _autograd_op(op, layout, "auto")(image, axis, mode, cval)
     a = _prepare(op, image=image)
     params = _args.image(op, a.shape("image"), layout, mode, cval, axis=axis)
     be = a.select_backend(IMAGE_GPU_DTYPES, IMAGE_CPU_DTYPES)
@@ -549,8 +629,11 @@ def filter2d(image, kernel, mode="reflect", cval=0.0, *, layout="NCHW"):
     """Cross-correlation of every 2-D plane of image with a small 2-D kernel, as
     scipy.ndimage.correlate on each plane: the kernel's centre is (kh // 2, kw // 2);
     borders by mode as in sobel. Same output shape as image. A uint8 image takes a
-    float32 kernel and gives a float32 result."""
+    float32 kernel and gives a float32 result. PyTorch tensors that require grad (the
+    image, the kernel or both) go through fastconv.torch.filter2d, with autograd."""
     op = "filter2d"
+    if _needs_autograd(image, kernel):
+        return _autograd_op(op, layout, "auto")(image, kernel, mode, cval)
     a = _prepare(op, image=image)
     if a.dtype == "uint8":  # an 8-bit image takes a float32 kernel, as its output is
         k = _prepare(op, kernel=kernel)

@@ -44,6 +44,8 @@ def test_gpu_harness_suites_on_cpu_tensors(tiny_shapes):
     assert {r["layout"] for r in rows if r["suite"] == "pool"} == {"NCHW", "NHWC"}
     assert {r["op"] for r in rows if r["suite"] == "train"} == {"conv2d_avgpool_fwd_bwd",
                                                                 "train_step"}
+    models = {(r["case"], r["op"]) for r in rows if r["suite"] == "models"}
+    assert models == {("mobilenet_v3_small_32_b2", op) for op in ("forward", "forward_backward")}
     assert timer.calls > 100
     bench._label(rows[0])
 

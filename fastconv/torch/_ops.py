@@ -48,9 +48,60 @@ def _unbatched(fn, input, *args, **kwargs):
     return ops.drop_batch(fn(input.unsqueeze(0), *args, **kwargs))
 
 
+def _format_of(input):
+    """The memory format fastconv answers input with: channels_last for a (strictly)
+    channels_last 4-D input, whose NHWC view the kernels read without a copy."""
+    return torch.channels_last if ops._channels_last(input, "NCHW") else torch.contiguous_format
+
+
+def _dense(t, input):
+    """t dense in input's memory format (an upstream gradient usually is already)."""
+    return t.contiguous(memory_format=_format_of(input))
+
+
+def _empty(input, shape, dtype=None):
+    """A fake output of shape in input's memory format (what the real op returns)."""
+    return input.new_empty(shape, dtype=dtype).contiguous(memory_format=_format_of(input))
+
+
 def _call(op, eager, *args):
-    """op's custom op under torch.compile, its autograd.Function in eager mode."""
-    return op(*args) if torch.compiler.is_compiling() else eager.apply(*args)
+    """op's custom op under torch.compile, its autograd.Function in eager mode. The
+    autograd.Function bypasses the dispatcher, and with it the autocast registration
+    (_register_autocast), so eager mode applies the same cast here."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return eager.apply(*_autocast(args))
+
+
+# ----------------------------------------------------------------------- autocast
+#
+# Mixed precision: fastconv's kernels compute float32 (float64 on the CPU); there are no
+# float16 / bfloat16 kernels yet (the GPU's tensor-core kernels will bring them). Under
+# torch.autocast (CPU or CUDA), every fastconv op takes its float16 / bfloat16 inputs as
+# float32, computes in float32 and returns float32, as torch's own float32-policy ops
+# do (autocast's "cast_inputs=float32"); float32 and float64 inputs are left as they
+# are. Outside autocast a float16 / bfloat16 tensor is refused with a TypeError naming
+# its dtype (fastconv/_args.py), never converted silently.
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _autocast(args):
+    """args with float16 / bfloat16 tensors cast to float32 when autocast is on for
+    their device."""
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), None)
+    if device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
+        return args
+    return tuple(a.float() if isinstance(a, Tensor) and a.dtype in _LOW_PRECISION else a
+                 for a in args)
+
+
+def _register_autocast(op):
+    """The dispatcher's autocast rule for op (what torch.compile and direct calls of the
+    registered op see): floating inputs to float32."""
+    for device in _AUTOCAST_DEVICES:
+        torch.library.register_autocast(op, device, torch.float32)
 
 
 # ----------------------------------------------------------------------- conv2d
@@ -72,7 +123,7 @@ def _(input, weight, bias, stride, padding, same, dilation, groups, activation):
                             None if bias is None else tuple(bias.shape), tuple(stride),
                             _conv_padding(padding, same), tuple(dilation), groups,
                             _act(activation), "NCHW")
-    return input.new_empty(shape)
+    return _empty(input, shape)
 
 
 def _conv2d_backward_impl(grad_output: Tensor, input: Tensor, weight: Tensor,
@@ -95,8 +146,16 @@ _conv2d_backward = torch.library.custom_op(f"{_NS}::conv2d_backward",
 @_conv2d_backward.register_fake
 def _(grad_output, input, weight, output, stride, padding, same, dilation, groups,
       activation, output_mask):
-    shapes = (input.shape, weight.shape, (weight.shape[0],))
-    return tuple(input.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
+    if not any(output_mask):
+        return tuple(input.new_empty(0) for _ in range(3))
+    # The weight's gradient comes back in the weight's format on the channels_last path
+    # (ops._nchw_weight_grad), contiguous on the NCHW one.
+    weight_format = (torch.channels_last if ops._channels_last(input, "NCHW")
+                     and ops._channels_last(weight, "NCHW") else torch.contiguous_format)
+    return (_empty(input, input.shape) if output_mask[0] else input.new_empty(0),
+            weight.new_empty(weight.shape).contiguous(memory_format=weight_format)
+            if output_mask[1] else input.new_empty(0),
+            input.new_empty((weight.shape[0],) if output_mask[2] else (0,)))
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -112,7 +171,7 @@ def _conv2d_grad(ctx, grad_output, eager=False):
     stride, padding, same, dilation, groups, activation = ctx.conf
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
-    gx, gw, gb = backward(grad_output.contiguous(), input, weight, output, stride, padding,
+    gx, gw, gb = backward(_dense(grad_output, input), input, weight, output, stride, padding,
                           same, dilation, groups, activation, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None)
@@ -120,6 +179,7 @@ def _conv2d_grad(ctx, grad_output, eager=False):
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
 _conv2d_eager = _eager(_conv2d_impl, _conv2d_setup, _conv2d_grad)
+_register_autocast(_conv2d)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -214,6 +274,7 @@ def _conv2d_avgpool_grad(ctx, grad_output, grad_activation, eager=False):
 
 _conv2d_avgpool.register_autograd(_conv2d_avgpool_grad, setup_context=_conv2d_avgpool_setup)
 _conv2d_avgpool_eager = _eager(_conv2d_avgpool_impl, _conv2d_avgpool_setup, _conv2d_avgpool_grad)
+_register_autocast(_conv2d_avgpool)
 
 
 def _padding_conf(op, padding):
@@ -273,7 +334,7 @@ _max_pool2d = torch.library.custom_op(f"{_NS}::max_pool2d", mutates_args=())(_ma
 def _(input, kernel_size, stride, padding, same, dilation, ceil_mode):
     _, shape = _args.pool2d("max_pool2d", tuple(input.shape), tuple(kernel_size), tuple(stride),
                             _conv_padding(padding, same), tuple(dilation), ceil_mode, "NCHW")
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return _empty(input, shape), _empty(input, shape, torch.int64)
 
 
 def _max_pool2d_backward_impl(grad_output: Tensor, input: Tensor, indices: Tensor,
@@ -295,7 +356,7 @@ _max_pool2d_backward = torch.library.custom_op(f"{_NS}::max_pool2d_backward",
 @_max_pool2d_backward.register_fake
 def _(grad_output, input, indices, kernel_size, stride, padding, same, dilation, ceil_mode,
       own_indices=False):
-    return torch.empty_like(input)
+    return _empty(input, input.shape)
 
 
 def _max_pool2d_setup(ctx, inputs, output):
@@ -308,12 +369,13 @@ def _max_pool2d_setup(ctx, inputs, output):
 def _max_pool2d_grad(ctx, grad_output, grad_indices, eager=False):
     backward = _max_pool2d_backward_impl if eager else _max_pool2d_backward
     input, indices = ctx.saved_tensors
-    return (backward(grad_output.contiguous(), input, indices, *ctx.conf, True),
+    return (backward(_dense(grad_output, input), input, indices, *ctx.conf, True),
             None, None, None, None, None, None)
 
 
 _max_pool2d.register_autograd(_max_pool2d_grad, setup_context=_max_pool2d_setup)
 _max_pool2d_eager = _eager(_max_pool2d_impl, _max_pool2d_setup, _max_pool2d_grad)
+_register_autocast(_max_pool2d)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -343,7 +405,7 @@ def _(input, kernel_size, stride, padding, same, ceil_mode, count_include_pad, d
     _, shape = _args.pool2d("avg_pool2d", tuple(input.shape), tuple(kernel_size), tuple(stride),
                             _conv_padding(padding, same), 1, ceil_mode, "NCHW",
                             count_include_pad, divisor_override)
-    return input.new_empty(shape)
+    return _empty(input, shape)
 
 
 def _avg_pool2d_backward_impl(grad_output: Tensor, input: Tensor, kernel_size: List[int],
@@ -362,7 +424,7 @@ _avg_pool2d_backward = torch.library.custom_op(f"{_NS}::avg_pool2d_backward",
 @_avg_pool2d_backward.register_fake
 def _(grad_output, input, kernel_size, stride, padding, same, ceil_mode, count_include_pad,
       divisor_override):
-    return torch.empty_like(input)
+    return _empty(input, input.shape)
 
 
 def _avg_pool2d_setup(ctx, inputs, output):
@@ -373,12 +435,13 @@ def _avg_pool2d_setup(ctx, inputs, output):
 def _avg_pool2d_grad(ctx, grad_output, eager=False):
     backward = _avg_pool2d_backward_impl if eager else _avg_pool2d_backward
     (input,) = ctx.saved_tensors
-    return (backward(grad_output.contiguous(), input, *ctx.conf),
+    return (backward(_dense(grad_output, input), input, *ctx.conf),
             None, None, None, None, None, None, None)
 
 
 _avg_pool2d.register_autograd(_avg_pool2d_grad, setup_context=_avg_pool2d_setup)
 _avg_pool2d_eager = _eager(_avg_pool2d_impl, _avg_pool2d_setup, _avg_pool2d_grad)
+_register_autocast(_avg_pool2d)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -414,7 +477,7 @@ def _global_avg_pool2d_backward(grad_output: Tensor, input: Tensor) -> Tensor:
 
 @_global_avg_pool2d_backward.register_fake
 def _(grad_output, input):
-    return torch.empty_like(input)
+    return _empty(input, input.shape)
 
 
 def _global_avg_pool2d_setup(ctx, inputs, output):
@@ -428,6 +491,7 @@ def _global_avg_pool2d_grad(ctx, grad_output):
 
 _global_avg_pool2d.register_autograd(_global_avg_pool2d_grad,
                                      setup_context=_global_avg_pool2d_setup)
+_register_autocast(_global_avg_pool2d)
 
 
 def global_avg_pool2d(input):
@@ -437,24 +501,3 @@ def global_avg_pool2d(input):
     if input.dim() == 3:
         return _unbatched(global_avg_pool2d, input)
     return _global_avg_pool2d(input)
-
-
-# ----------------------------------------------------------------------- sobel
-
-
-@torch.library.custom_op(f"{_NS}::sobel", mutates_args=())
-def _sobel(image: Tensor, axis: Optional[int], mode: str, cval: float) -> Tensor:
-    return ops.sobel(image, axis, mode, cval)
-
-
-@_sobel.register_fake
-def _(image, axis, mode, cval):
-    _args.image("sobel", tuple(image.shape), "NCHW", mode, cval, axis=axis)
-    return image.new_empty(image.shape, dtype=torch.float32 if image.dtype == torch.uint8
-                           else image.dtype)
-
-
-def sobel(image, axis=None, mode="reflect", cval=0.0):
-    """fastconv.sobel on a tensor of shape (H, W), (N, H, W) or (N, C, H, W); not
-    differentiable."""
-    return _sobel(image, axis, mode, float(cval))
