@@ -72,6 +72,12 @@ MUTANTS = [
     ('atomics-then-read-barrier-deleted', 'deleted barrier', DEV,
      [('        __syncthreads();\n        if (threadIdx.x < 16) atomicAdd(&hist',
        '        if (threadIdx.x < 16) atomicAdd(&hist')], '0'),
+    ('async-wait-missing', 'missing async wait', DEV,
+     [('            async_wait<1>();  // this thread', '            // this thread')], '0'),
+    ('async-wait-too-weak', 'missing async wait', DEV,
+     [('            async_wait<1>();  // this thread', '            async_wait<2>();  // this thread')], '0'),
+    ('async-refill-barrier-deleted', 'deleted barrier', DEV,
+     [('            __syncthreads();  // buf[k % 2] is refilled by tile k + 2\n', '')], '0'),
 ]
 
 

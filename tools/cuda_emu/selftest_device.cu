@@ -2,6 +2,7 @@
 // library kernels (2-D/3-D grids and blocks, dynamic shared memory, warp collectives,
 // atomics), translated and run like the kernels; test_device.cpp checks their outputs
 // against values computed on the host, and mutate.py plants bugs in copies of them.
+#include "async_copy.cuh"
 #include "cuda_common.cuh"
 
 namespace fastconv {
@@ -92,11 +93,44 @@ __global__ void atomics(const int* v, int items, int per_item, unsigned* hist, f
     }
 }
 
+// A double-buffered tile loop through async_copy.cuh: row r of x (n floats, n % 4 == 0)
+// in tiles of 256 floats, each thread copying 16 bytes of the next tile while the block
+// reads the current one; past the row's end the copies zero-fill. Thread t of tile k
+// writes the sum of the 4 floats thread t + 1 copied (so the barrier matters).
+constexpr int kCopyThreads = 64, kTileFloats = 4 * kCopyThreads;
+
+__global__ void tile_sums(const float* x, float* y, int rows, int n) {
+    __shared__ __align__(16) float buf[2][kTileFloats];
+    const int t = threadIdx.x, tiles = (n + kTileFloats - 1) / kTileFloats;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* row = x + size_t(r) * n;
+        const auto issue = [&](int k) {  // this thread's 16 bytes of tile k
+            const int at = k * kTileFloats + 4 * t, valid = max(0, min(4, n - at));
+            async_copy_cg16(&buf[k % 2][4 * t], valid ? row + at : row, 4 * valid);
+        };
+        issue(0);
+        async_commit();
+        for (int k = 0; k < tiles; ++k) {
+            if (k + 1 < tiles) issue(k + 1);
+            async_commit();
+            async_wait<1>();  // this thread's part of tile k has landed
+            __syncthreads();  // and every thread's
+            const float* s = &buf[k % 2][4 * ((t + 1) % kCopyThreads)];
+            y[(size_t(r) * tiles + k) * kCopyThreads + t] = s[0] + s[1] + s[2] + s[3];
+            __syncthreads();  // buf[k % 2] is refilled by tile k + 2
+        }
+        async_wait<0>();
+    }
+}
+
 void selftest_coords3d(int* out) {
     coords3d<<<dim3(3, 2), dim3(8, 3, 2), 0, nullptr>>>(out);
 }
 void selftest_reverse_runs(const float* x, float* y, int runs, int n) {
     reverse_runs<<<blocks_for(runs, 1), dim3(16, 4), n * sizeof(float), nullptr>>>(x, y, runs, n);
+}
+void selftest_tile_sums(const float* x, float* y, int rows, int n) {
+    tile_sums<<<blocks_for(rows, 1), kCopyThreads, 0, nullptr>>>(x, y, rows, n);
 }
 void selftest_warp_ops(float* out, int threads) { warp_ops<<<1, threads, 0, nullptr>>>(out); }
 void selftest_atomics(const int* v, int items, int per_item, unsigned* hist, float* fsum,

@@ -11,6 +11,7 @@ namespace fastconv::cuda {
 void selftest_coords3d(int* out);
 void selftest_reverse_runs(const float* x, float* y, int runs, int n);
 void selftest_warp_ops(float* out, int threads);
+void selftest_tile_sums(const float* x, float* y, int rows, int n);
 void selftest_atomics(const int* v, int items, int per_item, unsigned* hist, float* fsum,
                       double* dsum, int* imax, float* cas_max, int* last);
 }  // namespace fastconv::cuda
@@ -107,6 +108,26 @@ static void test_atomics(std::mt19937_64& rng) {
     if (!found) ++failures, printf("FAIL atomics: atomicExch left %d, no element's value\n", last);
 }
 
+static void test_async_copies(std::mt19937_64& rng) {
+    for (int n : {4, 256, 260, 1000, 1536}) {
+        const int rows = 3, tiles = (n + 255) / 256;
+        std::vector<float> x(rows * n), y(rows * tiles * 64, NAN), want(y.size());
+        for (auto& e : x) e = float(int(rng() % 200) - 100);
+        for (int r = 0; r < rows; ++r)
+            for (int k = 0; k < tiles; ++k)
+                for (int t = 0; t < 64; ++t) {
+                    double s = 0;
+                    for (int i = 0; i < 4; ++i) {
+                        const int at = k * 256 + 4 * ((t + 1) % 64) + i;
+                        if (at < n) s += x[r * n + at];
+                    }
+                    want[(r * tiles + k) * 64 + t] = float(s);
+                }
+        cuda::selftest_tile_sums(x.data(), y.data(), rows, n);
+        expect("tile_sums (async copies)", y, want);
+    }
+}
+
 int test_device_features(int& checks, uint64_t seed) {
     checks_out = &checks;
     std::mt19937_64 rng(seed * 7919 + 1);
@@ -114,5 +135,6 @@ int test_device_features(int& checks, uint64_t seed) {
     test_dynamic_shared(rng);
     test_warp_ops();
     test_atomics(rng);
+    test_async_copies(rng);
     return failures;
 }
