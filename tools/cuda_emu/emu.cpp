@@ -565,6 +565,7 @@ static void complete_builtin(unsigned warp, WarpOp** lanes) {
 void warp_collective(WarpOp& op) {
     if (!in_launch) { fprintf(stderr, "cuda_emu: %s called outside a kernel\n", op.name); abort(); }
     op.pc = __builtin_return_address(0);
+    op.thread = cur;
     const unsigned t = cur, warp = t / 32, lane = t % 32, n = warp_lanes(warp);
     if (!(op.mask >> lane & 1)) warp_fail(t, &op, "the mask leaves out the calling lane");
     if (n < 32 && (op.mask >> n)) {
@@ -626,6 +627,26 @@ static void try_complete(unsigned t) {
                                              ": " + op_where(waiting[u]) : ""));
     }
     warp_fail(t, op, "the collective never completed");
+}
+
+// WMMA (include/mma.h): each fragment type's element order, drawn per seed.
+const int* fragment_order(int id, int elements) {
+    static std::vector<std::pair<int, std::vector<int>>> orders;
+    for (const auto& o : orders)
+        if (o.first == id) return o.second.data();
+    std::vector<int> order(elements);
+    for (int i = 0; i < elements; ++i) order[i] = i;
+    std::mt19937_64 g(seed * 0x100000001b3ull + uint64_t(id));
+    std::shuffle(order.begin(), order.end(), g);
+    orders.emplace_back(id, std::move(order));
+    return orders.back().second.data();
+}
+
+[[noreturn]] void wmma_fail(const char* what, const char* why, const void* pc) {
+    fflush(stdout);
+    fprintf(stderr, "cuda_emu: %s in kernel %s, block %u, thread %u: %s\n  at %s\n", what, kernel_name,
+            block_linear(), cur, why, where(pc).c_str());
+    abort();
 }
 
 unsigned active_mask() {

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Each original must occur exactly once in its file.
 SOBEL, FWD, BWD, POOL = 'csrc/cuda/sobel.cu', 'csrc/cuda/conv2d_fwd.cu', 'csrc/cuda/conv2d_bwd.cu', 'csrc/cuda/pool.cu'
 COMMON, CONV1D = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu'
-DEV = 'tools/cuda_emu/selftest_device.cu'
+DEV, WMMA = 'tools/cuda_emu/selftest_device.cu', 'tools/cuda_emu/selftest_wmma.cu'
 MUTANTS = [
     ('filter2d-barrier-deleted', 'deleted barrier', SOBEL,
      [('        __syncthreads();\n        float acc[kRowPixels]', '        float acc[kRowPixels]')], '0.1'),
@@ -78,6 +78,13 @@ MUTANTS = [
      [('            async_wait<1>();  // this thread', '            async_wait<2>();  // this thread')], '0'),
     ('async-refill-barrier-deleted', 'deleted barrier', DEV,
      [('            __syncthreads();  // buf[k % 2] is refilled by tile k + 2\n', '')], '0'),
+    ('wmma-lane-missing', 'warp collective with a lane missing', WMMA,
+     [('            wmma::mma_sync(acc, fa, fb, acc);', '            if (threadIdx.x % 32 != 9) wmma::mma_sync(acc, fa, fb, acc);')], '0'),
+    ('wmma-pointer-not-uniform', 'warp collective, arguments not uniform', WMMA,
+     [('wmma::load_matrix_sync(fb, tile, 16);', 'wmma::load_matrix_sync(fb, tile + (threadIdx.x == 3 ? 8 : 0), 16);')], '0'),
+    ('wmma-staging-barrier-deleted', 'race between two threads of a warp', WMMA,
+     [('    for (int i = threadIdx.x; i < 256; i += blockDim.x) tile[i] = c0[i];\n    __syncthreads();\n',
+       '    for (int i = threadIdx.x; i < 256; i += blockDim.x) tile[i] = c0[i];\n')], '0'),
 ]
 
 

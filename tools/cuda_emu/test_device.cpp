@@ -4,14 +4,22 @@
 // test.cpp's main; returns the number of failures and adds to checks.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 
 namespace fastconv::cuda {
 void selftest_coords3d(int* out);
 void selftest_reverse_runs(const float* x, float* y, int runs, int n);
 void selftest_warp_ops(float* out, int threads);
 void selftest_tile_sums(const float* x, float* y, int rows, int n);
+void selftest_wmma_gemm(int precision, const void* a, const void* b, const float* c0, float* d, int M,
+                        int N, int K, bool col_out);
+void selftest_wmma_shared(const float* c0, float* d);
 void selftest_atomics(const int* v, int items, int per_item, unsigned* hist, float* fsum,
                       double* dsum, int* imax, float* cas_max, int* last);
 }  // namespace fastconv::cuda
@@ -128,6 +136,81 @@ static void test_async_copies(std::mt19937_64& rng) {
     }
 }
 
+// 64-byte aligned storage (WMMA pointers must be 32-byte aligned; std::vector's are 16).
+template <typename T>
+struct Aligned {
+    T* p;
+    size_t n;
+    explicit Aligned(size_t count) : p(static_cast<T*>(std::aligned_alloc(64, (count * sizeof(T) + 63) / 64 * 64))), n(count) {}
+    ~Aligned() { std::free(p); }
+    T& operator[](size_t i) const { return p[i]; }
+    size_t size() const { return n; }
+};
+
+// The conversions, on values whose rounding is known: ties to even (half, bf16), ties
+// away from zero (TF32), subnormal halves, overflow to infinity.
+static void test_conversions() {
+    const float one = 1.f, e11 = std::ldexp(1.f, -11), e10 = std::ldexp(1.f, -10);
+    std::vector<double> got = {float(__half(one + e11)), float(__half(one + 3 * e11)),
+                               float(__half(std::ldexp(1.f, -25) * 3)), float(__half(65520.f)),
+                               float(__half(65519.f)), float(__nv_bfloat16(1.f + std::ldexp(1.f, -8))),
+                               float(__nv_bfloat16(1.f + 3 * std::ldexp(1.f, -8))),
+                               nvcuda::wmma::__float_to_tf32(one + e11), nvcuda::wmma::__float_to_tf32(-(one + e11)),
+                               nvcuda::wmma::__float_to_tf32(one + e11 - std::ldexp(1.f, -20))};
+    std::vector<double> want = {1, 1 + 4 * e11, std::ldexp(1.0, -23), INFINITY, 65504,
+                                // 1 + 3 * 2^-8: the tie between 1 + 2^-7 and 1 + 2^-6 goes to even
+                                1, 1 + std::ldexp(1.0, -6), 1 + e10, -(1 + e10), 1};
+    expect("half / bf16 / tf32 conversions", got, want);
+}
+
+static void test_wmma(std::mt19937_64& rng) {
+    const int M = 32, N = 48, K = 32;
+    for (int precision = 0; precision < 3; ++precision)
+        for (bool col_out : {false, true}) {
+            // Integers in [-8, 7]: exact in TF32, half and bf16; every sum exact in float.
+            std::vector<int> ai(M * K), bi(K * N);
+            for (auto& e : ai) e = int(rng() % 16) - 8;
+            for (auto& e : bi) e = int(rng() % 16) - 8;
+            Aligned<float> af(M * K), bf(K * N), c0(M * N), d(M * N);
+            Aligned<__half> ah(M * K), bh(K * N);
+            Aligned<__nv_bfloat16> ab(M * K), bb(K * N);
+            // The kernel's layouts: tf32 A row, B col; half A col, B row; bf16 both row.
+            const bool a_row = precision != 1, b_row = precision != 0;
+            for (int m = 0; m < M; ++m)
+                for (int k = 0; k < K; ++k) {
+                    const size_t at = a_row ? m * K + k : k * M + m;
+                    af[at] = float(ai[m * K + k]), ah[at] = __half(ai[m * K + k]), ab[at] = __nv_bfloat16(ai[m * K + k]);
+                }
+            for (int k = 0; k < K; ++k)
+                for (int n = 0; n < N; ++n) {
+                    const size_t at = b_row ? k * N + n : n * K + k;
+                    bf[at] = float(bi[k * N + n]), bh[at] = __half(bi[k * N + n]), bb[at] = __nv_bfloat16(bi[k * N + n]);
+                }
+            std::vector<double> want(M * N), got(M * N);
+            for (int m = 0; m < M; ++m)
+                for (int n = 0; n < N; ++n) {
+                    c0[m * N + n] = float(int(rng() % 100) - 50);
+                    double s = c0[m * N + n];
+                    for (int k = 0; k < K; ++k) s += double(ai[m * K + k]) * bi[k * N + n];
+                    want[col_out ? n * M + m : m * N + n] = 2 * s;
+                }
+            for (size_t i = 0; i < d.size(); ++i) d[i] = NAN;
+            const void* a = precision == 0 ? (const void*)af.p : precision == 1 ? (const void*)ah.p : (const void*)ab.p;
+            const void* b = precision == 0 ? (const void*)bf.p : precision == 1 ? (const void*)bh.p : (const void*)bb.p;
+            cuda::selftest_wmma_gemm(precision, a, b, c0.p, d.p, M, N, K, col_out);
+            for (size_t i = 0; i < got.size(); ++i) got[i] = d[i];
+            const char* names[] = {"wmma gemm tf32", "wmma gemm half", "wmma gemm bf16"};
+            expect(names[precision], got, want);
+        }
+    // A tile staged in shared memory: d = 0 * tile + tile, stored column-major.
+    Aligned<float> c0(256), d(256);
+    std::vector<double> got(256), want(256);
+    for (int i = 0; i < 256; ++i) c0[i] = float(i % 17) - 8, want[(i % 16) * 16 + i / 16] = c0[i];
+    cuda::selftest_wmma_shared(c0.p, d.p);
+    for (int i = 0; i < 256; ++i) got[i] = d[i];
+    expect("wmma from shared memory, fill_fragment", got, want);
+}
+
 int test_device_features(int& checks, uint64_t seed) {
     checks_out = &checks;
     std::mt19937_64 rng(seed * 7919 + 1);
@@ -136,5 +219,7 @@ int test_device_features(int& checks, uint64_t seed) {
     test_warp_ops();
     test_atomics(rng);
     test_async_copies(rng);
+    test_conversions();
+    test_wmma(rng);
     return failures;
 }

@@ -114,6 +114,7 @@ struct WarpOp {
     void* self[4] = {};      // WMMA: this lane's fragments
     uint64_t result = 0;
     const void* pc = nullptr;
+    unsigned thread = 0;     // the calling thread (set by warp_collective)
 };
 void warp_collective(WarpOp& op);
 unsigned active_mask();
