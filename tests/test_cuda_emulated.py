@@ -10,6 +10,7 @@ the draws on a third seed, for out-of-bounds accesses through pointers.
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,13 @@ def test_cuda_kernels_under_address_sanitizer(tmp_path):
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     assert r.returncode == 0, f"ASan build of the emulated kernels failed (EMU_SEED=3):\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     assert last.endswith("0 failures") and int(last.split()[0]) > 1000, last
+
+
+def test_emulator_catches_planted_bugs():
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "cuda_emu" / "mutate.py"), "--fast"],
+                       capture_output=True, text=True, timeout=1200)
+    print(r.stdout)
+    assert r.returncode == 0, f"a planted bug survived the emulator:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert "caught on every seed" in r.stdout.splitlines()[-1], r.stdout[-2000:]

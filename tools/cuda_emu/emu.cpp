@@ -601,7 +601,9 @@ static void try_complete(unsigned t) {
     for (unsigned l = 0; l < 32; ++l) {
         if (!(op->mask >> l & 1)) continue;
         const unsigned u = warp * 32 + l;
-        if (state[u] != kAtWarp) return;  // not yet
+        // not yet: a named lane still runs, or waits at another collective (of a
+        // subset of the warp that leaves this lane out)
+        if (state[u] != kAtWarp || !same_op(op, waiting[u])) return;
         lanes[l] = waiting[u];
     }
     if (op->exec) op->exec(lanes);

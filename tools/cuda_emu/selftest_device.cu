@@ -127,6 +127,8 @@ void selftest_coords3d(int* out) {
     coords3d<<<dim3(3, 2), dim3(8, 3, 2), 0, nullptr>>>(out);
 }
 void selftest_reverse_runs(const float* x, float* y, int runs, int n) {
+    if (n * sizeof(float) > 48 * 1024)  // over the default limit: the kernel's opt-in
+        cudaFuncSetAttribute(reverse_runs, cudaFuncAttributeMaxDynamicSharedMemorySize, int(n * sizeof(float)));
     reverse_runs<<<blocks_for(runs, 1), dim3(16, 4), n * sizeof(float), nullptr>>>(x, y, runs, n);
 }
 void selftest_tile_sums(const float* x, float* y, int rows, int n) {

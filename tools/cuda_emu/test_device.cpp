@@ -53,7 +53,7 @@ static void test_grids() {
 }
 
 static void test_dynamic_shared(std::mt19937_64& rng) {
-    for (int n : {1, 37, 64, 1000, 3000}) {
+    for (int n : {1, 37, 64, 1000, 3000, 20000}) {  // 20000 floats: over 48 KiB
         const int runs = 4;
         std::vector<float> x(runs * n), y(runs * n, NAN), want(runs * n);
         for (auto& e : x) e = float(int(rng() % 1000) - 500);
