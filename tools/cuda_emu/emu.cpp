@@ -73,6 +73,17 @@ static const int announce = (std::printf("cuda_emu: EMU_SEED=%llu\n", (unsigned 
 // today. The grid of the others is cut on half the launches.
 static const char* const kExactGrid[] = {nullptr};
 
+// A uniform pick in [0, n), n <= 65536, from 16 bits of a cached draw (the scheduler
+// picks at every switch; the bias, at most n / 65536, does not matter to a schedule).
+static uint64_t pick_bits = 0;
+static unsigned pick_left = 0;
+static size_t pick(size_t n) {
+    if (pick_left == 0) pick_bits = rng(), pick_left = 4;
+    const size_t r = size_t((pick_bits & 0xFFFF) * n >> 16);
+    pick_bits >>= 16, --pick_left;
+    return r;
+}
+
 // ------------------------------------------------------------------ stacks
 
 #ifndef EMU_STACK_KIB
@@ -169,6 +180,8 @@ static void start_thread(unsigned t) {
     // The first switch pops six zero registers and returns into entry with the stack as
     // after a call: the return-address slot at a 16-byte boundary.
     char* top = stacks[t].lo + kStack;
+    // ASan: entry's frame never returns, so its redzones (if it has any) stay poisoned.
+    EMU_UNPOISON(top - 4096, 4096);
     void** sp = reinterpret_cast<void**>(top - 64);
     for (int i = 0; i < 6; ++i) sp[i] = nullptr;
     sp[6] = reinterpret_cast<void*>(&entry);
@@ -463,6 +476,7 @@ void note_shared(const void* addr, size_t n, bool write, unsigned thread) {
 // that returns, waits at __syncthreads, or arrives at a different collective aborts the
 // run, as does a mask that leaves out the caller or names a lane the block lacks.
 static std::vector<WarpOp*> waiting;  // per thread, while kAtWarp
+static bool block_used_warps = false, block_used_async = false;
 static std::vector<unsigned> ready;   // threads the scheduler may run
 
 static unsigned warp_lanes(unsigned warp) { return std::min(32u, nthreads - warp * 32); }
@@ -488,6 +502,7 @@ static bool same_op(const WarpOp* a, const WarpOp* b) {
 
 static void complete_syncwarp(unsigned warp, unsigned mask) {
     ++syncwarp_serial;
+    block_used_warps = true;
     std::array<uint32_t, 32> merged{};
     for (unsigned l = 0; l < 32; ++l)
         if (mask >> l & 1)
@@ -705,11 +720,13 @@ void async_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) 
     if (src_bytes > bytes) async_fail(pc, "src_bytes larger than the copy");
     shared_access(dst, bytes, kWrite, pc);
     std::memset(dst, 0xFF, bytes);  // undefined until the wait
+    block_used_async = true;
     async_copies[cur].push_back({dst, src, bytes, src_bytes, 0, pc});
 }
 
 void async_commit() {
     if (!in_launch) return;
+    block_used_async = true;
     const unsigned long g = ++async_groups[cur];
     for (auto& c : async_copies[cur])
         if (c.group == 0) c.group = g;
@@ -730,7 +747,7 @@ void async_wait(int pending) {
     q.resize(kept);
 }
 
-static void thread_exits() {
+__attribute__((noinline)) static void thread_exits() {
     if (!async_copies.empty() && !async_copies[cur].empty())
         async_fail(async_copies[cur][0].pc, "the thread returned with " +
                    std::to_string(async_copies[cur].size()) +
@@ -879,21 +896,24 @@ void emu_launch(const char* name, const void* func, dim3 grid, dim3 block, size_
         shared_arrays.clear();
         dynamic_bytes = shmem;
         if (shmem) place(shmem, 128, "extern (dynamic, the launch's size)", 0);
-        for (unsigned t = 0; t < T; ++t) {
-            state[t] = kReady, start_thread(t), stamp[t] = 0, known[t] = {};
-            async_copies[t].clear(), async_groups[t] = 0;
+        for (unsigned t = 0; t < T; ++t) state[t] = kReady, start_thread(t);
+        if (block_used_warps) {  // (per-block resets only where they matter: speed)
+            for (unsigned t = 0; t < T; ++t) stamp[t] = 0, known[t] = {};
+            block_used_warps = false;
+        }
+        if (block_used_async) {
+            for (unsigned t = 0; t < T; ++t) async_copies[t].clear(), async_groups[t] = 0;
+            block_used_async = false;
         }
         for (;;) {
             ++interval;
             ready.clear();
             for (unsigned t = 0; t < T; ++t)
-                if (state[t] == kAtBarrier) state[t] = kReady;
-            for (unsigned t = 0; t < T; ++t)
-                if (state[t] == kReady) ready.push_back(t);
+                if (state[t] == kAtBarrier || state[t] == kReady) state[t] = kReady, ready.push_back(t);
             // Any ready thread may run next: the order within the interval, and at each
             // atomic or warp collective, is drawn.
             while (!ready.empty()) {
-                const size_t i = ready.size() == 1 ? 0 : size_t(rng() % ready.size());
+                const size_t i = ready.size() == 1 ? 0 : pick(ready.size());
                 const unsigned t = ready[i];
                 ready[i] = ready.back();
                 ready.pop_back();
