@@ -9,12 +9,12 @@
 namespace fastconv {
 namespace cuda {
 
-// d = 2 (a b + c0): a is M x K (row-major, or column-major: a[k * M + m]), b is K x N
+// d = 2 (a b + c0) (TF32: inputs rounded by __float_to_tf32 when to_tf32): a is M x K (row-major, or column-major: a[k * M + m]), b is K x N
 // (row-major, or column-major: b[n * K + k]), c0 and d M x N row-major (d column-major
 // when col_out). One warp per 16 x 16 tile of d, grid-stride over the tiles.
 template <class Prec, class T, int KS, class LA, class LB>
 __global__ void wmma_gemm(const T* a, const T* b, const float* c0, float* d, int M, int N, int K,
-                          bool col_out) {
+                          bool col_out, bool to_tf32) {
     using namespace nvcuda;
     constexpr bool kRowA = std::is_same<LA, wmma::row_major>::value;
     constexpr bool kRowB = std::is_same<LB, wmma::row_major>::value;
@@ -28,7 +28,7 @@ __global__ void wmma_gemm(const T* a, const T* b, const float* c0, float* d, int
             wmma::fragment<wmma::matrix_b, 16, 16, KS, Prec, LB> fb;
             wmma::load_matrix_sync(fa, kRowA ? a + tm * K + k : a + k * M + tm, kRowA ? K : M);
             wmma::load_matrix_sync(fb, kRowB ? b + k * N + tn : b + tn * K + k, kRowB ? N : K);
-            if (std::is_same<Prec, wmma::precision::tf32>::value) {
+            if (std::is_same<Prec, wmma::precision::tf32>::value && to_tf32) {
                 for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
                 for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
             }
@@ -58,18 +58,18 @@ __global__ void wmma_shared(const float* c0, float* d) {
 }
 
 void selftest_wmma_gemm(int precision, const void* a, const void* b, const float* c0, float* d, int M,
-                        int N, int K, bool col_out) {
+                        int N, int K, bool col_out, bool to_tf32) {
     using namespace nvcuda;
     const unsigned blocks = blocks_for(M / 16 * (N / 16), 2);
     if (precision == 0)
         wmma_gemm<wmma::precision::tf32, float, 8, wmma::row_major, wmma::col_major><<<blocks, 64, 0, nullptr>>>(
-            static_cast<const float*>(a), static_cast<const float*>(b), c0, d, M, N, K, col_out);
+            static_cast<const float*>(a), static_cast<const float*>(b), c0, d, M, N, K, col_out, to_tf32);
     else if (precision == 1)
         wmma_gemm<__half, __half, 16, wmma::col_major, wmma::row_major><<<blocks, 64, 0, nullptr>>>(
-            static_cast<const __half*>(a), static_cast<const __half*>(b), c0, d, M, N, K, col_out);
+            static_cast<const __half*>(a), static_cast<const __half*>(b), c0, d, M, N, K, col_out, to_tf32);
     else
         wmma_gemm<__nv_bfloat16, __nv_bfloat16, 16, wmma::row_major, wmma::row_major><<<blocks, 64, 0, nullptr>>>(
-            static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b), c0, d, M, N, K, col_out);
+            static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b), c0, d, M, N, K, col_out, to_tf32);
 }
 
 void selftest_wmma_shared(const float* c0, float* d) { wmma_shared<<<1, 32, 0, nullptr>>>(c0, d); }

@@ -18,7 +18,7 @@ void selftest_reverse_runs(const float* x, float* y, int runs, int n);
 void selftest_warp_ops(float* out, int threads);
 void selftest_tile_sums(const float* x, float* y, int rows, int n);
 void selftest_wmma_gemm(int precision, const void* a, const void* b, const float* c0, float* d, int M,
-                        int N, int K, bool col_out);
+                        int N, int K, bool col_out, bool to_tf32);
 void selftest_wmma_shared(const float* c0, float* d);
 void selftest_atomics(const int* v, int items, int per_item, unsigned* hist, float* fsum,
                       double* dsum, int* imax, float* cas_max, int* last);
@@ -197,11 +197,38 @@ static void test_wmma(std::mt19937_64& rng) {
             for (size_t i = 0; i < d.size(); ++i) d[i] = NAN;
             const void* a = precision == 0 ? (const void*)af.p : precision == 1 ? (const void*)ah.p : (const void*)ab.p;
             const void* b = precision == 0 ? (const void*)bf.p : precision == 1 ? (const void*)bh.p : (const void*)bb.p;
-            cuda::selftest_wmma_gemm(precision, a, b, c0.p, d.p, M, N, K, col_out);
+            cuda::selftest_wmma_gemm(precision, a, b, c0.p, d.p, M, N, K, col_out, true);
             for (size_t i = 0; i < got.size(); ++i) got[i] = d[i];
             const char* names[] = {"wmma gemm tf32", "wmma gemm half", "wmma gemm bf16"};
             expect(names[precision], got, want);
         }
+    // TF32 on fractions: the inputs rounded by __float_to_tf32 (to nearest, ties away)
+    // or, not converted, truncated by the tensor core; each m16n16k8 step sums in
+    // double from its float C and rounds once (the emulator's model, mma.h).
+    for (bool to_tf32 : {true, false}) {
+        const int n = 16, k2 = 16;
+        Aligned<float> a(n * k2), b(k2 * n), c(n * n), d(n * n);  // a row-major, b column-major
+        std::uniform_real_distribution<float> u(-1, 1);
+        for (size_t i = 0; i < a.size(); ++i) a[i] = u(rng), b[i] = u(rng);
+        for (size_t i = 0; i < c.size(); ++i) c[i] = u(rng), d[i] = NAN;
+        const auto r = [&](float v) {
+            return to_tf32 ? nvcuda::wmma::__float_to_tf32(v) : nvcuda::wmma::detail::tf32_truncate(v);
+        };
+        std::vector<double> got(n * n), want(n * n);
+        for (int m = 0; m < n; ++m)
+            for (int j = 0; j < n; ++j) {
+                float acc = c[m * n + j];
+                for (int k0 = 0; k0 < k2; k0 += 8) {
+                    double s = acc;
+                    for (int k = k0; k < k0 + 8; ++k) s += double(r(a[m * k2 + k])) * r(b[j * k2 + k]);
+                    acc = float(s);
+                }
+                want[m * n + j] = 2.0 * acc;
+            }
+        cuda::selftest_wmma_gemm(0, a.p, b.p, c.p, d.p, n, n, k2, false, to_tf32);
+        for (int i = 0; i < n * n; ++i) got[i] = d[i];
+        expect(to_tf32 ? "wmma tf32 rounding (__float_to_tf32)" : "wmma tf32 truncation (unconverted)", got, want);
+    }
     // A tile staged in shared memory: d = 0 * tile + tile, stored column-major.
     Aligned<float> c0(256), d(256);
     std::vector<double> got(256), want(256);
