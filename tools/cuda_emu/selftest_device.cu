@@ -36,7 +36,7 @@ __device__ __forceinline__ unsigned warp_mask() {
     return n == 32 ? 0xFFFFFFFFu : (1u << n) - 1;
 }
 
-constexpr int kWarpOut = 13;
+constexpr int kWarpOut = 15;
 
 // One block of the warp collectives, kWarpOut results per thread (test_device.cpp holds
 // the expected values).
@@ -62,6 +62,11 @@ __global__ void warp_ops(float* out) {
     sh[t] = int(t);
     __syncwarp(m);
     o[12] = sh[t - lane + (lane + 1) % n];
+    o[13] = sh[t - lane];  // every lane reads lane 0's word ...
+    __syncwarp(m);
+    if (lane == 0) sh[t] = int(t) + 1000;  // ... before lane 0 rewrites it
+    __syncwarp(m);
+    o[14] = sh[t - lane];
 }
 
 // Atomics: a shared histogram (atomics on shared memory, then plain reads after the

@@ -65,7 +65,7 @@ static void test_dynamic_shared(std::mt19937_64& rng) {
 }
 
 static void test_warp_ops() {
-    const int K = 13;
+    const int K = 15;
     for (int T : {32, 80}) {
         std::vector<float> out(T * K, NAN), want(T * K);
         for (int t = 0; t < T; ++t) {
@@ -89,6 +89,7 @@ static void test_warp_ops() {
             }
             w[4] = float(ballot & 0xFFFFFF), w[5] = any, w[6] = all, w[7] = sum, w[8] = mn, w[9] = mx;
             w[10] = sum, w[11] = parity_sum, w[12] = base + (lane + 1) % n;
+            w[13] = base, w[14] = base + 1000;
         }
         cuda::selftest_warp_ops(out.data(), T);
         expect(T == 32 ? "warp_ops (1 warp)" : "warp_ops (2.5 warps)", out, want);
