@@ -11,6 +11,7 @@ third seed, for out-of-bounds accesses through pointers.
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,36 @@ def test_the_kernels_multiply_high_division_equals_division(tmp_path):
                    check=True, timeout=300)
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and " 0 wrong" in r.stdout, r.stdout + r.stderr
+def test_emulator_catches_planted_bugs():
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "cuda_emu" / "mutate.py"), "--fast"],
+                       capture_output=True, text=True, timeout=1200)
+    print(r.stdout)
+    assert r.returncode == 0, f"a planted bug survived the emulator:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert "caught on every seed" in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
+@pytest.mark.parametrize("decl", ["__shared__ float a, b;", "extern __shared__ float d[4];",
+                                  "__shared__ float s = 0;"])
+def test_translator_refuses_what_it_cannot_model(tmp_path, decl):
+    src = tmp_path / "k.cu"
+    src.write_text(f"__global__ void k() {{\n    {decl}\n}}\n")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "cuda_emu" / "translate.py"), str(src),
+                        str(tmp_path / "k.cpp")], capture_output=True, text=True)
+    assert r.returncode != 0 and f"{src}:2: translate.py:" in r.stderr, r.stderr
+
+
+def test_translator_models_dynamic_and_aligned_shared(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text("__global__ void k() {\n    extern __shared__ __align__(16) float4 dyn[];\n"
+                   "    __shared__ __align__(32) float t[4][8];\n    __shared__ int n;\n}\n"
+                   "void f() { k<<<dim3(2, 3), dim3(32, 4), 100 * sizeof(float), nullptr>>>(); }\n")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "cuda_emu" / "translate.py"), str(src),
+                        str(tmp_path / "k.cpp")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path / "k.cpp").read_text()
+    assert "float4* const dyn = ::emu::dynamic<float4>(16," in out
+    assert "::emu::shared<float[4][8], 32>(" in out and "::emu::shared<int>(" in out
+    assert "dim3(dim3(32, 4)), size_t(100 * sizeof(float))" in out
+    assert out.count("\n") == src.read_text().count("\n") + 1  # the #line directive only

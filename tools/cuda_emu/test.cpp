@@ -18,6 +18,7 @@ using namespace fastconv;
 namespace fastconv::cuda {
 void selftest_block_sum(int64_t items, int rounds, float* out);  // selftest.cu
 }
+int test_device_features(int& checks, uint64_t seed);  // test_device.cpp
 // The data follow the emulator's seed too, so one EMU_SEED reproduces a whole run.
 static std::seed_seq data_seed{uint64_t(12345), emu_seed()};
 static std::mt19937_64 rng(data_seed);
@@ -512,6 +513,7 @@ int main(int argc, char** argv) {
     const double scale_arg = argc > 1 ? atof(argv[1]) : 1;
     const auto scale = [&](int n) { return int(std::ceil(n * scale_arg)); };
     test_block_sum();
+    failures += test_device_features(checks, emu_seed());
     test_activation_bwd();
     test_conv1d();
     test_filters(scale(200));
