@@ -29,6 +29,8 @@ TINY = {
              "gap": ("gap", (2, 5, 3, 3), {})},
     "SOBEL": {"img": (17, 19), "batch": (3, 11, 13)},
     "TRAIN_BATCHES": (4, 8),
+    "NEIGHBOUR": {"conv": ("conv", (2, 4, 9, 9, 5, 1, 1, 0, 1)), "pool": ("pool", (2, 3, 9, 9)),
+                  "block": ("block", (4, 3, 12, 12, 4, 5, 1, 0, 1))},
     # The smaller real model alone, at 32x32 (quick: 16x16), batch 2 (train-mode batch
     # norm needs more than one value per channel; the last maps are 1x1 here). ResNet-50
     # adds no code path and ~20 s on the 2-core machine.

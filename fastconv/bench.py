@@ -19,6 +19,11 @@ torch's FlopCounterMode counts for the unconverted model (convolutions and matri
 products). On the 2-core CPU a full run of this suite takes about 5 minutes (ResNet-50's
 batch-32 step is several seconds a call), --quick about 1.5.
 
+The `neighbour` suite (CPU only) times a 1x1 convolution, a max pool and LeNet-5's C2
+block (forward + backward) alone, calls back to back, and alternating with PyTorch's,
+both sides: the rows' `slowdown` (alternating / alone) says whether fastconv and PyTorch
+slow each other down when a loop mixes them.
+
 The `train` suite times one LeNet-5 training step (forward, backward, Adam) with
 fastconv's layers against the same model on PyTorch's, at batch 128 and 1024, and each
 of LeNet-5's two blocks (conv + bias + tanh + 2x2 average pool, forward and backward
@@ -61,7 +66,16 @@ TRAIN_BATCHES = (128, 1024)
 # name -> image size; each at every batch of MODEL_BATCHES. --quick halves the image side.
 MODELS = {"resnet50": 224, "mobilenet_v3_small": 224}
 MODEL_BATCHES = (1, 32)
-SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward", "train", "models")
+# Living beside PyTorch: each op alone (calls back to back) and alternating with PyTorch's
+# (as a training loop that mixes the two libraries runs them), both sides.
+NEIGHBOUR = {
+    "conv1x1_b2": ("conv", (2, 64, 56, 56, 256, 1, 1, 0, 1)),
+    "maxpool3s2p1_b8": ("pool", (8, 64, 112, 112)),
+    "lenet_c2_block_b128": ("block", (128, 6, 14, 14, 16, 5, 1, 0, 1)),
+}
+SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward", "train", "neighbour",
+          "models")
+CPU_SUITES = ("neighbour",)  # about CPU thread pools: `--device cuda` leaves them out
 
 
 def conv_out(shape):
@@ -90,6 +104,16 @@ class Timer:
                 fn()
                 acc.append(time.perf_counter() - t0)
         return float(np.median(a)), float(np.median(b))
+
+    def alone(self, fn):
+        """The median of `repeat` calls of fn back to back, after one warm-up call."""
+        fn()
+        times = []
+        for _ in range(self.repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
 
 
 def measure_ceilings(torch, timer):
@@ -185,6 +209,56 @@ def _pool_rows(quick, torch, timer, ceilings, rng):
             ours, theirs = timer.pair(ours_fn, peer_fn)
             rows.append(_row("pool", case, f"{kind}_pool2d", layout, ours, "torch-cpu", theirs,
                              x.nbytes + out.nbytes, "GB/s", ceilings))
+    return rows
+
+
+def neighbour_rows(torch, timer, ceilings, rng):
+    """Each NEIGHBOUR op timed alone and alternating with PyTorch's, fastconv and PyTorch
+    both: mode "alone" and mode "alternating" rows, `slowdown` = alternating / alone for
+    each side. A good neighbour keeps both near 1."""
+    import torch.nn.functional as F
+
+    from . import torch as fct
+
+    rows = []
+    for case, (kind, shape) in NEIGHBOUR.items():
+        if kind == "conv":
+            N, C, H, W, K, R, stride, pad, groups = shape
+            x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+            w = (rng.standard_normal((K, C, R, R)) / np.sqrt(C * R * R)).astype(np.float32)
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            ours = lambda: ops.conv2d(x, w, None, stride, pad)  # noqa: E731
+            theirs = lambda: F.conv2d(xt, wt, None, stride, pad)  # noqa: E731
+            op, work, unit = "conv2d", conv_flops(shape), "TFLOP/s"
+        elif kind == "pool":
+            x = rng.standard_normal(shape).astype(np.float32)
+            xt = torch.from_numpy(x)
+            ours = lambda: ops.max_pool2d(x, 3, 2, 1)  # noqa: E731
+            theirs = lambda: F.max_pool2d(xt, 3, 2, 1)  # noqa: E731
+            op, work, unit = "max_pool2d", x.nbytes * 1.25, "GB/s"
+        else:  # LeNet-5's C2 block, forward and backward through autograd
+            N, C, H, W, K, R = shape[:6]
+            gen = torch.Generator().manual_seed(N)
+            x = torch.rand(N, C, H, W, generator=gen).requires_grad_()
+            w = (torch.randn(K, C, R, R, generator=gen) / (C * R * R) ** 0.5).requires_grad_()
+            b = torch.randn(K, generator=gen).requires_grad_()
+            dy = torch.randn(N, K, (H - R + 1) // 2, (W - R + 1) // 2, generator=gen)
+
+            def ours():
+                y = fct.conv2d_avgpool(x, w, b, 1, 0, activation="tanh", pool=2)
+                torch.autograd.grad(y, (x, w, b), dy)
+
+            def theirs():
+                torch.autograd.grad(F.avg_pool2d(torch.tanh(F.conv2d(x, w, b)), 2), (x, w, b), dy)
+
+            op, work, unit = "conv2d_avgpool_fwd_bwd", 3 * conv_flops(shape), "TFLOP/s"
+        alone = timer.alone(ours), timer.alone(theirs)
+        alternating = timer.pair(ours, theirs)
+        for mode, (t_ours, t_theirs) in (("alone", alone), ("alternating", alternating)):
+            row = _row("neighbour", case, op, "NCHW", t_ours, "torch-cpu", t_theirs, work, unit,
+                       ceilings, mode=mode)
+            row["slowdown"] = {"fastconv": t_ours / alone[0], "peer": t_theirs / alone[1]}
+            rows.append(row)
     return rows
 
 
@@ -344,6 +418,10 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
     if device == "cuda":
         from . import bench_gpu
 
+        suites = [s for s in suites if s not in CPU_SUITES]
+        if not suites:
+            raise ValueError(f"suites {', '.join(CPU_SUITES)} are CPU-only: use --device cpu")
+
         ceilings, rows, dev = bench_gpu.run(suites, quick, repeat)
         commit, _ = _environment()
         return {"commit": commit, "date": _now(), "device": {**dev, "quick": quick},
@@ -373,6 +451,8 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
         elif suite == "train":
             rows += block_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
             rows += train_rows(torch, torch.device("cpu"), quick, timer.pair, ceilings)
+        elif suite == "neighbour":
+            rows += neighbour_rows(torch, timer, ceilings, rng)
         elif suite == "models":  # a call is up to seconds: fewer rounds
             rows += model_rows(torch, torch.device("cpu"), quick,
                                Timer(min(timer.repeat, 3 if quick else 5)).pair, ceilings)
@@ -412,9 +492,12 @@ def format_table(result):
         if r["mode"] == "error":
             lines.append(head + f"{r['failed_mode']:13s} {r['error']}")
             continue
+        slow = r.get("slowdown")
         lines.append(head + f"{_timing(r):13s} {r['fastconv_ms']:11.3f} {r['peer']:>19s} "
                      f"{r['peer_ms']:9.3f} {r['speedup']:7.2f}x {r['achieved']:9.3g} "
-                     f"{r['unit']:>6s} {100 * r['of_ceiling']:7.1f}%")
+                     f"{r['unit']:>6s} {100 * r['of_ceiling']:7.1f}%"
+                     + (f"  (x alone: fastconv {slow['fastconv']:.2f}, peer {slow['peer']:.2f})"
+                        if slow and r["mode"] == "alternating" else ""))
     return "\n".join(lines)
 
 

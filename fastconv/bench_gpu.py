@@ -344,8 +344,9 @@ def suites_rows(suites, quick, torch, timer, gen, ceilings):
     run call this on the CPU with a stand-in timer, to exercise everything but the CUDA
     events and graphs). A suite whose setup raises leaves an error row; the rest run."""
     for suite in suites:
-        if suite not in bench.SUITES:
-            raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
+        if suite not in bench.SUITES or suite in bench.CPU_SUITES:
+            gpu = [s for s in bench.SUITES if s not in bench.CPU_SUITES]
+            raise ValueError(f"unknown GPU suite {suite!r}; choose from {', '.join(gpu)}")
     rows = []
     for suite in suites:
         try:

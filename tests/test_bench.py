@@ -31,8 +31,9 @@ StandInTimer = standin.StandInTimer
 def test_gpu_harness_suites_on_cpu_tensors(tiny_shapes):
     timer = StandInTimer(torch)
     gen = torch.Generator().manual_seed(0)
-    rows = bench_gpu.suites_rows(bench.SUITES, False, torch, timer, gen, standin.CEILINGS)
-    assert {r["suite"] for r in rows} == set(bench.SUITES)
+    gpu_suites = set(bench.SUITES) - set(bench.CPU_SUITES)
+    rows = bench_gpu.suites_rows(sorted(gpu_suites), False, torch, timer, gen, standin.CEILINGS)
+    assert {r["suite"] for r in rows} == gpu_suites
     for r in rows:
         assert ROW_KEYS <= set(r), r
         assert r["speedup"] == pytest.approx(2.0) and r["of_ceiling"] > 0
@@ -59,8 +60,22 @@ def test_cpu_bench_command_writes_json_and_plot(tiny_shapes, tmp_path, capsys):
     assert {"commit", "date", "device", "ceilings", "rows"} <= set(result)
     assert {r["suite"] for r in result["rows"]} == set(bench.SUITES)
     assert all(ROW_KEYS <= set(r) for r in result["rows"])
+    neighbour = [r for r in result["rows"] if r["suite"] == "neighbour"]
+    assert {(r["case"], r["mode"]) for r in neighbour} == {
+        (case, mode) for case in bench.NEIGHBOUR for mode in ("alone", "alternating")}
+    for r in neighbour:
+        assert r["slowdown"]["fastconv"] > 0 and r["slowdown"]["peer"] > 0
+        if r["mode"] == "alone":
+            assert r["slowdown"] == {"fastconv": 1.0, "peer": 1.0}
     assert png.stat().st_size > 1000
-    assert "speedup" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "speedup" in out and "x alone: fastconv" in out
+
+
+def test_cpu_only_suites_are_refused_on_the_gpu_harness():
+    with pytest.raises(ValueError, match="unknown GPU suite 'neighbour'"):
+        bench_gpu.suites_rows(["neighbour"], False, torch, StandInTimer(torch),
+                              torch.Generator(), standin.CEILINGS)
 
 
 def test_gpu_rows_say_how_they_were_timed_and_a_failing_case_does_not_stop_the_run(

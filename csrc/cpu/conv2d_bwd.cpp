@@ -40,6 +40,7 @@
 #include "conv2d_common.h"
 #include "cpu_ops.h"
 #include "gemm.h"
+#include "parallel.h"
 
 namespace fastconv {
 namespace cpu {
@@ -133,12 +134,9 @@ void bwd_data_gemm(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
     // Tasks own (image, group) pairs: the chunks of one pair add into the same pixels,
     // so they run in turn inside the task.
     const int64_t tasks = p.N * p.groups;
-    const bool outer = tasks >= 2 * omp_get_max_threads();
-#pragma omp parallel if (outer)
-    {
-        std::vector<T> col(s.col_elems);
-#pragma omp for schedule(dynamic)
-        for (int64_t t = 0; t < tasks; ++t) {
+    for_each_task(
+        tasks, [&] { return std::vector<T>(s.col_elems); },
+        [&](int64_t t, std::vector<T>& col) {
             const int64_t n = t / p.groups, g = t % p.groups;
             for (int64_t j0 = 0; j0 < s.PQ; j0 += s.chunk) {
                 const int64_t j1 = std::min(j0 + s.chunk, s.PQ), cols = j1 - j0;
@@ -154,8 +152,7 @@ void bwd_data_gemm(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
                     col2im_nhwc(p, col.data(), n, g, j0, j1, dx);
                 }
             }
-        }
-    }
+        });
 }
 
 template <typename T>

@@ -41,6 +41,7 @@
 #include "../common/shapes.h"
 #include "conv2d_common.h"
 #include "cpu_ops.h"
+#include "parallel.h"
 #include "gemm.h"
 
 namespace fastconv {
@@ -87,24 +88,24 @@ template <typename T>
 void small_images(const Conv2dParams& p, const ConvGemmShape& s, int64_t batch, const T* x,
                   const T* w, T* y) {
     const int64_t blocks = ceil_div(p.N, batch), tasks = blocks * p.groups;
-    const bool outer = tasks >= 2 * omp_get_max_threads();
-#pragma omp parallel if (outer)
-    {
-        std::vector<T> col(s.red * batch * s.PQ), tile(s.Kg * batch * s.PQ);
-#pragma omp for schedule(dynamic)
-        for (int64_t t = 0; t < tasks; ++t) {
+    struct Scratch {
+        std::vector<T> col, tile;
+    };
+    for_each_task(
+        tasks,
+        [&] { return Scratch{std::vector<T>(s.red * batch * s.PQ), std::vector<T>(s.Kg * batch * s.PQ)}; },
+        [&](int64_t t, Scratch& sc) {
             const int64_t g = t % p.groups, n0 = (t / p.groups) * batch;
             const int64_t nb = std::min(batch, p.N - n0), ld = nb * s.PQ;
             for (int64_t i = 0; i < nb; ++i)
-                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, col.data() + i * s.PQ, ld);
-            gemm<T>(false, false, s.Kg, ld, s.red, w + g * s.Kg * s.red, s.red, col.data(), ld,
-                    T(0), tile.data(), ld);
+                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, sc.col.data() + i * s.PQ, ld);
+            gemm<T>(false, false, s.Kg, ld, s.red, w + g * s.Kg * s.red, s.red, sc.col.data(), ld,
+                    T(0), sc.tile.data(), ld);
             for (int64_t i = 0; i < nb; ++i)
                 for (int64_t k = 0; k < s.Kg; ++k)
-                    std::copy_n(tile.data() + k * ld + i * s.PQ, s.PQ,
+                    std::copy_n(sc.tile.data() + k * ld + i * s.PQ, s.PQ,
                                 y + ((n0 + i) * p.K + g * s.Kg + k) * s.PQ);
-        }
-    }
+        });
 }
 
 template <typename T>
@@ -125,12 +126,9 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
         // per thread the tasks run in parallel, each GEMM on one thread; otherwise the
         // tasks run in turn and each GEMM uses every thread.
         const int64_t tasks = p.N * p.groups * s.chunks;
-        const bool outer = tasks >= 2 * omp_get_max_threads();
-#pragma omp parallel if (outer)
-        {
-            std::vector<T> col(s.is_pointwise ? 0 : s.col_elems);
-#pragma omp for schedule(dynamic)
-            for (int64_t t = 0; t < tasks; ++t) {
+        for_each_task(
+            tasks, [&] { return std::vector<T>(s.is_pointwise ? 0 : s.col_elems); },
+            [&](int64_t t, std::vector<T>& col) {
                 const int64_t n = t / (p.groups * s.chunks), g = (t / s.chunks) % p.groups;
                 const int64_t j0 = (t % s.chunks) * s.chunk, j1 = std::min(j0 + s.chunk, s.PQ);
                 if (nchw) {
@@ -149,8 +147,7 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
                     gemm<T>(false, false, j1 - j0, s.Kg, s.red, col.data(), s.red, w + g * s.Kg,
                             p.K, T(0), y + (n * s.PQ + j0) * p.K + g * s.Kg, p.K);
                 }
-            }
-        }
+            });
     }
     bias_activation(p, b, y);
 }

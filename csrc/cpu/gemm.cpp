@@ -38,6 +38,7 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#include "parallel.h"
 #endif
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -380,11 +381,12 @@ int64_t grid_rows(int64_t M, int64_t N, int64_t nt) {
     return best;
 }
 
-// Threads for one call: all of them outside a parallel region, but at least this many flops
-// each (measured: M=16 N=100 K=150 gains from a second thread, M=6 N=784 K=25 loses).
+// Threads for one call: all of them outside any parallel region (parallel.h says why never
+// nested), but at least this many flops each (measured: M=16 N=100 K=150 gains from a
+// second thread, M=6 N=784 K=25 loses).
 int64_t threads_for(int64_t M, int64_t N, int64_t K) {
     constexpr double kFlopsPerThread = 1 << 17;
-    if (omp_in_parallel()) return 1;
+    if (in_region()) return 1;
     const double flops = 2.0 * double(M) * double(N) * double(K);
     return std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(),
                                                   int64_t(flops / kFlopsPerThread)));
