@@ -209,6 +209,51 @@ def _pool_rows(quick, torch, timer, ceilings, rng):
             ours, theirs = timer.pair(ours_fn, peer_fn)
             rows.append(_row("pool", case, f"{kind}_pool2d", layout, ours, "torch-cpu", theirs,
                              x.nbytes + out.nbytes, "GB/s", ceilings))
+            rows += _pool_backward_rows(case, kind, kw, layout, x, xl, xt, out, torch, timer,
+                                        ceilings, rng)
+    return rows
+
+
+def _pool_backward_rows(case, kind, kw, layout, x, xl, xt, out, torch, timer, ceilings, rng):
+    """What autograd runs: max pooling with indices, and each pooling's backward, against
+    ATen's own kernels for the same (the ones torch.autograd would call). Bytes: what a
+    pass must read and write at least (int64 indices 2x a float32 output)."""
+    A = torch.ops.aten
+    dy = rng.standard_normal(out.shape).astype(np.float32)  # in xl's layout
+    if kind != "gap":
+        dyt = torch.from_numpy(dy if layout == "NCHW" else dy.transpose(0, 3, 1, 2))
+        if layout == "NHWC":
+            dyt = dyt.contiguous(memory_format=torch.channels_last)
+    rows = []
+    if kind == "max":
+        k, s, pad = kw["kernel_size"], kw.get("stride", kw["kernel_size"]), kw.get("padding", 0)
+        ours, theirs = timer.pair(
+            lambda: ops.max_pool2d(xl, **kw, return_indices=True, layout=layout),
+            lambda: torch.nn.functional.max_pool2d(xt, **kw, return_indices=True))
+        rows.append(_row("pool", case, "max_pool2d_indices", layout, ours, "torch-cpu", theirs,
+                         x.nbytes + 3 * out.nbytes, "GB/s", ceilings))
+        _, idx = ops.max_pool2d(xl, **kw, return_indices=True, layout=layout)
+        _, idxt = torch.nn.functional.max_pool2d(xt, **kw, return_indices=True)
+        ours, theirs = timer.pair(
+            lambda: ops.max_pool2d_backward(dy, xl, **kw, indices=idx, layout=layout),
+            lambda: A.max_pool2d_with_indices_backward(dyt, xt, [k, k], [s, s], [pad, pad],
+                                                       [1, 1], False, idxt))
+        rows.append(_row("pool", case, "max_pool2d_backward", layout, ours, "torch-cpu", theirs,
+                         x.nbytes + 3 * out.nbytes, "GB/s", ceilings))
+    elif kind == "avg":
+        k, s, pad = kw["kernel_size"], kw.get("stride", kw["kernel_size"]), kw.get("padding", 0)
+        ours, theirs = timer.pair(
+            lambda: ops.avg_pool2d_backward(dy, xl, **kw, layout=layout),
+            lambda: A.avg_pool2d_backward(dyt, xt, [k, k], [s, s], [pad, pad], False, True, None))
+        rows.append(_row("pool", case, "avg_pool2d_backward", layout, ours, "torch-cpu", theirs,
+                         x.nbytes + out.nbytes, "GB/s", ceilings))
+    else:
+        gt = torch.from_numpy(dy.reshape(x.shape[0], x.shape[1], 1, 1))
+        ours, theirs = timer.pair(
+            lambda: ops.global_avg_pool2d_backward(dy, xl, layout=layout),
+            lambda: A._adaptive_avg_pool2d_backward(gt, xt))
+        rows.append(_row("pool", case, "global_avg_pool2d_backward", layout, ours, "torch-cpu",
+                         theirs, x.nbytes + out.nbytes, "GB/s", ceilings))
     return rows
 
 

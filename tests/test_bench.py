@@ -60,6 +60,9 @@ def test_cpu_bench_command_writes_json_and_plot(tiny_shapes, tmp_path, capsys):
     assert {"commit", "date", "device", "ceilings", "rows"} <= set(result)
     assert {r["suite"] for r in result["rows"]} == set(bench.SUITES)
     assert all(ROW_KEYS <= set(r) for r in result["rows"])
+    assert {r["op"] for r in result["rows"] if r["suite"] == "pool"} >= {
+        "max_pool2d_indices", "max_pool2d_backward", "avg_pool2d_backward",
+        "global_avg_pool2d_backward"}
     neighbour = [r for r in result["rows"] if r["suite"] == "neighbour"]
     assert {(r["case"], r["mode"]) for r in neighbour} == {
         (case, mode) for case in bench.NEIGHBOUR for mode in ("alone", "alternating")}

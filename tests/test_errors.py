@@ -122,6 +122,23 @@ def test_max_pool_backward_bad_indices():
         fastconv.max_pool2d_backward(y, X, 2, indices=inside_plane)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("at", [-2, 1, 10**12], ids=["negative", "neighbour_window", "huge"])
+def test_max_pool_backward_refuses_one_bad_index(layout, at):
+    """One index in thousands that names a pixel outside its window (or no pixel) is
+    refused in both layouts: the NHWC gather finds it by counting the winners it took
+    against the indices that are not -1, the NCHW scatter by checking each."""
+    x = np.random.default_rng(3).standard_normal((2, 9, 11, 13)).astype(np.float32)
+    xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, idx = fastconv.max_pool2d(xl, 3, 2, 1, return_indices=True, layout=layout)
+    fastconv.max_pool2d_backward(y, xl, 3, 2, 1, indices=idx, layout=layout)  # the good ones pass
+    bad = idx.copy()
+    where = (1, 2, 3, 4)
+    bad[where] = at if at != 1 else idx[where] + 4  # four columns on: outside a 3-wide window
+    with raises(ValueError, "indices hold positions outside their pooling windows"):
+        fastconv.max_pool2d_backward(y, xl, 3, 2, 1, indices=bad, layout=layout)
+
+
 def test_filter_bad_input():
     img = rng.standard_normal((9, 9))
     with raises(ValueError, "sobel", "mode", "'reflect'", "'edge'"):

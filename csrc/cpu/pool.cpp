@@ -9,7 +9,9 @@
 // Backward passes are deterministic: each plane (NCHW) or image (NHWC) is scattered by
 // one thread, in output raster order.
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -144,13 +146,164 @@ void pool_nchw_all(const Pool2dParams& p, const std::vector<PoolTaps>& cols, con
                         std::min(planes, (b + 1) * block));
 }
 
+// NCHW max pooling with indices of planes [plane0, plane1), as pool_nchw_planes: border
+// columns pixel by pixel, interior columns a row at a time, tap by tap, the winners'
+// positions kept as int32 (the caller checked H * W fits) beside the running maxima so
+// that compare and select vectorise together, widened to int64 once per row.
+template <typename T, int kSW>
+void max_idx_nchw_planes(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                         const T* x, T* y, int64_t* idx, int64_t plane0, int64_t plane1) {
+    const int64_t sw = kSW ? kSW : p.stride_w, W = p.W;
+    const T lowest = -std::numeric_limits<T>::infinity();
+    std::vector<int32_t> arg(std::max<int64_t>(q1 - q0, 0));
+    for (int64_t plane = plane0; plane < plane1; ++plane) {
+        const T* xp = x + plane * p.H * W;
+        for (int64_t oh = 0; oh < p.P; ++oh) {
+            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+            const int64_t o = (plane * p.P + oh) * p.Q;
+            T* yr = y + o;
+            int64_t* ir = idx + o;
+            auto one = [&](int64_t ow) {
+                const PoolTaps& tw = cols[ow];
+                T best = lowest;
+                int64_t at_best = -1;
+                for (int64_t i = th.t0; i < th.t1; ++i)
+                    for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                        const int64_t at = (th.start + i * p.dil_h) * W + tw.start + j * p.dil_w;
+                        if (takes(xp[at], best)) best = xp[at], at_best = at;
+                    }
+                yr[ow] = best;
+                ir[ow] = at_best;
+            };
+            for (int64_t ow = 0; ow < q0; ++ow) one(ow);
+            for (int64_t ow = q1; ow < p.Q; ++ow) one(ow);
+            if (q1 <= q0) continue;
+            T* best = yr + q0;
+            int32_t* a = arg.data();
+            const int64_t n = q1 - q0;
+            for (int64_t q = 0; q < n; ++q) best[q] = lowest, a[q] = -1;
+            for (int64_t i = th.t0; i < th.t1; ++i) {
+                const int64_t h = th.start + i * p.dil_h;
+                for (int64_t j = 0; j < p.kw; ++j) {
+                    // Input column of interior output q0 + q at tap j: base + q * sw.
+                    const int64_t col0 = q0 * sw - p.pad_w + j * p.dil_w;
+                    const T* r = xp + h * W + col0;
+                    const int32_t base = int32_t(h * W + col0);
+                    for (int64_t q = 0; q < n; ++q) {
+                        const T v = r[q * sw];
+                        const bool t = takes(v, best[q]);
+                        best[q] = t ? v : best[q];
+                        a[q] = t ? base + int32_t(q * sw) : a[q];
+                    }
+                }
+            }
+            for (int64_t q = 0; q < n; ++q) ir[q0 + q] = a[q];
+        }
+    }
+}
+
+template <typename T>
+void max_idx_nchw(const Pool2dParams& p, const std::vector<PoolTaps>& cols, const T* x, T* y,
+                  int64_t* idx) {
+    int64_t q0, q1;
+    interior_columns(cols, p.kw, q0, q1);
+    const int64_t planes = p.N * p.C, block = 16, blocks = ceil_div(planes, block);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t b0 = b * block, b1 = std::min(planes, b0 + block);
+        if (p.stride_w == 1)
+            max_idx_nchw_planes<T, 1>(p, cols.data(), q0, q1, x, y, idx, b0, b1);
+        else if (p.stride_w == 2)
+            max_idx_nchw_planes<T, 2>(p, cols.data(), q0, q1, x, y, idx, b0, b1);
+        else
+            max_idx_nchw_planes<T, 0>(p, cols.data(), q0, q1, x, y, idx, b0, b1);
+    }
+}
+
+// One NHWC output row (n, oh) of max pooling, optionally with indices: each output
+// pixel's C maxima in place, tap by tap; the winners' positions as int32 beside them (one
+// width, so compare and select vectorise together), widened once per pixel.
+template <typename T>
+__attribute__((always_inline)) inline void max_nhwc_row_t(const Pool2dParams& p,
+                                                          const PoolTaps* cols, int64_t n,
+                                                          int64_t oh, const T* x, T* y,
+                                                          int64_t* idx, int32_t* a) {
+    const T lowest = -std::numeric_limits<T>::infinity();
+    const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+    for (int64_t ow = 0; ow < p.Q; ++ow) {
+        const PoolTaps& tw = cols[ow];
+        const int64_t o = ((n * p.P + oh) * p.Q + ow) * p.C;
+        T* best = y + o;
+        for (int64_t c = 0; c < p.C; ++c) best[c] = lowest;
+        if (idx)
+            for (int64_t c = 0; c < p.C; ++c) a[c] = -1;
+        for (int64_t i = th.t0; i < th.t1; ++i) {
+            const int64_t h = th.start + i * p.dil_h;
+            for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                const int64_t at = h * p.W + tw.start + j * p.dil_w;
+                const T* v = x + (n * p.H * p.W + at) * p.C;
+                if (idx) {
+                    const int32_t at32 = int32_t(at);
+                    for (int64_t c = 0; c < p.C; ++c) {
+                        const bool t = takes(v[c], best[c]);
+                        best[c] = t ? v[c] : best[c];
+                        a[c] = t ? at32 : a[c];
+                    }
+                } else {
+                    for (int64_t c = 0; c < p.C; ++c) best[c] = takes(v[c], best[c]) ? v[c] : best[c];
+                }
+            }
+        }
+        if (idx)
+            for (int64_t c = 0; c < p.C; ++c) idx[o + c] = a[c];
+    }
+}
+
+FC_POOL_CLONES void max_nhwc_row_f32(const Pool2dParams& p, const PoolTaps* cols, int64_t n,
+                                     int64_t oh, const float* x, float* y, int64_t* idx,
+                                     int32_t* a) {
+    max_nhwc_row_t(p, cols, n, oh, x, y, idx, a);
+}
+inline void max_nhwc_row(const Pool2dParams& p, const PoolTaps* cols, int64_t n, int64_t oh,
+                         const float* x, float* y, int64_t* idx, int32_t* a) {
+    max_nhwc_row_f32(p, cols, n, oh, x, y, idx, a);
+}
+inline void max_nhwc_row(const Pool2dParams& p, const PoolTaps* cols, int64_t n, int64_t oh,
+                         const double* x, double* y, int64_t* idx, int32_t* a) {
+    max_nhwc_row_t(p, cols, n, oh, x, y, idx, a);
+}
+
+// The same row for planes of 2^31 or more pixels: int64 positions, kept per channel.
+template <typename T>
+void max_nhwc_row_wide(const Pool2dParams& p, const PoolTaps* cols, int64_t n, int64_t oh,
+                       const T* x, T* y, int64_t* idx) {
+    const T lowest = -std::numeric_limits<T>::infinity();
+    const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+    for (int64_t ow = 0; ow < p.Q; ++ow) {
+        const PoolTaps& tw = cols[ow];
+        const int64_t o = ((n * p.P + oh) * p.Q + ow) * p.C;
+        std::fill(y + o, y + o + p.C, lowest);
+        std::fill(idx + o, idx + o + p.C, int64_t(-1));
+        for (int64_t i = th.t0; i < th.t1; ++i)
+            for (int64_t j = tw.t0; j < tw.t1; ++j) {
+                const int64_t at = (th.start + i * p.dil_h) * p.W + tw.start + j * p.dil_w;
+                const T* v = x + (n * p.H * p.W + at) * p.C;
+                for (int64_t c = 0; c < p.C; ++c)
+                    if (takes(v[c], y[o + c])) y[o + c] = v[c], idx[o + c] = at;
+            }
+    }
+}
+
 }  // namespace
 
 template <typename T>
 void max_pool_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
     const std::vector<PoolTaps> cols = column_taps(p, p.dil_w);
     const T lowest = -std::numeric_limits<T>::infinity();
+    // Positions fit int32 in the vectorised paths (an index is < H * W).
+    const bool small = p.H * p.W <= INT32_MAX;
     if (p.layout == Layout::NCHW && !idx) return pool_nchw_all<true>(p, cols, x, y);
+    if (p.layout == Layout::NCHW && small) return max_idx_nchw(p, cols, x, y, idx);
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
@@ -170,71 +323,156 @@ void max_pool_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
                     }
                     const int64_t o = (plane * p.P + oh) * p.Q + ow;
                     y[o] = best;
-                    if (idx) idx[o] = arg;
+                    idx[o] = arg;
                 }
             }
         }
         return;
     }
     // NHWC: each output pixel is a run of C channels, updated in place tap by tap from
-    // contiguous input runs, so the channel loop vectorises.
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t n = 0; n < p.N; ++n)
-        for (int64_t oh = 0; oh < p.P; ++oh) {
-            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
-            for (int64_t ow = 0; ow < p.Q; ++ow) {
-                const PoolTaps& tw = cols[ow];
-                const int64_t o = ((n * p.P + oh) * p.Q + ow) * p.C;
-                T* best = y + o;
-                std::fill(best, best + p.C, lowest);
-                if (idx) std::fill(idx + o, idx + o + p.C, int64_t(-1));
-                for (int64_t i = th.t0; i < th.t1; ++i) {
-                    const int64_t h = th.start + i * p.dil_h;
-                    for (int64_t j = tw.t0; j < tw.t1; ++j) {
-                        const int64_t at = h * p.W + tw.start + j * p.dil_w;
-                        const T* v = x + (n * p.H * p.W + at) * p.C;
-                        if (idx) {
-                            int64_t* arg = idx + o;
-                            for (int64_t c = 0; c < p.C; ++c)
-                                if (takes(v[c], best[c])) best[c] = v[c], arg[c] = at;
-                        } else {
-                            for (int64_t c = 0; c < p.C; ++c)
-                                best[c] = takes(v[c], best[c]) ? v[c] : best[c];
-                        }
-                    }
+    // contiguous input runs, so the channel loop vectorises (row functions below).
+#pragma omp parallel
+    {
+        std::vector<int32_t> arg32(idx && small ? p.C : 0);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t oh = 0; oh < p.P; ++oh) {
+                if (idx && !small) {
+                    max_nhwc_row_wide(p, cols.data(), n, oh, x, y, idx);
+                    continue;
                 }
+                max_nhwc_row(p, cols.data(), n, oh, x, y, idx, arg32.data());
             }
-        }
+    }
 }
 
+namespace {
+
+// Whether input position v (a row or a column) is one of the taps t.start + t * dil,
+// t in [t.t0, t.t1).
+inline bool on_taps(int64_t v, const PoolTaps& t, int64_t dil) {
+    const int64_t d = v - t.start;
+    return d >= t.t0 * dil && d < (t.t1 - 1) * dil + 1 && (dil == 1 || d % dil == 0);
+}
+
+// For every input position i of one axis, the outputs whose windows take it (in
+// increasing order): out[begin[i] .. begin[i + 1]). The gathers' inner lists.
+struct Reach {
+    std::vector<int64_t> begin, out;
+    Reach(int64_t in, int64_t outs, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+        begin.reserve(in + 1);
+        for (int64_t i = 0; i < in; ++i) {
+            begin.push_back(int64_t(out.size()));
+            const int64_t lo = first_out_reaching(i, k, stride, pad, dil);
+            const int64_t hi = last_out_reaching(i, stride, pad, outs);
+            for (int64_t o = lo; o < hi; ++o) {
+                const int64_t d = i + pad - o * stride;
+                if (d >= 0 && d % dil == 0 && d / dil < k) out.push_back(o);
+            }
+        }
+        begin.push_back(int64_t(out.size()));
+    }
+};
+
+// One NHWC input row (n, h) of the max-pool gradient: each pixel's C channels the sum of
+// the gradients of the outputs whose windows take it and whose winner it was (compare and
+// select across the channels); returns how many winners it took.
+template <typename T>
+__attribute__((always_inline)) inline int64_t max_bwd_nhwc_row_t(
+    const Pool2dParams& p, const Reach& rows, const Reach& cols, int64_t n, int64_t h,
+    const T* dy, const int64_t* idx, T* dx) {
+    int64_t hits = 0;
+    for (int64_t w = 0; w < p.W; ++w) {
+        T* d = dx + ((n * p.H + h) * p.W + w) * p.C;
+        for (int64_t c = 0; c < p.C; ++c) d[c] = T(0);
+        const int64_t at = h * p.W + w;
+        for (int64_t r = rows.begin[h]; r < rows.begin[h + 1]; ++r)
+            for (int64_t k = cols.begin[w]; k < cols.begin[w + 1]; ++k) {
+                const int64_t o = ((n * p.P + rows.out[r]) * p.Q + cols.out[k]) * p.C;
+                const T* g = dy + o;
+                const int64_t* ix = idx + o;
+                for (int64_t c = 0; c < p.C; ++c) {
+                    const bool m = ix[c] == at;
+                    d[c] += m ? g[c] : T(0);
+                    hits += m;
+                }
+            }
+    }
+    return hits;
+}
+
+FC_POOL_CLONES int64_t max_bwd_nhwc_row_f32(const Pool2dParams& p, const Reach& rows,
+                                            const Reach& cols, int64_t n, int64_t h,
+                                            const float* dy, const int64_t* idx, float* dx) {
+    return max_bwd_nhwc_row_t(p, rows, cols, n, h, dy, idx, dx);
+}
+inline int64_t max_bwd_nhwc_row(const Pool2dParams& p, const Reach& rows, const Reach& cols,
+                                int64_t n, int64_t h, const float* dy, const int64_t* idx,
+                                float* dx) {
+    return max_bwd_nhwc_row_f32(p, rows, cols, n, h, dy, idx, dx);
+}
+inline int64_t max_bwd_nhwc_row(const Pool2dParams& p, const Reach& rows, const Reach& cols,
+                                int64_t n, int64_t h, const double* dy, const int64_t* idx,
+                                double* dx) {
+    return max_bwd_nhwc_row_t(p, rows, cols, n, h, dy, idx, dx);
+}
+
+}  // namespace
+
+// NCHW: each plane zeroed and scattered into by one thread while it sits in cache, each
+// index checked against its window (row from a double reciprocal, no integer division).
+// NHWC: a gather, each input pixel's C channels written once from the outputs whose
+// windows take it, compare and select across the channels; an index outside its window
+// is never taken, so counting the takes against the indices that are not -1 checks them
+// all.
 template <typename T>
 void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx) {
     const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
-    std::fill(dx, dx + p.N * p.C * HW, T(0));
     // Indices may come from the caller: one that names no pixel of its output's window
     // is refused (the GPU's gather could not find it), not written.
     int64_t bad = 0;
     if (p.layout == Layout::NCHW) {
+        const std::vector<PoolTaps> cols = column_taps(p, p.dil_w);
+        const double inv_w = 1.0 / double(p.W);
 #pragma omp parallel for schedule(static) reduction(+ : bad)
-        for (int64_t plane = 0; plane < p.N * p.C; ++plane)
-            for (int64_t o = 0; o < PQ; ++o) {
-                const int64_t at = idx[plane * PQ + o];
-                if (pool_window_holds(p, o / p.Q, o % p.Q, at))
-                    dx[plane * HW + at] += dy[plane * PQ + o];
-                else
-                    bad += at != -1;
-            }
-    } else {
-#pragma omp parallel for schedule(static) reduction(+ : bad)
-        for (int64_t n = 0; n < p.N; ++n)
-            for (int64_t o = 0; o < PQ; ++o)
-                for (int64_t c = 0; c < p.C; ++c) {
-                    const int64_t at = idx[(n * PQ + o) * p.C + c];
-                    if (pool_window_holds(p, o / p.Q, o % p.Q, at))
-                        dx[(n * HW + at) * p.C + c] += dy[(n * PQ + o) * p.C + c];
-                    else
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+            T* dxp = dx + plane * HW;
+            std::fill(dxp, dxp + HW, T(0));
+            const int64_t* ix = idx + plane * PQ;
+            const T* g = dy + plane * PQ;
+            for (int64_t oh = 0; oh < p.P; ++oh) {
+                const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, p.dil_h, p.H);
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    const int64_t o = oh * p.Q + ow, at = ix[o];
+                    if (at < 0 || at >= HW) {
                         bad += at != -1;
+                        continue;
+                    }
+                    int64_t h = int64_t(double(at) * inv_w);
+                    h -= h * p.W > at;
+                    h += (h + 1) * p.W <= at;
+                    if (on_taps(h, th, p.dil_h) && on_taps(at - h * p.W, cols[ow], p.dil_w))
+                        dxp[at] += g[o];
+                    else
+                        ++bad;
                 }
+            }
+        }
+    } else {
+        const Reach rows(p.H, p.P, p.kh, p.stride_h, p.pad_h, p.dil_h);
+        const Reach cols(p.W, p.Q, p.kw, p.stride_w, p.pad_w, p.dil_w);
+        const int64_t entries = p.N * PQ * p.C;
+        int64_t taken = 0, named = 0;
+#pragma omp parallel reduction(+ : taken, named)
+        {
+#pragma omp for schedule(static) nowait
+            for (int64_t e = 0; e < entries; ++e) named += idx[e] != -1;
+#pragma omp for collapse(2) schedule(static)
+            for (int64_t n = 0; n < p.N; ++n)
+                for (int64_t h = 0; h < p.H; ++h)
+                    taken += max_bwd_nhwc_row(p, rows, cols, n, h, dy, idx, dx);
+        }
+        bad = named - taken;
     }
     FC_CHECK(bad == 0, "max_pool2d_backward: indices hold positions outside their pooling "
                        "windows (are they from this input and these pooling arguments?)");
@@ -263,30 +501,50 @@ void avg_pool_fwd(const Pool2dParams& p, const T* x, T* y) {
         }
 }
 
+// NCHW: each plane zeroed and scattered into by one thread while it sits in cache.
+// NHWC: a gather, each input pixel's C channels written once, the sum over the outputs
+// whose windows take it (in output raster order, as the scatter adds them), across the
+// channels.
 template <typename T>
 void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
     const std::vector<PoolTaps> cols = column_taps(p, 1);
-    const bool nchw = p.layout == Layout::NCHW;
-    const int64_t planes = nchw ? p.N * p.C : p.N;
-    const int64_t lanes = nchw ? 1 : p.C;
-    std::fill(dx, dx + p.N * p.C * p.H * p.W, T(0));
+    const int64_t HW = p.H * p.W;
+    if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static)
-    for (int64_t plane = 0; plane < planes; ++plane) {
-        T* dxp = dx + plane * p.H * p.W * lanes;
-        for (int64_t oh = 0; oh < p.P; ++oh) {
-            const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
-            for (int64_t ow = 0; ow < p.Q; ++ow) {
-                const PoolTaps& tw = cols[ow];
-                const T div = T(pool_avg_divisor(p, oh, ow));
-                const T* g = dy + ((plane * p.P + oh) * p.Q + ow) * lanes;
-                for (int64_t i = th.t0; i < th.t1; ++i)
-                    for (int64_t j = tw.t0; j < tw.t1; ++j) {
-                        T* d = dxp + ((th.start + i) * p.W + tw.start + j) * lanes;
-                        for (int64_t c = 0; c < lanes; ++c) d[c] += g[c] / div;
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+            T* dxp = dx + plane * HW;
+            std::fill(dxp, dxp + HW, T(0));
+            for (int64_t oh = 0; oh < p.P; ++oh) {
+                const PoolTaps th = pool_taps(oh, p.stride_h, p.pad_h, p.kh, 1, p.H);
+                const T* g = dy + (plane * p.P + oh) * p.Q;
+                for (int64_t ow = 0; ow < p.Q; ++ow) {
+                    const PoolTaps& tw = cols[ow];
+                    const T gd = g[ow] / T(pool_avg_divisor(p, oh, ow));
+                    for (int64_t i = th.t0; i < th.t1; ++i) {
+                        T* d = dxp + (th.start + i) * p.W + tw.start;
+                        for (int64_t j = tw.t0; j < tw.t1; ++j) d[j] += gd;
                     }
+                }
             }
         }
+        return;
     }
+    const Reach rows(p.H, p.P, p.kh, p.stride_h, p.pad_h, 1);
+    const Reach reach(p.W, p.Q, p.kw, p.stride_w, p.pad_w, 1);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t h = 0; h < p.H; ++h)
+            for (int64_t w = 0; w < p.W; ++w) {
+                T* d = dx + ((n * p.H + h) * p.W + w) * p.C;
+                std::fill(d, d + p.C, T(0));
+                for (int64_t r = rows.begin[h]; r < rows.begin[h + 1]; ++r)
+                    for (int64_t k = reach.begin[w]; k < reach.begin[w + 1]; ++k) {
+                        const int64_t oh = rows.out[r], ow = reach.out[k];
+                        const T div = T(pool_avg_divisor(p, oh, ow));
+                        const T* g = dy + ((n * p.P + oh) * p.Q + ow) * p.C;
+                        for (int64_t c = 0; c < p.C; ++c) d[c] += g[c] / div;
+                    }
+            }
 }
 
 // The mean of each of `count` contiguous planes of HW elements.
@@ -394,16 +652,24 @@ void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
     }
 }
 
+// Every input pixel gets dy / HW: a fill per plane (NCHW), a copy of the image's row of
+// C values per pixel (NHWC), both along contiguous memory.
 template <typename T>
 void global_avg_pool_bwd(const GlobalPoolParams& p, const T* dy, T* dx) {
     const int64_t HW = p.H * p.W;
-    const bool nchw = p.layout == Layout::NCHW;
+    if (p.layout == Layout::NCHW) {
+#pragma omp parallel for schedule(static)
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane)
+            std::fill(dx + plane * HW, dx + (plane + 1) * HW, dy[plane] / T(HW));
+        return;
+    }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < p.N; ++n)
-        for (int64_t i = 0; i < HW; ++i)
-            for (int64_t c = 0; c < p.C; ++c)
-                dx[nchw ? (n * p.C + c) * HW + i : (n * HW + i) * p.C + c] =
-                    dy[n * p.C + c] / T(HW);
+        for (int64_t i = 0; i < HW; ++i) {
+            T* d = dx + (n * HW + i) * p.C;
+            const T* g = dy + n * p.C;
+            for (int64_t c = 0; c < p.C; ++c) d[c] = g[c] / T(HW);
+        }
 }
 
 #define FC_INSTANTIATE(T)                                                                   \
