@@ -19,6 +19,9 @@ torch's FlopCounterMode counts for the unconverted model (convolutions and matri
 products). On the 2-core CPU a full run of this suite takes about 5 minutes (ResNet-50's
 batch-32 step is several seconds a call), --quick about 1.5.
 
+On the CPU the `resnet50` suite runs every layer at batch 32 and again at batch 1
+(`<case>_b1`, single-image inference).
+
 The `neighbour` suite (CPU only) times a 1x1 convolution, a max pool and LeNet-5's C2
 block (forward + backward) alone, calls back to back, and alternating with PyTorch's,
 both sides: the rows' `slowdown` (alternating / alone) says whether fastconv and PyTorch
@@ -76,6 +79,12 @@ NEIGHBOUR = {
 SUITES = ("lenet", "resnet50", "depthwise", "pool", "sobel", "backward", "train", "neighbour",
           "models")
 CPU_SUITES = ("neighbour",)  # about CPU thread pools: `--device cuda` leaves them out
+
+
+def batch_one(table):
+    """The same layers at batch 1 (single-image inference), cases named `<case>_b1`: the
+    CPU resnet50 suite runs both."""
+    return {f"{case}_b1": (1,) + shape[1:] for case, shape in table.items()}
 
 
 def conv_out(shape):
@@ -485,6 +494,7 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
             rows += _conv_rows(suite, LENET, quick, torch, timer, ceilings, rng)
         elif suite == "resnet50":
             rows += _conv_rows(suite, RESNET50, quick, torch, timer, ceilings, rng)
+            rows += _conv_rows(suite, batch_one(RESNET50), quick, torch, timer, ceilings, rng)
         elif suite == "depthwise":
             rows += _conv_rows(suite, DEPTHWISE, quick, torch, timer, ceilings, rng)
         elif suite == "backward":

@@ -63,6 +63,8 @@ def test_cpu_bench_command_writes_json_and_plot(tiny_shapes, tmp_path, capsys):
     assert {r["op"] for r in result["rows"] if r["suite"] == "pool"} >= {
         "max_pool2d_indices", "max_pool2d_backward", "avg_pool2d_backward",
         "global_avg_pool2d_backward"}
+    r50 = {r["case"] for r in result["rows"] if r["suite"] == "resnet50"}
+    assert r50 == set(bench.RESNET50) | {f"{c}_b1" for c in bench.RESNET50}
     neighbour = [r for r in result["rows"] if r["suite"] == "neighbour"]
     assert {(r["case"], r["mode"]) for r in neighbour} == {
         (case, mode) for case in bench.NEIGHBOUR for mode in ("alone", "alternating")}
