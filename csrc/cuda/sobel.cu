@@ -43,7 +43,7 @@
 // otherwise; each element's (n, c, h, w) takes three multiply-highs. No division is
 // inlined per tap: Sobel's border maps take none (border_index1), filter2d's take a
 // remainder only for a tap more than a plane's side outside it, in one out-of-line
-// border_index_far per kernel (shapes.h).
+// border_index_far per kernel (shapes.h), and both walk their taps with counters.
 #include <cmath>
 
 #include "../common/check.h"
@@ -178,6 +178,8 @@ __global__ void __launch_bounds__(kThreads)
         const Plane<float, In, I> im = plane_of<float>(p, x, at.n, at.c);
         // Taps in (a, b) row-major order, summed from zero as the CPU does.
         float acc = 0.f;
+        I a = 0, b = 0;  // tap t = a * kw + b, carried from chunk to chunk
+        I row = border_index(I(at.h - ch), H, p.mode);
         for (I t0 = 0; t0 < ntaps; t0 += kTapChunk) {
             const I t1 = ntaps < t0 + I(kTapChunk) ? ntaps : I(t0 + kTapChunk);
             if (!resident) {
@@ -186,8 +188,6 @@ __global__ void __launch_bounds__(kThreads)
                 __syncthreads();
             }
             if (!active) continue;
-            I a = t0 / kw, b = t0 - a * kw;  // once per chunk of 1024 taps
-            I row = border_index(I(at.h + a - ch), H, p.mode);
             for (I t = t0; t < t1; ++t) {
                 const I col = border_index(I(at.w + b - cw), W, p.mode);
                 const float v = (row < 0 || col < 0) ? im.cval : im.get(row, col);
@@ -223,6 +223,11 @@ __global__ void __launch_bounds__(kThreads)
     const int ty = threadIdx.x / (kTileCols / kRowPixels);
     const int tx = threadIdx.x % (kTileCols / kRowPixels) * kRowPixels;
     const int rows = kTileRows + kh - 1, cols = kTileCols + kw - 1;
+    // The thread's first element of the staged tile and the step of blockDim.x elements
+    // as (row, column): the load loop walks them with one carry instead of a division
+    // and a remainder per element.
+    const int r0 = threadIdx.x / cols, c0 = threadIdx.x % cols;
+    const int step_r = blockDim.x / cols, step_c = blockDim.x % cols;
     for (I t = blockIdx.x; t < tiles; t += gridDim.x) {  // the same count in every thread
         // Once per tile of 1024 outputs: plain divisions.
         const I plane = t / (tiles_h * tiles_w), rest = t - plane * (tiles_h * tiles_w);
@@ -231,9 +236,10 @@ __global__ void __launch_bounds__(kThreads)
         im.base = x + plane * H * W, im.sy = W, im.sx = 1;
         im.H = H, im.W = W, im.mode = p.mode, im.cval = float(p.cval);
         __syncthreads();  // the previous tile is no longer being read
-        for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
-            const int r = e / cols, c = e % cols;
+        for (int e = threadIdx.x, r = r0, c = c0; e < rows * cols; e += blockDim.x) {
             tile[r][c] = im.at(I(h0 + r - ch), I(w0 + c - cw));
+            c += step_c, r += step_r;
+            if (c >= cols) c -= cols, ++r;
         }
         __syncthreads();
         float acc[kRowPixels] = {0.f, 0.f, 0.f, 0.f};
