@@ -173,6 +173,7 @@ PYBIND11_MODULE(_cpu, m) {
     s.def("same_pad_begin", &same_pad_begin);
     s.def("same_pad_total", &same_pad_total);
     s.def("border_index", [](int64_t i, int64_t n, int mode) { return border_index(i, n, Border(mode)); });
+    s.def("border_index1", [](int64_t i, int64_t n, int mode) { return border_index1(i, n, Border(mode)); });
     s.def("valid_out_begin", &valid_out_begin);
     s.def("valid_out_end", &valid_out_end);
     s.def("first_out_reaching", &first_out_reaching);

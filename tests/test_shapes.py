@@ -42,6 +42,13 @@ def test_border_index_all_modes():
         assert _shapes.border_index(i, n, mode) == _cpu.shapes.border_index(i, n, mode), (mode, n, i)
 
 
+def test_border_index1_is_border_index_within_one_sample():
+    """Sobel's border map (every tap within one sample of the line, no far path)."""
+    for mode, n in itertools.product(range(5), range(1, 9)):
+        for i in range(-1, n + 1):
+            assert _cpu.shapes.border_index1(i, n, mode) == _shapes.border_index(i, n, mode), (mode, n, i)
+
+
 @given(i=st.integers(0, 40), k=st.integers(1, 7), stride=st.integers(1, 4), pad=st.integers(0, 3),
        dil=st.integers(1, 3), out=st.integers(1, 30), off=st.integers(-10, 10), size=small)
 def test_loop_bounds(i, k, stride, pad, dil, out, off, size):

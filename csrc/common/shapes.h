@@ -10,8 +10,10 @@
 
 #if defined(__CUDACC__)
 #define FC_HD __host__ __device__ __forceinline__
+#define FC_HD_NOINLINE __host__ __device__ __noinline__
 #else
 #define FC_HD inline
+#define FC_HD_NOINLINE inline
 #endif
 
 namespace fastconv {
@@ -71,6 +73,29 @@ FC_HD I floor_mod(I a, I b) {
     return r < 0 ? r + b : r;
 }
 
+// border_index for a coordinate more than a line's length outside the line (mirror:
+// more than n - 1, or any with n == 1), which only filters wider than the image reach:
+// the periodic modes' remainder. Out of line on the GPU, so that a kernel holds one copy
+// of its divisions instead of one inlined at every tap.
+template <typename I>
+FC_HD_NOINLINE I border_index_far(I i, I n, Border mode) {
+    switch (mode) {
+        case Border::Reflect: {
+            const I j = floor_mod(i, I(2 * n));
+            return j < n ? j : I(2 * n - 1 - j);
+        }
+        case Border::Mirror: {
+            if (n == 1) return 0;
+            const I period = 2 * n - 2;
+            const I j = floor_mod(i, period);
+            return j < n ? j : I(period - j);
+        }
+        case Border::Nearest: return i < 0 ? I(0) : I(n - 1);
+        case Border::Wrap: return floor_mod(i, n);
+        default: return -1;
+    }
+}
+
 // Border index map of scipy.ndimage for a coordinate i on a line of n samples.
 // Returns the sample to read, or -1 for Border::Constant outside the line.
 //   reflect  d c b a | a b c d | d c b a     (period 2n)
@@ -78,29 +103,40 @@ FC_HD I floor_mod(I a, I b) {
 //   nearest  a a a a | a b c d | d d d d
 //   wrap     a b c d | a b c d | a b c d     (period n)
 // I is the caller's index type: int32_t in the GPU kernels whose host checked that
-// 2 * n and |i| fit (32-bit remainders), int64_t elsewhere. Both arguments the same type.
-// Within one line of the edge (every Sobel tap, most filter taps) no remainder is taken.
+// 2 * n and |i| fit, int64_t elsewhere. Both arguments the same type.
+// Within one line of the edge (every Sobel tap on a line of 2 or more samples, most
+// filter taps) a compare and an add or subtract; only beyond it border_index_far's
+// remainder.
 template <typename I>
 FC_HD I border_index(I i, I n, Border mode) {
     if (i >= 0 && i < n) return i;
     const bool near = i >= -n && i < 2 * n;
     switch (mode) {
-        case Border::Reflect: {
+        case Border::Reflect:
             if (near) return i < 0 ? I(-1 - i) : I(2 * n - 1 - i);
-            const I j = floor_mod(i, I(2 * n));
-            return j < n ? j : I(2 * n - 1 - j);
-        }
-        case Border::Mirror: {
-            if (n == 1) return 0;
+            break;
+        case Border::Mirror:
             if (i > -n && i < 2 * n - 1) return i < 0 ? I(-i) : I(2 * n - 2 - i);
-            const I period = 2 * n - 2;
-            const I j = floor_mod(i, period);
-            return j < n ? j : I(period - j);
-        }
+            break;
         case Border::Nearest: return i < 0 ? I(0) : I(n - 1);
         case Border::Wrap:
             if (near) return i < 0 ? I(i + n) : I(i - n);
-            return floor_mod(i, n);
+            break;
+        default: return -1;
+    }
+    return border_index_far(i, n, mode);
+}
+
+// border_index for a coordinate within one sample of the line, -1 <= i <= n, n >= 1 (every
+// tap of the Sobel operator): the same map with neither remainder nor far path.
+template <typename I>
+FC_HD I border_index1(I i, I n, Border mode) {
+    if (i >= 0 && i < n) return i;
+    switch (mode) {
+        case Border::Reflect: return i < 0 ? I(0) : I(n - 1);
+        case Border::Mirror: return n == 1 ? I(0) : i < 0 ? I(1) : I(n - 2);
+        case Border::Nearest: return i < 0 ? I(0) : I(n - 1);
+        case Border::Wrap: return i < 0 ? I(n - 1) : I(0);
         default: return -1;
     }
 }

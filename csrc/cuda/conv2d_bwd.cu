@@ -36,11 +36,11 @@
 //                   at every synchronisation (7-10 MB re-mapped per ResNet call).
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
 //
-// avgpool_act_bwd, bwd_data, bwd_filter's reduce and bwd_bias come in two index types
-// (cuda_common.cuh): int32_t where conv_extent (implicit_gemm.cuh) fits, int64_t otherwise. In int32_t their
-// per-element (n, c, h, w) takes multiply-highs (Unravel4), and bwd_filter_reduce walks
-// its pixels with counters instead of three divisions and three remainders per
-// multiply-add.
+// Every kernel comes in two index types (cuda_common.cuh): int32_t where conv_extent
+// (implicit_gemm.cuh; for activation_bwd the element count, for the split sum the
+// partials) fits, int64_t otherwise. Their per-element (n, c, h, w) takes multiply-highs
+// (Unravel4), and bwd_filter_reduce walks its pixels with counters instead of three
+// divisions and three remainders per multiply-add.
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
@@ -53,12 +53,13 @@ namespace cuda {
 
 namespace {
 
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    activation_bwd_kernel(Activation act, int64_t count, const float* __restrict__ y,
+    activation_bwd_kernel(Activation act, I count, const float* __restrict__ y,
                           const float* __restrict__ dy, float* __restrict__ dz) {
     // In double, rounded once, as the CPU: 1 - y*y in float loses most of its digits
     // where tanh saturates (y = 0.9999), and grad bias sums these with heavy cancellation.
-    for (int64_t i = thread_index(); i < count; i += thread_count())
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>())
         dz[i] = float(double(dy[i]) * activate_grad(act, double(y[i])));
 }
 
@@ -324,16 +325,23 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // dw = the split partials added in split order, one thread per weight element of
-// the (K, red) order.
+// the (K, red) order. by_red divides by red (NHWC's dw is in (red, K) order).
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    bwd_filter_sum_splits(Conv2dParams p, FilterGemm fg, const float* __restrict__ ws,
-                          float* __restrict__ dw) {
-    const int64_t red = fg.gs.red, count = p.K * red;
-    for (int64_t e = thread_index(); e < count; e += thread_count()) {
+    bwd_filter_sum_splits(Conv2dParams p, FilterGemm fg, DivMod<I> by_red,
+                          const float* __restrict__ ws, float* __restrict__ dw) {
+    const I K = I(p.K), count = K * by_red.d, splits = I(fg.splits);
+    const bool nchw = p.layout == Layout::NCHW;
+    for (I e = thread_index<I>(); e < count; e += thread_count<I>()) {
         float acc = 0.f;
-        for (int64_t sp = 0; sp < fg.splits; ++sp) acc += ws[sp * count + e];
-        const int64_t k = e / red, kk = e % red;
-        dw[p.layout == Layout::NCHW ? e : kk * p.K + k] = acc;
+        for (I sp = 0; sp < splits; ++sp) acc += ws[sp * count + e];
+        if (nchw) {
+            dw[e] = acc;
+        } else {
+            I k;
+            const I kk = by_red.divmod(e, k);
+            dw[kk * K + k] = acc;
+        }
     }
 }
 
@@ -383,8 +391,11 @@ void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float*
     });
     FC_CUDA_CHECK_LAUNCH();
     if (fg.splits > 1) {
-        bwd_filter_sum_splits<<<blocks_for(p.K * fg.gs.red, kThreads), kThreads, 0, stream>>>(
-            p, fg, ws, dw);
+        with_index_type(split_partials(fg, p), [&](auto index) {  // its largest offset
+            using I = decltype(index);
+            bwd_filter_sum_splits<I><<<blocks_for(p.K * fg.gs.red, kThreads), kThreads, 0, stream>>>(
+                p, fg, DivMod<I>(fg.gs.red), ws, dw);
+        });
         FC_CUDA_CHECK_LAUNCH();
     }
 }
@@ -394,8 +405,11 @@ void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float*
 void activation_bwd(Activation act, int64_t count, const float* y, const float* dy, float* dz,
                     cudaStream_t stream) {
     if (count <= 0) return;
-    activation_bwd_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(act, count, y, dy,
-                                                                                dz);
+    with_index_type(count, [&](auto index) {
+        using I = decltype(index);
+        activation_bwd_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            act, I(count), y, dy, dz);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 

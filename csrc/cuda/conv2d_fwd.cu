@@ -42,6 +42,17 @@ namespace cuda {
 
 namespace {
 
+// __launch_bounds__'s minimum blocks an SM for the instantiations whose registers ptxas's
+// default choice spills; 0 leaves the default (nvcc then emits no .minnctapersm). With 3
+// blocks of 256 threads ptxas may take 85 registers and spills nothing, where by default
+// it spilled conv2d_avgpool_fused<int64_t> (80 registers, 76/80 B) and
+// conv2d_implicit_gemm<NCHW, int64_t> (64, 20/24 B); both now take 80 (sm_90, CUDA 13.0).
+// The int32_t instantiations keep the default (3 would raise them: the fused 48 -> 59,
+// the GEMMs 64 -> 72), and so does the NHWC GEMM's int64_t (106, no spills; 3 would
+// spill it).
+template <typename I>
+constexpr int kFusedMinBlocks = sizeof(I) == 8 ? 3 : 0;
+
 // ---------------------------------------------------------------------------------- direct
 
 // bias + the window sum of output (n, k, oh, ow), every tap bounds-checked; in the
@@ -93,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
 // fused and composed paths differ only where the convolution sums do.
 // un unravels (K, P / pool_h, Q / pool_w).
 template <typename I>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kFusedMinBlocks<I>)
     conv2d_avgpool_fused(Conv2dPoolParams bp, Unravel4<I> un, const float* __restrict__ x, const float* __restrict__ w,
                          const float* __restrict__ b, float* __restrict__ y,
                          float* __restrict__ a) {
@@ -135,6 +146,10 @@ constexpr int kPerThread = 4;      // kBM / kGrid == kBN / kGrid
 static_assert(kGrid * kGrid == kGemmThreads && kGrid * kPerThread == kBM && kBM == kBN);
 static_assert(kBM * kBK == 4 * kGemmThreads);  // each thread loads 4 elements of each tile
 
+// See kFusedMinBlocks.
+template <Layout L, typename I>
+constexpr int kGemmMinBlocks = L == Layout::NCHW && sizeof(I) == 8 ? 3 : 0;
+
 // The reduction index kk follows the weight's memory order, so the B tile loads are
 // contiguous along kk (NCHW, weight (K, Cg, R, S): kk = (c*R + r)*S + s) or along the
 // filters (NHWC, weight (R, S, Cg, K): kk = (r*S + s)*Cg + c, which also makes the A
@@ -144,7 +159,7 @@ static_assert(kBM * kBK == 4 * kGemmThreads);  // each thread loads 4 elements o
 // int64_t otherwise. The gathers' divisions (pixel m -> (n, oh, ow), kk -> (c, r, s))
 // are multiply-highs through dv.
 template <Layout L, typename I>
-__global__ void __launch_bounds__(kGemmThreads)
+__global__ void __launch_bounds__(kGemmThreads, kGemmMinBlocks<L, I>)
     conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, GemmDiv<I> dv, const float* __restrict__ x,
                          const float* __restrict__ w, const float* __restrict__ b,
                          float* __restrict__ y) {

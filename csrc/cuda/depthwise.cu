@@ -17,11 +17,15 @@
 //   nhwc  threads run along k, the fastest axis of both y and the (R, S, 1, K) weight:
 //         every load of x (channel k / Kg) and of w is coalesced, and neighbouring threads
 //         share input rows through L1.
+// Both come in two index types (cuda_common.cuh): int32_t where depthwise_extent fits,
+// int64_t otherwise; the divisions by launch constants (runs per plane, K, Q, Kg) are
+// multiply-highs (DivMod, Unravel4), and the tap loops walk (r, s) with counters.
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
 #include "cuda_common.cuh"
 #include "depthwise.cuh"
+#include "implicit_gemm.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -32,61 +36,75 @@ namespace {
 constexpr int64_t kTapChunk = 1024;
 
 // One block per (plane, run of pixels) in a grid-stride loop over those pairs.
+// by_runs divides by the runs per plane, by_k by K, by_q by Q, by_kg by K / C.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    depthwise_nchw(Conv2dParams p, int64_t runs_per_plane, const float* __restrict__ x,
-                   const float* __restrict__ w, const float* __restrict__ b,
-                   float* __restrict__ y) {
+    depthwise_nchw(Conv2dParams p, DivMod<I> by_runs, DivMod<I> by_k, DivMod<I> by_q,
+                   DivMod<I> by_kg, const float* __restrict__ x, const float* __restrict__ w,
+                   const float* __restrict__ b, float* __restrict__ y) {
     __shared__ float taps[kTapChunk];
-    const int64_t RS = p.R * p.S, PQ = p.P * p.Q, Kg = p.K / p.C;
-    const int64_t work = p.N * p.K * runs_per_plane;
+    const I S = I(p.S), H = I(p.H), W = I(p.W), RS = I(p.R) * S, PQ = I(p.P) * by_q.d;
+    const I sh = I(p.stride_h), sw = I(p.stride_w), dh = I(p.dil_h), dw = I(p.dil_w);
+    const I work = I(p.N) * by_k.d * by_runs.d;
     // The loop bound is the same for every thread of a block, so all of them reach each
     // __syncthreads below, active or not.
-    for (int64_t item = blockIdx.x; item < work; item += gridDim.x) {
-        const int64_t plane = item / runs_per_plane;  // n * K + k
-        const int64_t pq = (item % runs_per_plane) * blockDim.x + threadIdx.x;
-        const int64_t n = plane / p.K, k = plane % p.K;
+    for (I item = blockIdx.x; item < work; item += gridDim.x) {
+        I plane, n, oh;  // plane = n * K + k
+        const I pq = by_runs.divmod(item, plane) * I(blockDim.x) + I(threadIdx.x);
+        const I k = by_k.divmod(plane, n);
         const bool active = pq < PQ;
-        const int64_t h0 = (pq / p.Q) * p.stride_h - p.pad_h;
-        const int64_t w0 = (pq % p.Q) * p.stride_w - p.pad_w;
-        const float* xp = x + (n * p.C + k / Kg) * p.H * p.W;
+        const I ow = by_q.divmod(pq, oh);
+        const I h0 = oh * sh - I(p.pad_h), w0 = ow * sw - I(p.pad_w);
+        const float* xp = x + (n * I(p.C) + by_kg.div(k)) * H * W;
         float acc = p.has_bias ? b[k] : 0.f;
-        for (int64_t t0 = 0; t0 < RS; t0 += kTapChunk) {
-            const int64_t t1 = min64(RS, t0 + kTapChunk);
+        I r = 0, s = 0;  // tap t = r * S + s, carried from chunk to chunk
+        for (I t0 = 0; t0 < RS; t0 += I(kTapChunk)) {
+            const I t1 = RS < t0 + I(kTapChunk) ? RS : I(t0 + kTapChunk);
             __syncthreads();  // the previous chunk or item is no longer being read
-            for (int64_t t = t0 + threadIdx.x; t < t1; t += blockDim.x) taps[t - t0] = w[k * RS + t];
+            for (I t = t0 + I(threadIdx.x); t < t1; t += I(blockDim.x)) taps[t - t0] = w[k * RS + t];
             __syncthreads();
             if (!active) continue;
-            int64_t r = t0 / p.S, s = t0 % p.S;
-            for (int64_t t = t0; t < t1; ++t) {
-                const int64_t h = h0 + r * p.dil_h, wi = w0 + s * p.dil_w;
-                if (h >= 0 && h < p.H && wi >= 0 && wi < p.W) acc += taps[t - t0] * xp[h * p.W + wi];
-                if (++s == p.S) s = 0, ++r;
+            for (I t = t0; t < t1; ++t) {
+                const I h = h0 + r * dh, wi = w0 + s * dw;
+                if (h >= 0 && h < H && wi >= 0 && wi < W) acc += taps[t - t0] * xp[h * W + wi];
+                if (++s == S) s = 0, ++r;
             }
         }
         if (active) y[plane * PQ + pq] = activate(p.act, acc);
     }
 }
 
-// One thread per output, in y's memory order (k fastest).
+// One thread per output, in y's memory order (k fastest). un unravels (K, P, Q);
+// by_kg divides by K / C.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    depthwise_nhwc(Conv2dParams p, const float* __restrict__ x, const float* __restrict__ w,
-                   const float* __restrict__ b, float* __restrict__ y) {
-    const int64_t Kg = p.K / p.C, count = p.N * p.P * p.Q * p.K;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(Layout::NHWC, i, p.K, p.P, p.Q);
-        const int64_t c = o.c / Kg;
+    depthwise_nhwc(Conv2dParams p, Unravel4<I> un, DivMod<I> by_kg, const float* __restrict__ x,
+                   const float* __restrict__ w, const float* __restrict__ b,
+                   float* __restrict__ y) {
+    const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), R = I(p.R), S = I(p.S);
+    const I count = I(p.N * p.P * p.Q * p.K);
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        const Coord4I<I> o = un(i);  // (n, k, oh, ow)
+        const float* xn = x + o.n * H * W * C + by_kg.div(o.c);  // channel k / Kg of image n
+        const I h0 = o.h * I(p.stride_h) - I(p.pad_h), w0 = o.w * I(p.stride_w) - I(p.pad_w);
         float acc = p.has_bias ? b[o.c] : 0.f;
-        for (int64_t r = 0; r < p.R; ++r) {
-            const int64_t h = o.h * p.stride_h - p.pad_h + r * p.dil_h;
-            if (h < 0 || h >= p.H) continue;
-            for (int64_t s = 0; s < p.S; ++s) {
-                const int64_t wi = o.w * p.stride_w - p.pad_w + s * p.dil_w;
-                if (wi < 0 || wi >= p.W) continue;
-                acc += w[(r * p.S + s) * p.K + o.c] * x[((o.n * p.H + h) * p.W + wi) * p.C + c];
+        for (I r = 0; r < R; ++r) {
+            const I h = h0 + r * I(p.dil_h);
+            if (h < 0 || h >= H) continue;
+            for (I s = 0; s < S; ++s) {
+                const I wi = w0 + s * I(p.dil_w);
+                if (wi < 0 || wi >= W) continue;
+                acc += w[(r * S + s) * K + o.c] * xn[(h * W + wi) * C];
             }
         }
         y[i] = activate(p.act, acc);
     }
+}
+
+// The largest index, offset or window coordinate the two kernels form: conv_extent's,
+// and the NCHW kernel's items x threads (a plane's last run overhangs it).
+int64_t depthwise_extent(const Conv2dParams& p, int64_t runs, int64_t threads) {
+    return max64(conv_extent(p), p.N * p.K * runs * threads);
 }
 
 }  // namespace
@@ -100,12 +118,19 @@ void depthwise_conv2d_fwd(const Conv2dParams& p, const float* x, const float* w,
         // Whole warps, at most kThreads, no more than the plane needs.
         const int threads = int(min64(kThreads, ceil_div(PQ, 32) * 32));
         const int64_t runs = ceil_div(PQ, threads);
-        depthwise_nchw<<<blocks_for(p.N * p.K * runs, 1), threads, 0, stream>>>(p, runs, x, w, b,
-                                                                                  y);
+        with_index_type(depthwise_extent(p, runs, threads), [&](auto index) {
+            using I = decltype(index);
+            depthwise_nchw<I><<<blocks_for(p.N * p.K * runs, 1), threads, 0, stream>>>(
+                p, DivMod<I>(runs), DivMod<I>(p.K), DivMod<I>(p.Q), DivMod<I>(p.K / p.C), x, w,
+                b, y);
+        });
         FC_CUDA_CHECK_LAUNCH();
     } else {
-        depthwise_nhwc<<<blocks_for(p.N * PQ * p.K, kThreads), kThreads, 0, stream>>>(p, x, w, b,
-                                                                                        y);
+        with_index_type(depthwise_extent(p, 1, 1), [&](auto index) {
+            using I = decltype(index);
+            depthwise_nhwc<I><<<blocks_for(p.N * PQ * p.K, kThreads), kThreads, 0, stream>>>(
+                p, Unravel4<I>(Layout::NHWC, p.K, p.P, p.Q), DivMod<I>(p.K / p.C), x, w, b, y);
+        });
         FC_CUDA_CHECK_LAUNCH();
     }
 }

@@ -38,11 +38,11 @@
 // The taps are visited in the generic kernels' order with their arithmetic, so the
 // bits are the same (the CUDA emulation compares the two exactly).
 //
-// max_pool_fwd, max_pool_bwd, avg_pool_fwd, avg_pool_bwd, global_avg_pool_bwd and the
-// 2x2 paths come in two index types (cuda_common.cuh): int32_t where pool_extent fits, int64_t
-// otherwise; in int32_t each element's (n, c, h, w) takes multiply-highs (Unravel4) and
-// the window loops run in 32 bits. The window bounds (pool_taps, first_out_reaching)
-// are still shapes.h's 64-bit helpers, once per element.
+// Every kernel comes in two index types (cuda_common.cuh): int32_t where pool_extent
+// (global pooling: the element count) fits, int64_t otherwise; in int32_t each element's
+// (n, c, h, w) takes multiply-highs (Unravel4) and the window loops run in 32 bits. The
+// window bounds of the generic kernels (pool_taps, first_out_reaching) are still
+// shapes.h's 64-bit helpers, once per element.
 #include <cmath>
 
 #include "../common/check.h"
@@ -115,14 +115,34 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// un unravels (C, P, Q); by_w divides by W, by_dh and by_dw by the dilations.
+// pool_window_holds (shapes.h) in I: an index in the plane names pixel (h, w), and
+// pool_taps' clipping to the image removes no pixel of the plane from the window, so
+// the pixel is a tap exactly when its offsets from the window's start are multiples of
+// the dilation below kernel size x dilation. (The emulator compares the count with
+// pool_window_holds on the host.)
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    max_pool_bad_indices_kernel(Pool2dParams p, const int64_t* __restrict__ idx,
+    max_pool_bad_indices_kernel(Pool2dParams p, Unravel4<I> un, DivMod<I> by_w, DivMod<I> by_dh,
+                                DivMod<I> by_dw, const int64_t* __restrict__ idx,
                                 unsigned long long* __restrict__ bad) {
-    const int64_t count = p.N * p.C * p.P * p.Q;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const Coord4 o = unravel4(p.layout, i, p.C, p.P, p.Q);
+    const int64_t HW = p.H * p.W;
+    const I count = I(p.N * p.C * p.P * p.Q);
+    const I span_h = I(p.kh) * by_dh.d, span_w = I(p.kw) * by_dw.d;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
         const int64_t at = idx[i];
-        if (at != -1 && !pool_window_holds(p, o.h, o.w, at)) atomicAdd(bad, 1ull);
+        if (at == -1) continue;
+        bool holds = at >= 0 && at < HW;  // compared in 64 bits: a caller's value
+        if (holds) {
+            const Coord4I<I> o = un(i);  // (n, c, oh, ow)
+            I h, q;
+            const I w = by_w.divmod(I(at), h);
+            const I dh = h - (o.h * I(p.stride_h) - I(p.pad_h));
+            const I dw = w - (o.w * I(p.stride_w) - I(p.pad_w));
+            holds = dh >= 0 && dw >= 0 && dh < span_h && dw < span_w &&
+                    by_dh.divmod(dh, q) == 0 && by_dw.divmod(dw, q) == 0;
+        }
+        if (!holds) atomicAdd(bad, 1ull);
     }
 }
 
@@ -171,28 +191,32 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // NCHW: one block per plane n * C + c; blockDim.x == kReduceThreads.
+template <typename I>
 __global__ void __launch_bounds__(kReduceThreads)
     global_avg_pool_nchw(GlobalPoolParams p, const float* __restrict__ x, float* __restrict__ y) {
     __shared__ double partial[kReduceThreads];
-    const int64_t HW = p.H * p.W, planes = p.N * p.C;
-    for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const I HW = I(p.H * p.W), planes = I(p.N * p.C);
+    for (I plane = blockIdx.x; plane < planes; plane += gridDim.x) {
         const float* xp = x + plane * HW;
         double acc = 0.0;
-        for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) acc += xp[j];
+        for (I j = threadIdx.x; j < HW; j += I(blockDim.x)) acc += xp[j];
         const double total = block_sum(acc, partial);
         if (threadIdx.x == 0) y[plane] = float(total / double(HW));
     }
 }
 
-// NHWC: one thread per (n, c), i = n * C + c.
+// NHWC: one thread per (n, c), i = n * C + c; by_c divides by C.
+template <typename I>
 __global__ void __launch_bounds__(kThreads)
-    global_avg_pool_nhwc(GlobalPoolParams p, const float* __restrict__ x, float* __restrict__ y) {
-    const int64_t HW = p.H * p.W, count = p.N * p.C;
-    for (int64_t i = thread_index(); i < count; i += thread_count()) {
-        const int64_t n = i / p.C, c = i % p.C;
-        const float* xn = x + n * HW * p.C + c;
+    global_avg_pool_nhwc(GlobalPoolParams p, DivMod<I> by_c, const float* __restrict__ x,
+                         float* __restrict__ y) {
+    const I C = by_c.d, HW = I(p.H * p.W), count = I(p.N) * C;
+    for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
+        I n;
+        const I c = by_c.divmod(i, n);
+        const float* xn = x + n * HW * C + c;
         double acc = 0.0;
-        for (int64_t j = 0; j < HW; ++j) acc += xn[j * p.C];
+        for (I j = 0; j < HW; ++j) acc += xn[j * C];
         y[i] = float(acc / double(HW));
     }
 }
@@ -428,7 +452,12 @@ int64_t max_pool_bad_indices(const Pool2dParams& p, const int64_t* idx, cudaStre
     } counter{nullptr, stream};
     FC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&counter.dev), sizeof(unsigned long long), stream));
     FC_CUDA_CHECK(cudaMemsetAsync(counter.dev, 0, sizeof(unsigned long long), stream));
-    max_pool_bad_indices_kernel<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, idx, counter.dev);
+    with_index_type(pool_extent(p), [&](auto index) {
+        using I = decltype(index);
+        max_pool_bad_indices_kernel<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.P, p.Q), DivMod<I>(p.W), DivMod<I>(p.dil_h),
+            DivMod<I>(p.dil_w), idx, counter.dev);
+    });
     FC_CUDA_CHECK_LAUNCH();
     unsigned long long bad = 0;
     FC_CUDA_CHECK(cudaMemcpyAsync(&bad, counter.dev, sizeof bad, cudaMemcpyDeviceToHost, stream));
@@ -478,10 +507,14 @@ void global_avg_pool_fwd(const GlobalPoolParams& p, const float* x, float* y,
                          cudaStream_t stream) {
     const int64_t count = p.N * p.C;
     if (count <= 0) return;
-    if (p.layout == Layout::NCHW)
-        global_avg_pool_nchw<<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, x, y);
-    else
-        global_avg_pool_nhwc<<<blocks_for(count, kThreads), kThreads, 0, stream>>>(p, x, y);
+    with_index_type(count * p.H * p.W, [&](auto index) {
+        using I = decltype(index);
+        if (p.layout == Layout::NCHW)
+            global_avg_pool_nchw<I><<<blocks_for(count, 1), kReduceThreads, 0, stream>>>(p, x, y);
+        else
+            global_avg_pool_nhwc<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
+                p, DivMod<I>(p.C), x, y);
+    });
     FC_CUDA_CHECK_LAUNCH();
 }
 

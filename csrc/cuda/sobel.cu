@@ -16,8 +16,9 @@
 // Kernels, one thread per output pixel, walking the tensor in memory order so that
 // neighbouring threads read and write neighbouring addresses in either layout:
 //   sobel          the exact two-pass definition at every pixel (the CPU's border
-//                  path); inside the plane every border_index returns at its first
-//                  test. Runs NHWC images.
+//                  path); every tap is within one sample of the plane, so its border
+//                  map (border_index1) is compares and selects, and inside the plane
+//                  it returns at its first test. Runs NHWC images.
 //   sobel_rows     NCHW planes (and 2-D / 3-D images): a thread takes kRowPixels
 //                  neighbours of one row. Away from the border it loads their 3 x 6
 //                  neighbourhood once (4.5 loads a pixel instead of 12, index math once
@@ -39,8 +40,10 @@
 //                  copy bandwidth up to 7 x 7.
 // Each kernel comes in two index types (cuda_common.cuh): int32_t where filter_extent
 // says the batch, the planes doubled (the reflect period) and the filter fit, int64_t
-// otherwise. In int32_t the 130 64-bit divisions of sobel's inlined border maps
-// become 32-bit remainders, and each element's (n, c, h, w) takes three multiply-highs.
+// otherwise; each element's (n, c, h, w) takes three multiply-highs. No division is
+// inlined per tap: Sobel's border maps take none (border_index1), filter2d's take a
+// remainder only for a tap more than a plane's side outside it, in one out-of-line
+// border_index_far per kernel (shapes.h), and both walk their taps with counters.
 #include <cmath>
 
 #include "../common/check.h"
@@ -84,7 +87,8 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kRowPixels = 4;
 
 // One pixel by the definition, out of line: sobel_rows calls it on the border only, and
-// inlined its border arithmetic would take registers from the interior path.
+// inlined its border arithmetic would take registers from the interior path (58 against
+// 40, int32_t).
 template <typename In, typename I>
 __device__ __noinline__ float sobel_pixel(const Plane<float, In, I> im, int axis, I i, I j) {
     if (axis >= 0) return sobel_at(im, axis, i, j);
@@ -92,9 +96,16 @@ __device__ __noinline__ float sobel_pixel(const Plane<float, In, I> im, int axis
     return sqrtf(gx * gx + gy * gy);
 }
 
+// sobel_rows's __launch_bounds__ minimum blocks an SM. By default ptxas held the uint8
+// kernels to 32 (int32_t) and 48 (int64_t) registers with 4 B of spills; 6 blocks
+// (int32_t: 40 registers, both input types) and 4 (int64_t: 56) leave none (sm_90,
+// CUDA 13.0).
+template <typename I>
+constexpr int kRowsMinBlocks = sizeof(I) == 4 ? 6 : 4;
+
 // by_groups divides by ceil(W / kRowPixels), by_h by H.
 template <typename In, typename I>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kRowsMinBlocks<I>)
     sobel_rows(Filter2dParams p, DivMod<I> by_groups, DivMod<I> by_h, const In* __restrict__ x,
                float* __restrict__ y) {
     const I H = I(p.H), W = I(p.W);
@@ -167,6 +178,8 @@ __global__ void __launch_bounds__(kThreads)
         const Plane<float, In, I> im = plane_of<float>(p, x, at.n, at.c);
         // Taps in (a, b) row-major order, summed from zero as the CPU does.
         float acc = 0.f;
+        I a = 0, b = 0;  // tap t = a * kw + b, carried from chunk to chunk
+        I row = border_index(I(at.h - ch), H, p.mode);
         for (I t0 = 0; t0 < ntaps; t0 += kTapChunk) {
             const I t1 = ntaps < t0 + I(kTapChunk) ? ntaps : I(t0 + kTapChunk);
             if (!resident) {
@@ -175,8 +188,6 @@ __global__ void __launch_bounds__(kThreads)
                 __syncthreads();
             }
             if (!active) continue;
-            I a = t0 / kw, b = t0 - a * kw;  // once per chunk of 1024 taps
-            I row = border_index(I(at.h + a - ch), H, p.mode);
             for (I t = t0; t < t1; ++t) {
                 const I col = border_index(I(at.w + b - cw), W, p.mode);
                 const float v = (row < 0 || col < 0) ? im.cval : im.get(row, col);
@@ -212,6 +223,11 @@ __global__ void __launch_bounds__(kThreads)
     const int ty = threadIdx.x / (kTileCols / kRowPixels);
     const int tx = threadIdx.x % (kTileCols / kRowPixels) * kRowPixels;
     const int rows = kTileRows + kh - 1, cols = kTileCols + kw - 1;
+    // The thread's first element of the staged tile and the step of blockDim.x elements
+    // as (row, column): the load loop walks them with one carry instead of a division
+    // and a remainder per element.
+    const int r0 = threadIdx.x / cols, c0 = threadIdx.x % cols;
+    const int step_r = blockDim.x / cols, step_c = blockDim.x % cols;
     for (I t = blockIdx.x; t < tiles; t += gridDim.x) {  // the same count in every thread
         // Once per tile of 1024 outputs: plain divisions.
         const I plane = t / (tiles_h * tiles_w), rest = t - plane * (tiles_h * tiles_w);
@@ -220,9 +236,10 @@ __global__ void __launch_bounds__(kThreads)
         im.base = x + plane * H * W, im.sy = W, im.sx = 1;
         im.H = H, im.W = W, im.mode = p.mode, im.cval = float(p.cval);
         __syncthreads();  // the previous tile is no longer being read
-        for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
-            const int r = e / cols, c = e % cols;
+        for (int e = threadIdx.x, r = r0, c = c0; e < rows * cols; e += blockDim.x) {
             tile[r][c] = im.at(I(h0 + r - ch), I(w0 + c - cw));
+            c += step_c, r += step_r;
+            if (c >= cols) c -= cols, ++r;
         }
         __syncthreads();
         float acc[kRowPixels] = {0.f, 0.f, 0.f, 0.f};

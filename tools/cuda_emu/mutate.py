@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # name, bug class, file (from the repository root), [(original, replacement)], SCALE.
 # Each original must occur exactly once in its file.
 SOBEL, FWD, BWD, POOL = 'csrc/cuda/sobel.cu', 'csrc/cuda/conv2d_fwd.cu', 'csrc/cuda/conv2d_bwd.cu', 'csrc/cuda/pool.cu'
-COMMON, CONV1D = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu'
+COMMON, CONV1D, DW = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu', 'csrc/cuda/depthwise.cu'
 DEV, WMMA = 'tools/cuda_emu/selftest_device.cu', 'tools/cuda_emu/selftest_wmma.cu'
 MUTANTS = [
     ('filter2d-barrier-deleted', 'deleted barrier', SOBEL,
@@ -51,6 +51,13 @@ MUTANTS = [
      [('acc += s[t] * w[t];', 'acc += s[t + 1] * w[t];')], '0'),
     ('conv1d-store-off-by-one', 'off-by-one global store', CONV1D,
      [('        y[i] = acc;', '        y[i + 1 < count ? i + 1 : i] = acc;')], '0'),
+    # The 32-bit index kernels' division constants and strength-reduced counters.
+    ('conv1d-divisor-off-by-one', 'wrong division constant', CONV1D,
+     [('p, DivMod<I>(out), x, w, y);', 'p, DivMod<I>(out - 1), x, w, y);')], '0'),
+    ('depthwise-tap-counter-reset', 'strength-reduced counter reset', DW,
+     [('        I r = 0, s = 0;  // tap t = r * S + s, carried from chunk to chunk\n'
+       '        for (I t0 = 0; t0 < RS; t0 += I(kTapChunk)) {\n',
+       '        for (I t0 = 0; t0 < RS; t0 += I(kTapChunk)) {\n            I r = 0, s = 0;\n')], '0'),
     ('block-sum-shared-store-off-by-one', 'off-by-one shared store', COMMON,
      [('    sh[t] = v;', '    sh[t + 1] = v;')], '0'),
     ('filter2d-tile-store-off-by-one', 'off-by-one shared store', SOBEL,
@@ -94,8 +101,9 @@ MUTANTS = [
 
 # --fast (tests/test_cuda_emulated.py): one mutant of each class that rebuilds a single
 # small file and runs the fixed cases only (SCALE 0).
-FAST = ['conv1d-load-off-by-one', 'async-wait-missing', 'warp-lane-missing',
-        'warp-race-syncwarp-deleted', 'shared-atomic-made-plain', 'wmma-lane-missing']
+FAST = ['conv1d-load-off-by-one', 'conv1d-divisor-off-by-one', 'async-wait-missing',
+        'warp-lane-missing', 'warp-race-syncwarp-deleted', 'shared-atomic-made-plain',
+        'wmma-lane-missing']
 
 
 def apply(text, edits, name):

@@ -6,6 +6,7 @@
 # EMU_CXXFLAGS adds compiler and linker flags: -DEMU_UCONTEXT for the portable context
 # switch; "-fsanitize=address -DEMU_STACK_KIB=256" for the ASan build (see README.md).
 # Every build checks array bounds and alignment (UBSan) and aborts on the first report.
+# EMU_JOBS caps the compiles run at once (default: the CPU count).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 csrc=$(cd "$here/../../csrc" && pwd)
@@ -34,19 +35,25 @@ build() {  # build OBJ SRC FLAGS...
     rm -f "$obj" "$obj.key"
     g++ "$@" -c "$src" -o "$obj" && echo "$key" > "$obj.key"
 }
+# At most EMU_JOBS compiles at once: a shared machine's other work keeps its cores, and
+# twenty g++ at once on two cores finish no sooner than two at a time.
+jobs=${EMU_JOBS:-$(nproc 2>/dev/null || echo 2)}
 pids=()
+spawn() {  # spawn CMD...: run it in the background once fewer than $jobs are running
+    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n || true; done
+    "$@" & pids+=($!)
+}
 for f in "$csrc"/cuda/*.cu "$here"/selftest*.cu; do
     b=$(basename "$f" .cu)
     python3 "$here/translate.py" "$f" "$out/gen/$b.cpp"
-    build "$out/obj/cu_$b.o" "$out/gen/$b.cpp" "${flags[@]}" "${races[@]}" -include cuda_runtime.h &
-    pids+=($!)
+    spawn build "$out/obj/cu_$b.o" "$out/gen/$b.cpp" "${flags[@]}" "${races[@]}" -include cuda_runtime.h
 done
 for f in "$csrc"/cpu/*.cpp; do
-    build "$out/obj/cpu_$(basename "$f" .cpp).o" "$f" "${flags[@]}" -fopenmp & pids+=($!)
+    spawn build "$out/obj/cpu_$(basename "$f" .cpp).o" "$f" "${flags[@]}" -fopenmp
 done
-build "$out/obj/emu.o" "$here/emu.cpp" "${flags[@]}"
+spawn build "$out/obj/emu.o" "$here/emu.cpp" "${flags[@]}"
 for f in "$here"/test*.cpp; do
-    build "$out/obj/$(basename "$f" .cpp).o" "$f" "${flags[@]}"
+    spawn build "$out/obj/$(basename "$f" .cpp).o" "$f" "${flags[@]}"
 done
 for p in "${pids[@]}"; do wait "$p"; done
 g++ -fopenmp "${sanitize[@]}" "$out"/obj/*.o -o "$out/emu_test"

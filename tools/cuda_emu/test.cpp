@@ -407,6 +407,25 @@ static void test_pool(int iters) {
             if (cuda::max_pool_bad_indices(p, moved.data(), nullptr) != (outside ? 1 : 0) ||
                 cpu_refused != outside)
                 ++failures, printf("FAIL maxpool-bad-indices (moved) %s\n", cfg);
+            // Every output's index drawn around its window (a tap, a pixel between taps
+            // or beside the window, the row or plane edge, -1, out of the plane): the
+            // kernel's count against pool_window_holds, the rule it restates.
+            std::vector<int64_t> drawn(ny);
+            int64_t expect = 0;
+            for (int64_t o = 0; o < ny; ++o) {
+                const int64_t pq = (o / (p.layout == Layout::NCHW ? 1 : p.C)) % (p.P * p.Q);
+                const int64_t oh = pq / p.Q, ow = pq % p.Q;
+                const int64_t h = oh * p.stride_h - p.pad_h + ri(-1, p.kh * p.dil_h);
+                const int64_t w = ow * p.stride_w - p.pad_w + ri(-1, p.kw * p.dil_w);
+                const int64_t kind = ri(0, 9);
+                drawn[o] = kind == 0 ? -1 : kind == 1 ? ri(-3, p.H * p.W + 2) : h * p.W + w;
+                expect += drawn[o] != -1 && !pool_window_holds(p, oh, ow, drawn[o]);
+            }
+            ++checks;
+            const int64_t got = cuda::max_pool_bad_indices(p, drawn.data(), nullptr);
+            if (got != expect)
+                ++failures, printf("FAIL maxpool-bad-indices (drawn) %s: %ld, expected %ld\n", cfg,
+                                   long(got), long(expect));
         } else {
             std::vector<float> y(ny, NAN), yr(ny);
             cuda::avg_pool_fwd(p, x.data(), y.data(), nullptr);
