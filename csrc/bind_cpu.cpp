@@ -1,7 +1,8 @@
 // bind_cpu.cpp: the CPU backend's binding, fastconv._cpu. Pointers arrive as integers,
 // params as the dicts fastconv/_shapes.py builds; outputs are allocated by the Python
 // layer. Kernels run with the GIL released. The shape helpers of common/shapes.h are
-// exported too, so tests/test_shapes.py can check the Python mirror against them.
+// exported too, so tests/test_shapes.py can check the Python mirror against them, and so
+// is the GEMM, so tests/test_isa.py can drive its edge cases on every ISA path.
 #include <cstdint>
 #include <string>
 
@@ -11,6 +12,8 @@
 #include "bind_common.h"
 #include "common/shapes.h"
 #include "cpu/cpu_ops.h"
+#include "cpu/gemm.h"
+#include "cpu/isa.h"
 
 namespace py = pybind11;
 using namespace fastconv;
@@ -41,6 +44,16 @@ cpu::ConvVariant conv_variant(const std::string& name) {
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "fastconv CPU backend (C++17, OpenMP)";
+    // FASTCONV_CPU_ISA is read here, once (csrc/cpu/isa.h): a value that names no path, or
+    // one this CPU lacks, fails the import with a message that says which and why.
+    cpu::isa();
+    m.def("isa", [] { return std::string(cpu::isa_name(cpu::isa())); },
+          "The instruction-set path the CPU kernels use: 'avx512', 'avx2' or 'portable'.");
+    m.def("supported_isas", [] {
+        py::list out;
+        for (cpu::Isa path : cpu::supported_isas()) out.append(cpu::isa_name(path));
+        return py::tuple(out);
+    }, "The paths this CPU supports, best first (FASTCONV_CPU_ISA may choose any of them).");
     bind::register_params(m);
     m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise", "blocked");
     // The block runs any conv variant, then the average pool (no fused variant here).
@@ -162,6 +175,17 @@ PYBIND11_MODULE(_cpu, m) {
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
             cpu::conv1d<T>(p, ptr<T>(x), ptr<T>(w), ptr<T>(y));
+        });
+    });
+
+    // csrc/cpu/gemm.h, for tests/test_isa.py: C = op(A) . op(B) + beta C, row-major.
+    m.def("gemm", [](bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, std::string dtype,
+                     U a, int64_t lda, U b, int64_t ldb, double beta, U c, int64_t ldc) {
+        if (beta != 0 && beta != 1)
+            throw std::invalid_argument("fastconv._cpu.gemm: beta must be 0 or 1, got " + std::to_string(beta));
+        with_dtype(dtype, [&](auto t) {
+            using T = decltype(t);
+            cpu::gemm<T>(trans_a, trans_b, M, N, K, ptr<T>(a), lda, ptr<T>(b), ldb, T(beta), ptr<T>(c), ldc);
         });
     });
 

@@ -7,7 +7,8 @@
   fastconv train  LeNet-5 on fastconv's or PyTorch's kernels (see fastconv.train)
   fastconv bench  side-by-side timings against PyTorch / SciPy
   fastconv check  every op on the best backend, against the float64 reference
-  fastconv info   version, backends built, GPU name and architecture, CUDA versions
+  fastconv info   version, backends built, the CPU's ISA path, GPU name and architecture,
+                  CUDA versions
 
 Bad input (a missing file, an unknown option value, --device cuda without a GPU) gives
 one line on stderr and a non-zero exit status, never a traceback.
@@ -24,8 +25,21 @@ import fastconv
 from fastconv import reference as ref
 
 
+def _cpu_backend():
+    """The CPU backend's row, and its ISA line (None where it does not load: a bad
+    FASTCONV_CPU_ISA fails the import with the reason)."""
+    try:
+        from fastconv import _cpu
+    except ImportError as e:
+        return ("cpu", f"built but not loadable ({e})"), None
+    isa = (f"CPU ISA path: {_cpu.isa()} (this CPU supports {', '.join(_cpu.supported_isas())}; "
+           f"FASTCONV_CPU_ISA={os.environ.get('FASTCONV_CPU_ISA', '') or 'unset'})")
+    return ("cpu", "built (C++17, OpenMP)"), isa
+
+
 def _backends():
-    rows = [("cpu", "built (C++17, OpenMP)")]
+    cpu_row, _ = _cpu_backend()
+    rows = [cpu_row]
     try:
         from fastconv import _cuda
     except ImportError as e:
@@ -44,8 +58,11 @@ def _backends():
 def cmd_info(args):
     print(f"fastconv {fastconv.__version__}")
     rows, info = _backends()
+    isa = _cpu_backend()[1]
     for name, state in rows:
         print(f"  backend {name:5s} {state}")
+        if name == "cpu" and isa:
+            print(f"    {isa}")
     if info:
         major, minor = info["capability"]
         rt, drv = info["runtime_version"], info["driver_api_version"]

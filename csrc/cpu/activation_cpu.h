@@ -62,8 +62,8 @@ inline T bias_at(T b, int64_t) { return b; }
 template <typename T>
 inline T bias_at(const T* b, int64_t j) { return b[j]; }
 
-// Float tanh / sigmoid spans, built for AVX2 and for baseline x86-64 and chosen at run
-// time (activation_cpu.cpp). They are called, not inlined, from inside OpenMP regions:
+// Float tanh / sigmoid spans, built for each ISA path and chosen through isa.h
+// (activation_cpu.cpp). They are called, not inlined, from inside OpenMP regions:
 // an attribute on the function around `#pragma omp parallel` never reaches the loop.
 void tanh_span(float* y, int64_t n, float bias);
 void tanh_span(float* y, int64_t n, const float* bias);

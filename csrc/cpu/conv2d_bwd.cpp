@@ -31,10 +31,6 @@
 
 #include <omp.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "../common/activation.h"
 #include "../common/shapes.h"
 #include "conv2d_common.h"
@@ -213,15 +209,21 @@ void bwd_filter_gemm(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
 #if FC_BLOCKED
 constexpr int64_t kChunk = 8;  // images per partial sum of the blocked grad weight
 
-// The partial grad weight of images [n0, n1): part[t * KV + k] for taps t = (c, r, s).
-template <int VK>
-__attribute__((target("avx2,fma"))) void bwd_filter_blocked_chunk(
+// The partial grad weight of images [n0, n1): part[t * KV + k] for taps t = (c, r, s), in
+// blocks of TB taps x VK vectors of S::L channels.
+template <typename S, int VK, int TB>
+__attribute__((always_inline)) inline void bwd_filter_blocked_chunk(
     const Conv2dParams& p, const BlockedShape& b, const float* dy, const float* x,
     int64_t n0, int64_t n1, float* xp, float* dyt, float* part) {
-    constexpr int TB = 12 / VK, KV = 8 * VK;
+    using V = typename S::V;
+    constexpr int L = S::L, KV = L * VK;
     const int64_t taps = p.C * p.R * p.S, PQ = p.P * p.Q;
     std::fill(part, part + taps * KV, 0.f);
-    std::vector<int64_t> tap_off(taps);  // a tap's offset into the padded image
+    // A tap's offset into the padded image, for whole blocks of TB taps: the last block's
+    // extra taps read offset 0 (in bounds) and are never stored. Every loop over acc then
+    // has a constant bound, so acc stays in registers; a tail loop `i < tb` had put all 12
+    // accumulators on the stack, a load and a store around every FMA (GCC 12).
+    std::vector<int64_t> tap_off(ceil_div(taps, TB) * TB, 0);
     for (int64_t c = 0; c < p.C; ++c)
         for (int64_t r = 0; r < p.R; ++r)
             for (int64_t s = 0; s < p.S; ++s)
@@ -232,41 +234,54 @@ __attribute__((target("avx2,fma"))) void bwd_filter_blocked_chunk(
         for (int64_t j = 0; j < PQ; ++j)
             for (int64_t k = 0; k < KV; ++k) dyt[j * KV + k] = k < p.K ? g[k * PQ + j] : 0.f;
         for (int64_t t0 = 0; t0 < taps; t0 += TB) {
-            const int tb = int(std::min<int64_t>(TB, taps - t0));
-            __m256 acc[TB][VK];
+            const int64_t tb = std::min<int64_t>(TB, taps - t0);
+            V acc[TB][VK];
             for (int i = 0; i < TB; ++i)
-                for (int v = 0; v < VK; ++v) acc[i][v] = _mm256_setzero_ps();
+                for (int v = 0; v < VK; ++v) acc[i][v] = S::zero();
             const int64_t* off = tap_off.data() + t0;
             for (int64_t oh = 0; oh < p.P; ++oh)
                 for (int64_t ow = 0; ow < p.Q; ++ow) {
                     const float* d = dyt + (oh * p.Q + ow) * KV;
-                    __m256 dv[VK];
-                    for (int v = 0; v < VK; ++v) dv[v] = _mm256_loadu_ps(d + 8 * v);
+                    V dv[VK];
+                    for (int v = 0; v < VK; ++v) dv[v] = S::load(d + L * v);
                     const float* xo = xp + oh * p.stride_h * b.Wp + ow * p.stride_w;
-                    if (tb == TB) {
-                        for (int i = 0; i < TB; ++i) {
-                            const __m256 xv = _mm256_broadcast_ss(xo + off[i]);
-                            for (int v = 0; v < VK; ++v) acc[i][v] = _mm256_fmadd_ps(xv, dv[v], acc[i][v]);
-                        }
-                    } else {
-                        for (int i = 0; i < tb; ++i) {
-                            const __m256 xv = _mm256_broadcast_ss(xo + off[i]);
-                            for (int v = 0; v < VK; ++v) acc[i][v] = _mm256_fmadd_ps(xv, dv[v], acc[i][v]);
-                        }
+                    for (int i = 0; i < TB; ++i) {
+                        const V xv = S::bcast(xo + off[i]);
+                        for (int v = 0; v < VK; ++v) acc[i][v] = S::fma(xv, dv[v], acc[i][v]);
                     }
                 }
-            for (int i = 0; i < tb; ++i)
+            for (int i = 0; i < TB; ++i)
                 for (int v = 0; v < VK; ++v) {
-                    float* dst = part + (t0 + i) * KV + 8 * v;
-                    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), acc[i][v]));
+                    if (i >= tb) continue;
+                    float* dst = part + (t0 + i) * KV + L * v;
+                    S::store(dst, S::add(S::load(dst), acc[i][v]));
                 }
         }
     }
 }
 
+using BlockedChunk = void (*)(const Conv2dParams&, const BlockedShape&, const float*, const float*,
+                              int64_t, int64_t, float*, float*, float*);
+
+// AVX2: 12 ymm accumulators, 12 / VK taps x VK vectors of 8 channels.
 template <int VK>
-void bwd_filter_blocked_vk(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
-    constexpr int KV = 8 * VK;
+FC_TARGET_AVX2 void bwd_filter_blocked_chunk_avx2(const Conv2dParams& p, const BlockedShape& b,
+                                                  const float* dy, const float* x, int64_t n0,
+                                                  int64_t n1, float* xp, float* dyt, float* part) {
+    bwd_filter_blocked_chunk<Avx2Float, VK, 12 / VK>(p, b, dy, x, n0, n1, xp, dyt, part);
+}
+// AVX-512: 12 taps x VK vectors of 16 channels, 12 or 24 zmm accumulators.
+template <int VK>
+FC_TARGET_AVX512 void bwd_filter_blocked_chunk_avx512(const Conv2dParams& p,
+                                                      const BlockedShape& b, const float* dy,
+                                                      const float* x, int64_t n0, int64_t n1,
+                                                      float* xp, float* dyt, float* part) {
+    bwd_filter_blocked_chunk<Avx512Float, VK, 12>(p, b, dy, x, n0, n1, xp, dyt, part);
+}
+
+template <int KV>
+void bwd_filter_blocked_vk(const Conv2dParams& p, BlockedChunk chunk, const float* dy,
+                           const float* x, float* dw) {
     const BlockedShape b(p, 1);
     const int64_t taps = p.C * p.R * p.S, chunks = ceil_div(p.N, kChunk);
     std::vector<float> parts(chunks * taps * KV);
@@ -275,8 +290,8 @@ void bwd_filter_blocked_vk(const Conv2dParams& p, const float* dy, const float* 
         std::vector<float> xp(p.C * b.Hp * b.Wp), dyt(p.P * p.Q * KV);
 #pragma omp for schedule(dynamic)
         for (int64_t ch = 0; ch < chunks; ++ch)
-            bwd_filter_blocked_chunk<VK>(p, b, dy, x, ch * kChunk, std::min(p.N, (ch + 1) * kChunk),
-                                         xp.data(), dyt.data(), parts.data() + ch * taps * KV);
+            chunk(p, b, dy, x, ch * kChunk, std::min(p.N, (ch + 1) * kChunk), xp.data(),
+                  dyt.data(), parts.data() + ch * taps * KV);
     }
     // Chunks added in order; dw is (K, C, R, S), taps innermost.
 #pragma omp parallel for schedule(static)
@@ -292,9 +307,14 @@ void bwd_filter_blocked_vk(const Conv2dParams& p, const float* dy, const float* 
 void bwd_filter_blocked(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
 #if FC_BLOCKED
     if (blocked_applies(p)) {
-        if (p.K <= 8) return bwd_filter_blocked_vk<1>(p, dy, x, dw);
-        if (p.K <= 16) return bwd_filter_blocked_vk<2>(p, dy, x, dw);
-        return bwd_filter_blocked_vk<3>(p, dy, x, dw);
+        // K <= 8 stays on ymm under avx512 too: a zmm would hold 8 or more zero channels.
+        if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16)
+            return bwd_filter_blocked_vk<16>(p, bwd_filter_blocked_chunk_avx512<1>, dy, x, dw);
+        if (isa() == Isa::Avx512 && p.K > 16)
+            return bwd_filter_blocked_vk<32>(p, bwd_filter_blocked_chunk_avx512<2>, dy, x, dw);
+        if (p.K <= 8) return bwd_filter_blocked_vk<8>(p, bwd_filter_blocked_chunk_avx2<1>, dy, x, dw);
+        if (p.K <= 16) return bwd_filter_blocked_vk<16>(p, bwd_filter_blocked_chunk_avx2<2>, dy, x, dw);
+        return bwd_filter_blocked_vk<24>(p, bwd_filter_blocked_chunk_avx2<3>, dy, x, dw);
     }
 #endif
     bwd_filter_gemm(p, dy, x, dw);

@@ -14,6 +14,8 @@
 #include "../common/activation.h"
 #include "../common/shapes.h"
 #include "activation_cpu.h"
+#include "isa.h"
+#include "simd.h"
 
 namespace fastconv {
 namespace cpu {
@@ -216,17 +218,13 @@ void bias_activation(const Conv2dParams& p, const T* b, T* y) {
 // where they apply, and each image copied once into a zero-padded scratch so that
 // every tap is in bounds.
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FC_BLOCKED 1
-inline const bool kHasAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-#define FC_BLOCKED 0
-inline const bool kHasAvx2Fma = false;
-#endif
+// The kernels are written over simd.h's vectors: built for the avx2 and avx512 paths, not
+// for portable (where blocked runs as gemm).
+#define FC_BLOCKED FC_X86_ISA
 constexpr int64_t kBlockedMaxK = 24;
 
 inline bool blocked_applies(const Conv2dParams& p) {
-    return FC_BLOCKED && kHasAvx2Fma && p.layout == Layout::NCHW && p.groups == 1 &&
+    return FC_BLOCKED && isa() >= Isa::Avx2 && p.layout == Layout::NCHW && p.groups == 1 &&
            p.K <= kBlockedMaxK;
 }
 

@@ -30,10 +30,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include <omp.h>
 
 #include "../common/activation.h"
@@ -41,6 +37,7 @@
 #include "../common/shapes.h"
 #include "conv2d_common.h"
 #include "cpu_ops.h"
+#include "isa.h"
 #include "parallel.h"
 #include "gemm.h"
 
@@ -217,36 +214,37 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
 // ----------------------------------------------------------------------- blocked
 
 #if FC_BLOCKED
-// Output rows [p0, p1) of one image. wt: (C*R*S) x 8VK weights, channel-minor, zero
-// beyond K. tile: Qb x 8VK floats.
-template <int VK>
-__attribute__((target("avx2,fma"))) void blocked_rows(const Conv2dParams& p,
-                                                      const BlockedShape& b, const float* xp,
-                                                      const float* wt, float* tile,
-                                                      float* y, int64_t p0, int64_t p1) {
-    constexpr int PB = 12 / VK, KV = 8 * VK;
+// Output rows [p0, p1) of one image, in blocks of PB pixels x VK vectors of S::L channels.
+// wt: (C*R*S) x KV weights, channel-minor, zero beyond K. tile: Qb x KV floats.
+template <typename S, int VK, int PB>
+__attribute__((always_inline)) inline void blocked_rows(const Conv2dParams& p,
+                                                        const BlockedShape& b, const float* xp,
+                                                        const float* wt, float* tile, float* y,
+                                                        int64_t p0, int64_t p1) {
+    using V = typename S::V;
+    constexpr int L = S::L, KV = L * VK;
     for (int64_t oh = p0; oh < p1; ++oh) {
         for (int64_t q0 = 0; q0 < b.Qb; q0 += PB) {
-            __m256 acc[PB][VK];
+            V acc[PB][VK];
             for (int j = 0; j < PB; ++j)
-                for (int v = 0; v < VK; ++v) acc[j][v] = _mm256_setzero_ps();
+                for (int v = 0; v < VK; ++v) acc[j][v] = S::zero();
             for (int64_t c = 0; c < p.C; ++c)
                 for (int64_t r = 0; r < p.R; ++r) {
                     const float* row = xp + (c * b.Hp + oh * p.stride_h + r * p.dil_h) * b.Wp +
                                        q0 * p.stride_w;
                     const float* wr = wt + (c * p.R + r) * p.S * KV;
                     for (int64_t s = 0; s < p.S; ++s) {
-                        __m256 wk[VK];
-                        for (int v = 0; v < VK; ++v) wk[v] = _mm256_loadu_ps(wr + s * KV + 8 * v);
+                        V wk[VK];
+                        for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + s * KV + L * v);
                         const float* xs = row + s * p.dil_w;
                         for (int j = 0; j < PB; ++j) {
-                            const __m256 xv = _mm256_broadcast_ss(xs + j * p.stride_w);
-                            for (int v = 0; v < VK; ++v) acc[j][v] = _mm256_fmadd_ps(xv, wk[v], acc[j][v]);
+                            const V xv = S::bcast(xs + j * p.stride_w);
+                            for (int v = 0; v < VK; ++v) acc[j][v] = S::fma(xv, wk[v], acc[j][v]);
                         }
                     }
                 }
             for (int j = 0; j < PB; ++j)
-                for (int v = 0; v < VK; ++v) _mm256_storeu_ps(tile + (q0 + j) * KV + 8 * v, acc[j][v]);
+                for (int v = 0; v < VK; ++v) S::store(tile + (q0 + j) * KV + L * v, acc[j][v]);
         }
         for (int64_t k = 0; k < p.K; ++k) {
             float* out = y + (k * p.P + oh) * p.Q;
@@ -255,9 +253,30 @@ __attribute__((target("avx2,fma"))) void blocked_rows(const Conv2dParams& p,
     }
 }
 
+using BlockedRows = void (*)(const Conv2dParams&, const BlockedShape&, const float*, const float*,
+                             float*, float*, int64_t, int64_t);
+
+// AVX2: 12 ymm accumulators, 12 / VK pixels x VK vectors of 8 channels.
 template <int VK>
-void blocked_vk(const Conv2dParams& p, const float* x, const float* w, float* y) {
-    constexpr int PB = 12 / VK, KV = 8 * VK;
+FC_TARGET_AVX2 void blocked_rows_avx2(const Conv2dParams& p, const BlockedShape& b,
+                                      const float* xp, const float* wt, float* tile, float* y,
+                                      int64_t p0, int64_t p1) {
+    blocked_rows<Avx2Float, VK, 12 / VK>(p, b, xp, wt, tile, y, p0, p1);
+}
+// AVX-512: 12 pixels x VK vectors of 16 channels, 12 or 24 zmm accumulators. Each tap of
+// a pixel is one broadcast and VK FMAs for up to 16 VK channels, where AVX2 spent
+// ceil(K / 8) FMAs.
+template <int VK>
+FC_TARGET_AVX512 void blocked_rows_avx512(const Conv2dParams& p, const BlockedShape& b,
+                                          const float* xp, const float* wt, float* tile, float* y,
+                                          int64_t p0, int64_t p1) {
+    blocked_rows<Avx512Float, VK, 12>(p, b, xp, wt, tile, y, p0, p1);
+}
+
+// The blocked convolution with rows(): KV accumulated channels, blocks of PB pixels.
+template <int KV, int PB>
+void blocked_vk(const Conv2dParams& p, BlockedRows rows, const float* x, const float* w,
+                float* y) {
     const BlockedShape b(p, PB);
     const int64_t taps = p.C * p.R * p.S;
     std::vector<float> wt(taps * KV, 0.f);  // (c, r, s) x k, as the accumulators hold them
@@ -271,7 +290,7 @@ void blocked_vk(const Conv2dParams& p, const float* x, const float* w, float* y)
 #pragma omp for schedule(dynamic)
             for (int64_t n = 0; n < p.N; ++n) {
                 pad_image(p, b, x + n * in, xp.data());
-                blocked_rows<VK>(p, b, xp.data(), wt.data(), tile.data(), y + n * out, 0, p.P);
+                rows(p, b, xp.data(), wt.data(), tile.data(), y + n * out, 0, p.P);
             }
         }
     } else {  // few large images: one scratch, rows shared out
@@ -283,7 +302,7 @@ void blocked_vk(const Conv2dParams& p, const float* x, const float* w, float* y)
                 std::vector<float> tile(b.Qb * KV);
 #pragma omp for schedule(static)
                 for (int64_t oh = 0; oh < p.P; ++oh)
-                    blocked_rows<VK>(p, b, xp.data(), wt.data(), tile.data(), y + n * out, oh, oh + 1);
+                    rows(p, b, xp.data(), wt.data(), tile.data(), y + n * out, oh, oh + 1);
             }
         }
     }
@@ -293,12 +312,17 @@ void blocked_vk(const Conv2dParams& p, const float* x, const float* w, float* y)
 void blocked(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
 #if FC_BLOCKED
     if (blocked_applies(p)) {
-        if (p.K <= 8)
-            blocked_vk<1>(p, x, w, y);
+        // K <= 8 stays on ymm under avx512 too: a zmm would hold 8 or more zero channels.
+        if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16)
+            blocked_vk<16, 12>(p, blocked_rows_avx512<1>, x, w, y);
+        else if (isa() == Isa::Avx512 && p.K > 16)
+            blocked_vk<32, 12>(p, blocked_rows_avx512<2>, x, w, y);
+        else if (p.K <= 8)
+            blocked_vk<8, 12>(p, blocked_rows_avx2<1>, x, w, y);
         else if (p.K <= 16)
-            blocked_vk<2>(p, x, w, y);
+            blocked_vk<16, 6>(p, blocked_rows_avx2<2>, x, w, y);
         else
-            blocked_vk<3>(p, x, w, y);
+            blocked_vk<24, 4>(p, blocked_rows_avx2<3>, x, w, y);
         bias_activation(p, b, y);
         return;
     }

@@ -5,17 +5,24 @@
 // for each MC-tall row block op(A)[MC x KC] is packed into MR-tall row slivers. The packing
 // absorbs the transposes (an in-register 8x8 / 4x4 transpose where the source runs along k),
 // so one micro-kernel serves all four (trans_a, trans_b) cases. The micro-kernel keeps an
-// MR x NR tile of C in registers (6 x 16 floats or 6 x 8 doubles = 12 ymm accumulators) and
-// streams one B sliver (L1) against the A block (L2). Edge tiles are computed into a local
-// tile and copied out. The AVX2+FMA code is picked at run time (__builtin_cpu_supports); any
-// other CPU, or a non-x86 build, gets portable scalar code.
+// MR x NR tile of C in registers and streams one B sliver (L1) against the A block (L2).
+//
+// Paths, one per ISA, chosen once by isa.h (FASTCONV_CPU_ISA may force a lower one); the
+// blocked loops are a template over the path, so each has its own MR, NR, MC, KC, NC:
+//   portable  plain C++, 6 x 16 floats / 6 x 8 doubles; edge tiles computed whole into a
+//             local tile and their corner copied out.
+//   avx2      AVX2 + FMA, the same tile in 12 ymm accumulators; edges as portable.
+//   avx512    AVX-512, 14 x 32 floats / 14 x 16 doubles in 28 zmm accumulators, blocks for
+//             Zen 5's 48 KiB L1d and 1 MiB L2. Edge tiles run a kernel of their own row count
+//             (1..14) and vector count (1 or 2) with a masked last vector, so they neither
+//             compute padding rows nor go through a local tile.
 //
 // Threads: C is cut into a tm x tn grid of rectangles, one per thread, chosen to minimise the
 // per-thread work counting padding to whole micro-tiles and packing. Each thread runs the
 // blocked loops above on its rectangle with its own packing buffers, so there are no barriers;
 // small-M convolution shapes split N, small-N shapes split M.
 //
-// Measured on a 2-core AMD EPYC (Zen3) VM, 2 threads, GFLOP/s, this gemm vs numpy 2.4 matmul
+// The avx2 path, measured on a 2-core AMD EPYC (Zen3) VM, 2 threads, GFLOP/s, vs numpy 2.4 matmul
 // (OpenBLAS 0.3.31), best of many short runs each (the VM is noisy, +-10% run to run). The
 // micro-kernel alone reaches 85 per core, so the machine's peak is about 170.
 //   float32                                   fastconv   numpy
@@ -32,50 +39,70 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
+#include <utility>
+
+#include "isa.h"
+#include "simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #include "parallel.h"
 #endif
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace fastconv { namespace cpu {
 namespace {
 
-// Register tile MR x NR; cache blocks MC x KC (packed A, lives in the 512 KiB L2) and
-// KC x NC (packed B, lives in L3; one KC x NR sliver of it in the 32 KiB L1d).
-template <typename T> struct Block;
-template <> struct Block<float> {
-    static constexpr int64_t MR = 6, NR = 16, MC = 144, KC = 256, NC = 4080;
-};
-template <> struct Block<double> {
-    static constexpr int64_t MR = 6, NR = 8, MC = 72, KC = 256, NC = 2040;
-};
-
-// c[MR x NR] = a * b + beta * c, where a is an MR-tall packed sliver (a[k*MR + i]) and b an
-// NR-wide packed sliver (b[k*NR + j]). beta == 0 never reads c.
-template <typename T>
-using Kernel = void (*)(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc);
+// A path (one per ISA) is a struct the blocked loops below take as a template parameter:
+//   T, MR, NR, MC, KC, NC   element type, register tile MR x NR, cache blocks MC x KC (packed
+//                           A, lives in L2) and KC x NC (packed B, lives in L3; one KC x NR
+//                           sliver of it in L1d)
+//   kernel(kc, a, b, beta, c, ldc)            c[MR x NR] = a * b + beta * c, where a is an
+//                           MR-tall packed sliver (a[k*MR + i]) and b an NR-wide packed
+//                           sliver (b[k*NR + j]); beta == 0 never reads c
+//   edge(kc, a, b, beta, c, ldc, mr, nr)      the same for the top-left mr x nr corner only
+//                           (mr <= MR, nr <= NR, not both full); nothing outside it is
+//                           read or written
+//   pack_a_rows, pack_b_rows                  PackRows with W = MR and W = NR
 
 // Packs one W-wide sliver from w (<= W) rows that are contiguous along k: row j, column k is
 // src[j*sx + k]; writes dst[k*W + j], zero for j >= w. This is the transposing half of packing.
 template <typename T>
 using PackRows = void (*)(const T* src, int64_t sx, int64_t w, int64_t kc, T* dst);
 
-template <typename T>
-struct Isa {
-    Kernel<T> kernel;
-    PackRows<T> pack_a_rows, pack_b_rows;  // W = MR and W = NR
+// An edge tile for paths whose kernel computes whole tiles only: the whole tile into a
+// local buffer (beta 0), then its mr x nr corner into C.
+template <typename Path, typename T>
+void edge_via_tile(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc, int64_t mr,
+                   int64_t nr) {
+    constexpr int64_t MR = Path::MR, NR = Path::NR;
+    alignas(64) T tile[MR * NR];
+    Path::kernel(kc, a, b, T(0), tile, NR);
+    for (int64_t i = 0; i < mr; ++i)
+        for (int64_t j = 0; j < nr; ++j) {
+            T& out = c[i * ldc + j];
+            out = beta == T(0) ? tile[i * NR + j] : tile[i * NR + j] + beta * out;
+        }
+}
+
+// ---------------------------------------------------------------- portable, and AVX2's blocking
+
+// 6 x 16 floats or 6 x 8 doubles: 12 ymm accumulators on AVX2 (see kernel_avx2). Blocks
+// sized for a 32 KiB L1d and 512 KiB L2 (Zen 3).
+template <typename T> struct Avx2Blocking;
+template <> struct Avx2Blocking<float> {
+    static constexpr int64_t MR = 6, NR = 16, MC = 144, KC = 256, NC = 4080;
+};
+template <> struct Avx2Blocking<double> {
+    static constexpr int64_t MR = 6, NR = 8, MC = 72, KC = 256, NC = 2040;
 };
 
-template <typename T>
+template <typename T, int64_t MR, int64_t NR>
 void kernel_generic(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc) {
-    constexpr int64_t MR = Block<T>::MR, NR = Block<T>::NR;
     T acc[MR][NR] = {};
     for (int64_t k = 0; k < kc; ++k, a += MR, b += NR)
         for (int64_t i = 0; i < MR; ++i)
@@ -91,64 +118,33 @@ void pack_rows_generic(const T* src, int64_t sx, int64_t w, int64_t kc, T* dst) 
         for (int64_t k = 0; k < kc; ++k) dst[k * W + j] = j < w ? src[j * sx + k] : T(0);
 }
 
-#if defined(__x86_64__)
-#define FASTCONV_AVX2 __attribute__((target("avx2,fma")))
-
-struct Avx2Float {
-    using T = float;
-    using V = __m256;
-    static constexpr int L = 8;
-    FASTCONV_AVX2 static V zero() { return _mm256_setzero_ps(); }
-    FASTCONV_AVX2 static V load(const T* p) { return _mm256_loadu_ps(p); }
-    FASTCONV_AVX2 static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
-    FASTCONV_AVX2 static V bcast(const T* p) { return _mm256_broadcast_ss(p); }
-    FASTCONV_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-    FASTCONV_AVX2 static void transpose(V r[8]) {
-        V t[8], u[8];
-        for (int i = 0; i < 8; i += 2) {
-            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int i = 0; i < 8; i += 4) {
-            u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-            u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-            u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-            u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-        }
-        for (int i = 0; i < 4; ++i) {
-            r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-            r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-        }
+// Plain C++ in the AVX2 path's shape (the compiler vectorises it for the build's baseline).
+template <typename Elem>
+struct PortablePath : Avx2Blocking<Elem> {
+    using T = Elem;
+    using B = Avx2Blocking<Elem>;
+    static void kernel(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc) {
+        kernel_generic<T, B::MR, B::NR>(kc, a, b, beta, c, ldc);
     }
+    static void edge(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc, int64_t mr,
+                     int64_t nr) {
+        edge_via_tile<PortablePath>(kc, a, b, beta, c, ldc, mr, nr);
+    }
+    static constexpr PackRows<T> pack_a_rows = pack_rows_generic<B::MR, T>;
+    static constexpr PackRows<T> pack_b_rows = pack_rows_generic<B::NR, T>;
 };
 
-struct Avx2Double {
-    using T = double;
-    using V = __m256d;
-    static constexpr int L = 4;
-    FASTCONV_AVX2 static V zero() { return _mm256_setzero_pd(); }
-    FASTCONV_AVX2 static V load(const T* p) { return _mm256_loadu_pd(p); }
-    FASTCONV_AVX2 static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
-    FASTCONV_AVX2 static V bcast(const T* p) { return _mm256_broadcast_sd(p); }
-    FASTCONV_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-    FASTCONV_AVX2 static void transpose(V r[4]) {
-        const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
-        const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
-        r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
-        r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-        r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
-        r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
-    }
-};
+#if FC_X86_ISA
+// ---------------------------------------------------------------- AVX2 + FMA
 
 // MR rows x two vectors: 12 accumulators, 2 B vectors and 1 broadcast A value in 16 ymm.
 template <typename S>
-FASTCONV_AVX2 void kernel_avx2(int64_t kc, const typename S::T* a, const typename S::T* b,
-                               typename S::T beta, typename S::T* c, int64_t ldc) {
+FC_TARGET_AVX2 void kernel_avx2(int64_t kc, const typename S::T* a, const typename S::T* b,
+                                typename S::T beta, typename S::T* c, int64_t ldc) {
     using T = typename S::T;
     using V = typename S::V;
-    constexpr int MR = Block<T>::MR, L = S::L;
-    static_assert(Block<T>::NR == 2 * L, "kernel covers two vectors per row");
+    constexpr int MR = Avx2Blocking<T>::MR, L = S::L;
+    static_assert(Avx2Blocking<T>::NR == 2 * L, "kernel covers two vectors per row");
     V c0[MR], c1[MR];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
@@ -182,10 +178,11 @@ FASTCONV_AVX2 void kernel_avx2(int64_t kc, const typename S::T* a, const typenam
     }
 }
 
-// Transposes L x L tiles in registers; rows past w read as zero.
+// Transposes L x L tiles in registers; rows past w read as zero. (The AVX-512 path's
+// transposing pack too.)
 template <int64_t W, typename S>
-FASTCONV_AVX2 void pack_rows_avx2(const typename S::T* src, int64_t sx, int64_t w, int64_t kc,
-                                  typename S::T* dst) {
+FC_TARGET_AVX2 void pack_rows_avx2(const typename S::T* src, int64_t sx, int64_t w, int64_t kc,
+                                   typename S::T* dst) {
     using T = typename S::T;
     constexpr int64_t L = S::L, PF = 256 / sizeof(T);  // prefetch 256 bytes ahead in each row
     int64_t k = 0;
@@ -215,22 +212,120 @@ FASTCONV_AVX2 void pack_rows_avx2(const typename S::T* src, int64_t sx, int64_t 
         for (int64_t j = 0; j < W; ++j) dst[k * W + j] = j < w ? src[j * sx + k] : T(0);
 }
 
-template <typename T, typename S>
-Isa<T> pick_isa() {
-    constexpr int64_t MR = Block<T>::MR, NR = Block<T>::NR;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return {kernel_avx2<S>, pack_rows_avx2<MR, S>, pack_rows_avx2<NR, S>};
-    return {kernel_generic<T>, pack_rows_generic<MR, T>, pack_rows_generic<NR, T>};
+template <typename S>
+struct Avx2Path : Avx2Blocking<typename S::T> {
+    using T = typename S::T;
+    using B = Avx2Blocking<T>;
+    static void kernel(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc) {
+        kernel_avx2<S>(kc, a, b, beta, c, ldc);
+    }
+    static void edge(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc, int64_t mr,
+                     int64_t nr) {
+        edge_via_tile<Avx2Path>(kc, a, b, beta, c, ldc, mr, nr);
+    }
+    static constexpr PackRows<T> pack_a_rows = pack_rows_avx2<B::MR, S>;
+    static constexpr PackRows<T> pack_b_rows = pack_rows_avx2<B::NR, S>;
+};
+
+// ---------------------------------------------------------------- AVX-512 (F, BW, VL, DQ)
+
+// 14 x 32 floats or 14 x 16 doubles: 28 zmm accumulators, 2 B vectors and 1 broadcast A
+// value in the 32 zmm. Of the tiles that fit (12 x 32, 14 x 32, 6 x 64, 8 x 48), 14 x 32
+// loads the fewest bytes from L1 per FMA (2 vector loads and 14 broadcasts feed 28 FMAs:
+// 6.6 bytes, against 7.3, 11.7, 9.3). Wider N tiles waste more on the narrow N of
+// convolution GEMMs (196 or 100 pixels; an NHWC layer's 16 or 32 channels); the M edge
+// (64 = 4 x 14 + 8 channels) costs nothing extra, since edge tiles run a kernel of their
+// own row count and vector count rather than a whole tile. Blocks for Zen 5
+// (48 KiB L1d, 1 MiB L2, both shared by the core's two SMT threads): a KC x NR B sliver
+// of 24 KiB (KC 192) plus a 10.5 KiB A sliver stay in L1d; the MC x KC A block is 252 KiB,
+// a quarter of L2; the KC x NC B panel 3 MiB of L3.
+template <typename T> struct Avx512Blocking;
+template <> struct Avx512Blocking<float> {
+    static constexpr int64_t MR = 14, NR = 32, MC = 336, KC = 192, NC = 4096;
+};
+template <> struct Avx512Blocking<double> {
+    static constexpr int64_t MR = 14, NR = 16, MC = 168, KC = 192, NC = 2048;
+};
+
+// Rows x NV vectors of C from rows [0, Rows) of an MR-tall A sliver and the first NV
+// vectors of an NR-wide B sliver. Masked: the last vector of each row is read and written
+// under a mask of `last` lanes (1 <= last <= L), so an edge tile costs only its own rows
+// and vectors, and C past the edge is never touched. Unmasked with Rows = MR, NV = 2: the
+// full tile.
+template <typename S, int Rows, int NV, bool Masked>
+FC_TARGET_AVX512 void kernel_avx512(int64_t kc, const typename S::T* a, const typename S::T* b,
+                                    typename S::T beta, typename S::T* c, int64_t ldc, int last) {
+    using T = typename S::T;
+    using V = typename S::V;
+    constexpr int64_t MR = Avx512Blocking<T>::MR, NR = Avx512Blocking<T>::NR;
+    constexpr int L = S::L;
+    static_assert(NR == 2 * L && NV >= 1 && NV <= 2 && Rows >= 1 && Rows <= MR, "tile shape");
+    V acc[Rows][NV];
+#pragma GCC unroll 14
+    for (int i = 0; i < Rows; ++i) {
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
+        _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NV * L - 1), _MM_HINT_T0);
+    }
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+        V bv[NV];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * L);
+#pragma GCC unroll 14
+        for (int i = 0; i < Rows; ++i) {
+            const V ai = S::bcast(a + i);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(ai, bv[v], acc[i][v]);
+        }
+    }
+    const typename S::M m = S::mask(Masked ? last : L);
+    const V vb = S::bcast(&beta);
+#pragma GCC unroll 14
+    for (int i = 0; i < Rows; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) {
+            T* ci = c + i * ldc + v * L;
+            if (Masked && v == NV - 1) {
+                S::store(ci, m, beta == T(0) ? acc[i][v] : S::fma(vb, S::load(m, ci), acc[i][v]));
+            } else {
+                S::store(ci, beta == T(0) ? acc[i][v] : S::fma(vb, S::load(ci), acc[i][v]));
+            }
+        }
 }
-Isa<float> pick_isa(float*) { return pick_isa<float, Avx2Float>(); }
-Isa<double> pick_isa(double*) { return pick_isa<double, Avx2Double>(); }
-#else
-template <typename T>
-Isa<T> pick_isa(T*) {
-    constexpr int64_t MR = Block<T>::MR, NR = Block<T>::NR;
-    return {kernel_generic<T>, pack_rows_generic<MR, T>, pack_rows_generic<NR, T>};
+
+template <typename S>
+using EdgeKernel = void (*)(int64_t, const typename S::T*, const typename S::T*, typename S::T,
+                            typename S::T*, int64_t, int);
+
+// Edge kernels for every row count and one or two vectors: entry (nv - 1) * MR + mr - 1.
+template <typename S, int... R>
+constexpr std::array<EdgeKernel<S>, 2 * sizeof...(R)> edge_kernels(std::integer_sequence<int, R...>) {
+    return {{kernel_avx512<S, R + 1, 1, true>..., kernel_avx512<S, R + 1, 2, true>...}};
 }
-#endif
+
+template <typename S>
+struct Avx512Path : Avx512Blocking<typename S::T> {
+    using T = typename S::T;
+    using B = Avx512Blocking<T>;
+    static void kernel(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc) {
+        kernel_avx512<S, B::MR, 2, false>(kc, a, b, beta, c, ldc, S::L);
+    }
+    static void edge(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc, int64_t mr,
+                     int64_t nr) {
+        static constexpr auto table = edge_kernels<S>(std::make_integer_sequence<int, B::MR>());
+        const int64_t nv = nr > S::L ? 2 : 1;
+        table[(nv - 1) * B::MR + mr - 1](kc, a, b, beta, c, ldc, int(nr - (nv - 1) * S::L));
+    }
+    // The transposing packs stay on ymm (8 x 8 transposes; W = 14 is one whole 8-row group
+    // and part of another).
+    static constexpr PackRows<T> pack_a_rows =
+        pack_rows_avx2<B::MR, std::conditional_t<sizeof(T) == 4, Avx2Float, Avx2Double>>;
+    static constexpr PackRows<T> pack_b_rows =
+        pack_rows_avx2<B::NR, std::conditional_t<sizeof(T) == 4, Avx2Float, Avx2Double>>;
+};
+#endif  // FC_X86_ISA
 
 // Packs rows [0, nx) x columns [0, kc) of X, X[x][k] = src[x*sx + k*sk], into W-wide slivers:
 // sliver s holds X[s*W + j][k] at dst[s*W*kc + k*W + j], rows past nx zero-filled.
@@ -306,31 +401,29 @@ struct Problem {
     int64_t ldc;
 };
 
-// The blocked loops for rows [m0, m1) and columns [n0, n1) of C, on the calling thread.
-template <typename T>
-void gemm_rect(const Problem<T>& p, const Isa<T>& isa, int64_t m0, int64_t m1, int64_t n0,
-               int64_t n1) {
-    using Bk = Block<T>;
-    constexpr int64_t MR = Bk::MR, NR = Bk::NR;
-    const int64_t MC = even_block(m1 - m0, Bk::MC, MR);
-    const int64_t NC = even_block(n1 - n0, Bk::NC, NR);
-    const int64_t KC = even_block(p.K, Bk::KC, 1);
+// The blocked loops of one path for rows [m0, m1) and columns [n0, n1) of C, on the
+// calling thread.
+template <typename Path, typename T>
+void gemm_rect(const Problem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    constexpr int64_t MR = Path::MR, NR = Path::NR;
+    const int64_t MC = even_block(m1 - m0, Path::MC, MR);
+    const int64_t NC = even_block(n1 - n0, Path::NC, NR);
+    const int64_t KC = even_block(p.K, Path::KC, 1);
     T* pa = scratch<T>(0, MC * KC);
     T* pb = scratch<T>(1, KC * NC);
     // Element strides of op(A)[m][k] and op(B)[k][n].
     const int64_t am = p.trans_a ? 1 : p.lda, ak = p.trans_a ? p.lda : 1;
     const int64_t bn = p.trans_b ? p.ldb : 1, bk = p.trans_b ? 1 : p.ldb;
-    alignas(64) T tile[MR * NR];
 
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
         for (int64_t pc = 0; pc < p.K; pc += KC) {
             const int64_t kc = std::min(KC, p.K - pc);
             const T beta = pc == 0 ? p.beta : T(1);
-            pack<NR>(p.B + jc * bn + pc * bk, bn, bk, nc, kc, isa.pack_b_rows, pb);
+            pack<NR>(p.B + jc * bn + pc * bk, bn, bk, nc, kc, Path::pack_b_rows, pb);
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
-                pack<MR>(p.A + ic * am + pc * ak, am, ak, mc, kc, isa.pack_a_rows, pa);
+                pack<MR>(p.A + ic * am + pc * ak, am, ak, mc, kc, Path::pack_a_rows, pa);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const int64_t nr = std::min(NR, nc - jr);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
@@ -338,17 +431,10 @@ void gemm_rect(const Problem<T>& p, const Isa<T>& isa, int64_t m0, int64_t m1, i
                         const T* a = pa + ir * kc;
                         const T* b = pb + jr * kc;
                         T* c = p.C + (ic + ir) * p.ldc + jc + jr;
-                        if (mr == MR && nr == NR) {
-                            isa.kernel(kc, a, b, beta, c, p.ldc);
-                            continue;
-                        }
-                        isa.kernel(kc, a, b, T(0), tile, NR);
-                        for (int64_t i = 0; i < mr; ++i)
-                            for (int64_t j = 0; j < nr; ++j) {
-                                T& out = c[i * p.ldc + j];
-                                out = beta == T(0) ? tile[i * NR + j]
-                                                   : tile[i * NR + j] + beta * out;
-                            }
+                        if (mr == MR && nr == NR)
+                            Path::kernel(kc, a, b, beta, c, p.ldc);
+                        else
+                            Path::edge(kc, a, b, beta, c, p.ldc, mr, nr);
                     }
                 }
             }
@@ -366,16 +452,15 @@ void split(int64_t n, int64_t parts, int64_t i, int64_t unit, int64_t& lo, int64
 
 // Rows of the tm x tn thread grid: the tm that minimises one thread's share of micro-tile
 // FMAs plus (weighted) packing per unit of K.
-template <typename T>
+template <typename Path>
 int64_t grid_rows(int64_t M, int64_t N, int64_t nt) {
-    using Bk = Block<T>;
     constexpr int64_t kPackCost = 8;  // one packed element ~ this many FMAs
     int64_t best = 1, best_cost = 0;
     for (int64_t tm = 1; tm <= nt; ++tm) {
         if (nt % tm) continue;
-        const int64_t m = round_up(ceil_div(M, tm), Bk::MR);
-        const int64_t n = round_up(ceil_div(N, nt / tm), Bk::NR);
-        const int64_t cost = m * n + kPackCost * (n + m * ceil_div(n, Bk::NC));
+        const int64_t m = round_up(ceil_div(M, tm), Path::MR);
+        const int64_t n = round_up(ceil_div(N, nt / tm), Path::NR);
+        const int64_t cost = m * n + kPackCost * (n + m * ceil_div(n, Path::NC));
         if (tm == 1 || cost < best_cost) best = tm, best_cost = cost;
     }
     return best;
@@ -393,6 +478,41 @@ int64_t threads_for(int64_t M, int64_t N, int64_t K) {
 }
 #endif
 
+// One path's GEMM: the thread grid, then the blocked loops on each thread's rectangle.
+template <typename Path, typename T>
+void gemm_path(const Problem<T>& p) {
+#ifdef _OPENMP
+    const int64_t nt = threads_for(p.M, p.N, p.K);
+    if (nt == 1) return gemm_rect<Path>(p, 0, p.M, 0, p.N);
+#pragma omp parallel num_threads(int(nt))
+    {
+        const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
+        const int64_t tm = grid_rows<Path>(p.M, p.N, threads), tn = threads / tm;
+        int64_t m0, m1, n0, n1;
+        split(p.M, tm, t / tn, Path::MR, m0, m1);
+        split(p.N, tn, t % tn, Path::NR, n0, n1);
+        if (m0 < m1 && n0 < n1) gemm_rect<Path>(p, m0, m1, n0, n1);
+    }
+#else
+    gemm_rect<Path>(p, 0, p.M, 0, p.N);
+#endif
+}
+
+template <typename T>
+using GemmPath = void (*)(const Problem<T>&);
+
+// The dispatch: the path isa.h chose, fixed at the first call.
+template <typename T>
+GemmPath<T> pick_path() {
+#if FC_X86_ISA
+    using Avx2 = std::conditional_t<sizeof(T) == 4, Avx2Float, Avx2Double>;
+    using Avx512 = std::conditional_t<sizeof(T) == 4, Avx512Float, Avx512Double>;
+    if (isa() == Isa::Avx512) return gemm_path<Avx512Path<Avx512>, T>;
+    if (isa() == Isa::Avx2) return gemm_path<Avx2Path<Avx2>, T>;
+#endif
+    return gemm_path<PortablePath<T>, T>;
+}
+
 }  // namespace
 
 template <typename T>
@@ -404,24 +524,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
             for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
         return;
     }
-    static const Isa<T> isa = pick_isa(static_cast<T*>(nullptr));
-    const Problem<T> p{trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc};
-
-#ifdef _OPENMP
-    const int64_t nt = threads_for(M, N, K);
-    if (nt == 1) return gemm_rect(p, isa, 0, M, 0, N);
-#pragma omp parallel num_threads(int(nt))
-    {
-        const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
-        const int64_t tm = grid_rows<T>(M, N, threads), tn = threads / tm;
-        int64_t m0, m1, n0, n1;
-        split(M, tm, t / tn, Block<T>::MR, m0, m1);
-        split(N, tn, t % tn, Block<T>::NR, n0, n1);
-        if (m0 < m1 && n0 < n1) gemm_rect(p, isa, m0, m1, n0, n1);
-    }
-#else
-    gemm_rect(p, isa, 0, M, 0, N);
-#endif
+    static const GemmPath<T> path = pick_path<T>();
+    path(Problem<T>{trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc});
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,

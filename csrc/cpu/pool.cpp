@@ -15,13 +15,14 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "../common/check.h"
 #include "../common/shapes.h"
 #include "cpu_ops.h"
+#include "isa.h"
+
+#if FC_X86_ISA
+#include <immintrin.h>
+#endif
 
 namespace fastconv {
 namespace cpu {
@@ -98,35 +99,48 @@ __attribute__((always_inline)) inline void pool_nchw_planes(const Pool2dParams& 
     }
 }
 
+// always_inline: so that it is built inside each ISA path's function below. Left to the
+// inliner, it was not: the AVX2 clone of the earlier target_clones build was one jump to
+// the baseline-x86-64 copy of this function, and never ran an AVX2 instruction.
 template <typename T, bool kMax>
-inline void pool_nchw_any_stride(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+__attribute__((always_inline)) inline void pool_nchw_any_stride(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
                                  int64_t q1, const T* x, T* y, int64_t b0, int64_t b1) {
     if (p.stride_w == 1) return pool_nchw_planes<T, kMax, 1>(p, cols, q0, q1, x, y, b0, b1);
     if (p.stride_w == 2) return pool_nchw_planes<T, kMax, 2>(p, cols, q0, q1, x, y, b0, b1);
     pool_nchw_planes<T, kMax, 0>(p, cols, q0, q1, x, y, b0, b1);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FC_POOL_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FC_POOL_CLONES
+// Float NCHW planes, built once per ISA path from the same loops and chosen through isa.h
+// (the avx2 build: 8-wide max / add over output columns, where baseline x86-64 is 4-wide).
+// Called from inside the OpenMP loop: an attribute on the function around `omp parallel`
+// would not reach it.
+template <bool kMax>
+void pool_nchw_portable(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                        const float* x, float* y, int64_t b0, int64_t b1) {
+    pool_nchw_any_stride<float, kMax>(p, cols, q0, q1, x, y, b0, b1);
+}
+#if FC_X86_ISA
+template <bool kMax>
+FC_TARGET_AVX2 void pool_nchw_avx2(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                   int64_t q1, const float* x, float* y, int64_t b0, int64_t b1) {
+    pool_nchw_any_stride<float, kMax>(p, cols, q0, q1, x, y, b0, b1);
+}
+template <bool kMax>
+FC_TARGET_AVX512 void pool_nchw_avx512(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                       int64_t q1, const float* x, float* y, int64_t b0,
+                                       int64_t b1) {
+    pool_nchw_any_stride<float, kMax>(p, cols, q0, q1, x, y, b0, b1);
+}
 #endif
-
-// Float is built for AVX2 and baseline x86-64, chosen at run time; called from inside the
-// OpenMP loop (an attribute on the function around `omp parallel` would not reach it).
-FC_POOL_CLONES void max_nchw_f32(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
-                                 int64_t q1, const float* x, float* y, int64_t b0, int64_t b1) {
-    pool_nchw_any_stride<float, true>(p, cols, q0, q1, x, y, b0, b1);
-}
-FC_POOL_CLONES void avg_nchw_f32(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
-                                 int64_t q1, const float* x, float* y, int64_t b0, int64_t b1) {
-    pool_nchw_any_stride<float, false>(p, cols, q0, q1, x, y, b0, b1);
-}
 
 template <bool kMax>
 inline void pool_nchw(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
                       const float* x, float* y, int64_t b0, int64_t b1) {
-    (kMax ? max_nchw_f32 : avg_nchw_f32)(p, cols, q0, q1, x, y, b0, b1);
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return pool_nchw_avx512<kMax>(p, cols, q0, q1, x, y, b0, b1);
+    if (isa() == Isa::Avx2) return pool_nchw_avx2<kMax>(p, cols, q0, q1, x, y, b0, b1);
+#endif
+    pool_nchw_portable<kMax>(p, cols, q0, q1, x, y, b0, b1);
 }
 template <bool kMax>
 inline void pool_nchw(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
@@ -583,10 +597,11 @@ __attribute__((always_inline)) inline void plane_means_block(const T* x, int64_t
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// Small float planes with AVX2 when the CPU has it: two 8-wide sums a plane folded in
-// registers (left to the compiler, the fold was eight scalar extracts and adds).
-__attribute__((target("avx2"))) void plane_means_block_avx2(const float* x, int64_t begin,
+#if FC_X86_ISA
+// Small float planes on the avx2 and avx512 paths: two 8-wide sums a plane folded in
+// registers (left to the compiler, the fold was eight scalar extracts and adds). The
+// avx512 path runs this AVX2 code too: no 16-wide version has been written.
+FC_TARGET_AVX2 void plane_means_block_avx2(const float* x, int64_t begin,
                                                            int64_t end, int64_t HW, float* y) {
     const double inv_hw = 1.0 / double(HW);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -607,14 +622,11 @@ __attribute__((target("avx2"))) void plane_means_block_avx2(const float* x, int6
         y[plane] = float(double(_mm_cvtss_f32(s) + tail) * inv_hw);
     }
 }
-const bool kHasAvx2 = __builtin_cpu_supports("avx2");
-#else
-const bool kHasAvx2 = false;
 #endif
 
 inline void plane_means_block_any(const float* x, int64_t b, int64_t e, int64_t HW, float* y) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (kHasAvx2 && HW <= 4096) return plane_means_block_avx2(x, b, e, HW, y);
+#if FC_X86_ISA
+    if (isa() >= Isa::Avx2 && HW <= 4096) return plane_means_block_avx2(x, b, e, HW, y);
 #endif
     plane_means_block(x, b, e, HW, y);
 }

@@ -1,0 +1,216 @@
+"""The CPU backend's ISA paths (csrc/cpu/isa.h): avx512, avx2, portable.
+
+FASTCONV_CPU_ISA is read once, when fastconv._cpu loads, so each path runs in a child
+process of its own (python -c "import test_isa; test_isa.child(...)") that checks
+_cpu.isa() names it, then runs everything with ISA-specific code on that path against the
+float64 reference: the GEMM (csrc/cpu/gemm.cpp) on ragged shapes around each path's tile
+and blocks, the gemm and blocked convolution variants forward and backward with the
+fused tanh / sigmoid epilogue, and NCHW max / average / global average pooling. A path
+this CPU lacks is skipped by name. The rest of the suite runs on whichever path the
+environment gives: `FASTCONV_CPU_ISA=avx2 python -m pytest` reruns it all on avx2.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _cpu
+
+PATHS = ("avx512", "avx2", "portable")
+NEEDS = {"avx512": "avx512f, avx512bw, avx512vl, avx512dq, avx2 and fma", "avx2": "avx2 and fma"}
+
+
+def run_child(isa, code, timeout=600):
+    env = dict(os.environ, FASTCONV_CPU_ISA=isa, OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def require(isa):
+    if isa not in _cpu.supported_isas():
+        pytest.skip(f"the {isa} path needs {NEEDS[isa]}, which this CPU lacks")
+
+
+# ------------------------------------------------------------------ GEMM shapes
+# (M, N, K) around both tiles (avx2 / portable 6 x 16 floats, 6 x 8 doubles; avx512
+# 14 x 32 floats, 14 x 16 doubles) and blocks (KC 256 / 192; MC 144 / 336 floats; NC 4080 /
+# 4096 floats): M below, at and past MR and past MC; N narrower than one vector, between
+# one and two, past NC; K of one, odd, just past KC and past 2 KC.
+GEMM_SHAPES = [
+    (1, 1, 1), (5, 7, 3), (13, 17, 191), (14, 32, 192), (15, 33, 193), (6, 16, 256),
+    (7, 47, 257), (16, 100, 150), (29, 31, 385), (43, 9, 520), (349, 37, 23), (150, 70, 64),
+    (3, 4133, 5), (20, 4500, 9),
+]
+
+
+def check_gemm(rng, dtype, M, N, K, trans_a, trans_b, beta, integer):
+    """One call on a C with a guard row and guard columns; NaN in C where beta is 0."""
+    draw = ((lambda s: rng.integers(-3, 4, s).astype(dtype)) if integer
+            else (lambda s: rng.standard_normal(s).astype(dtype)))
+    A = draw((K, M) if trans_a else (M, K))
+    B = draw((N, K) if trans_b else (K, N))
+    lda, ldb, ldc = A.shape[1], B.shape[1], N + 5
+    C0 = draw((M + 1, ldc))
+    C = C0.copy()
+    if beta == 0:
+        C[:M, :N] = np.nan  # never read: a read shows as NaN in the result
+    _cpu.gemm(trans_a, trans_b, M, N, K, dtype, A.ctypes.data, lda, B.ctypes.data, ldb, beta,
+              C.ctypes.data, ldc)
+    opA = (A.T if trans_a else A).astype(np.float64)
+    opB = (B.T if trans_b else B).astype(np.float64)
+    want = opA @ opB + beta * C0[:M, :N].astype(np.float64)
+    what = f"gemm {dtype} M={M} N={N} K={K} trans_a={trans_a} trans_b={trans_b} beta={beta}"
+    np.testing.assert_array_equal(C[:, N:], C0[:, N:], err_msg=f"{what}: wrote past column N")
+    np.testing.assert_array_equal(C[M], C0[M], err_msg=f"{what}: wrote past row M")
+    if integer:  # every float32 sum exact (|sum| < 2^24): equal element by element
+        np.testing.assert_array_equal(C[:M, :N], want, err_msg=what)
+    else:
+        from conftest import assert_close
+        assert_close(C[:M, :N], want, dtype, what)
+
+
+# ------------------------------------------------------------------ convolutions
+# NCHW blocked applies for K <= 24: K 5 (avx2 and avx512: 8 lanes), 13 and 16 (avx2: two
+# ymm; avx512: one zmm), 17 and 24 (avx2: three ymm; avx512: two zmm). Output widths leave
+# partial pixel blocks; C*R*S is ragged for the GEMM's K.
+CONV_SHAPES = [
+    dict(N=2, C=3, K=5, H=11, W=13, R=3, S=3, stride=1, padding=1, dilation=1),
+    dict(N=3, C=2, K=13, H=9, W=17, R=3, S=2, stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+    dict(N=1, C=4, K=16, H=14, W=14, R=5, S=5, stride=1, padding=0, dilation=1),
+    dict(N=2, C=3, K=17, H=10, W=15, R=3, S=3, stride=1, padding="same", dilation=1),
+    dict(N=9, C=2, K=24, H=7, W=9, R=2, S=3, stride=1, padding=1, dilation=1),
+    dict(N=1, C=37, K=29, H=9, W=11, R=3, S=3, stride=1, padding=1, dilation=1),  # K > 24: gemm
+]
+
+
+def check_conv(rng, dtype, layout, variant, cfg, activation):
+    from fastconv import reference as ref
+    from conftest import assert_close
+
+    args = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"])).astype(dtype)
+    w = rng.standard_normal((cfg["K"], cfg["C"], cfg["R"], cfg["S"])).astype(dtype)
+    b = rng.standard_normal(cfg["K"]).astype(dtype)
+    if layout == "NHWC":
+        x, w = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    what = f"conv2d {variant} {layout} {dtype} {activation} {cfg}"
+    y = fastconv.conv2d(x, w, b, **args, activation=activation, layout=layout, variant=variant)
+    want = ref.conv2d(x, w, b, **args, activation=activation, layout=layout)
+    assert_close(y, want, dtype, what)
+    y = want.astype(dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    got = fastconv.conv2d_backward(dy, x, w, **args, activation=activation, output=y,
+                                   layout=layout, variant=variant)
+    want = ref.conv2d_backward(dy, x, w, **args, activation=activation, output=y, layout=layout)
+    for g, e, name in zip(got, want, ("grad_input", "grad_weight", "grad_bias")):
+        assert_close(g, e, dtype, f"{name} of {what}")
+
+
+def check_pooling(rng, dtype):
+    from fastconv import reference as ref
+    from conftest import assert_close
+
+    for (N, C, H, W), k, s, pad in [((2, 3, 13, 17), 3, 1, 1), ((1, 5, 16, 23), 2, 2, 0),
+                                    ((2, 2, 19, 31), 3, 3, 1), ((1, 4, 9, 40), 4, 2, 2)]:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        for op in ("max_pool2d", "avg_pool2d"):
+            got = getattr(fastconv, op)(x, k, stride=s, padding=pad)
+            assert_close(got, getattr(ref, op)(x, k, stride=s, padding=pad), dtype,
+                         f"{op} {dtype} {x.shape} k={k} s={s} pad={pad}")
+    for shape in [(3, 70, 7, 7), (1, 3, 67, 71)]:  # small planes (the AVX2 fold), and > 4096
+        x = rng.standard_normal(shape).astype(dtype)
+        assert_close(fastconv.global_avg_pool2d(x), ref.global_avg_pool2d(x), dtype,
+                     f"global_avg_pool2d {dtype} {shape}")
+
+
+def child(isa, seed):
+    """Everything with ISA-specific code, on the path FASTCONV_CPU_ISA chose."""
+    from fastconv import _arrays
+
+    assert _cpu.isa() == isa, f"FASTCONV_CPU_ISA={isa} but _cpu.isa() says {_cpu.isa()}"
+    _arrays.set_poison(True)  # every output fastconv allocates starts as NaN
+    rng = np.random.default_rng(seed)
+    for dtype in ("float32", "float64"):
+        for M, N, K in GEMM_SHAPES:
+            for trans_a in (False, True):
+                for trans_b in (False, True):
+                    for beta in (0.0, 1.0):
+                        check_gemm(rng, dtype, M, N, K, trans_a, trans_b, beta, integer=False)
+                    check_gemm(rng, dtype, M, N, K, trans_a, trans_b, 1.0, integer=True)
+        for i, cfg in enumerate(CONV_SHAPES):
+            for layout in ("NCHW", "NHWC"):
+                for variant in ("gemm", "blocked"):
+                    check_conv(rng, dtype, layout, variant, cfg, ("tanh", "sigmoid")[i % 2])
+        check_pooling(rng, dtype)
+    print("ok", isa)
+
+
+@pytest.mark.parametrize("isa", PATHS)
+def test_each_path_against_the_reference(isa):
+    require(isa)
+    seed = int(np.random.default_rng().integers(2**31))
+    out = run_child(isa, f"import test_isa; test_isa.child({isa!r}, {seed})")
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["ok", isa], (
+        f"FASTCONV_CPU_ISA={isa}, seed {seed}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
+
+
+# ------------------------------------------------------------------ the variable itself
+
+IMPORT = "from fastconv import _cpu; print(_cpu.isa())"
+
+
+def test_unset_auto_and_empty_take_the_best_path():
+    best = _cpu.supported_isas()[0]
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_CPU_ISA"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", IMPORT], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == [best], out.stderr
+    for value in ("auto", "", " Auto "):
+        out = run_child(value, IMPORT, timeout=120)
+        assert out.returncode == 0 and out.stdout.split() == [best], (value, out.stderr)
+
+
+def test_case_and_spaces_are_forgiven():
+    out = run_child(" PORTABLE\n", IMPORT, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["portable"], out.stderr
+
+
+def test_supported_paths_are_listed_best_first():
+    have = _cpu.supported_isas()
+    assert have[-1] == "portable" and list(have) == [p for p in PATHS if p in have]
+    assert _cpu.isa() in have
+
+
+@pytest.mark.parametrize("value", ["sse4", "avx-512", "avx2,fma", "native"])
+def test_an_unknown_value_names_the_variable_the_choices_and_the_value(value):
+    out = run_child(value, IMPORT, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: FASTCONV_CPU_ISA must be one of avx512, avx2, portable")
+    assert f"got '{value}'" in last, last
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_a_path_the_cpu_lacks_is_refused(isa):
+    if isa in _cpu.supported_isas():
+        pytest.skip(f"this CPU has the {isa} path: the refusal can only be seen on one without it")
+    out = run_child(isa, IMPORT, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"FASTCONV_CPU_ISA={isa} but this CPU lacks" in last, last
+
+
+def test_fastconv_info_shows_the_path():
+    out = run_child("portable", "from fastconv.cli import main; main(['info'])", timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if "CPU ISA" in l)
+    assert line.split()[:4] == ["CPU", "ISA", "path:", "portable"], line
+    assert ", ".join(_cpu.supported_isas()) in line, line
+    out = run_child("sse4", "from fastconv.cli import main; main(['info'])", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "backend cpu   built but not loadable (FASTCONV_CPU_ISA must be one of" in out.stdout
