@@ -165,7 +165,7 @@ void pool_nchw_all(const Pool2dParams& p, const std::vector<PoolTaps>& cols, con
 // positions kept as int32 (the caller checked H * W fits) beside the running maxima so
 // that compare and select vectorise together, widened to int64 once per row.
 template <typename T, int kSW>
-void max_idx_nchw_planes(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+__attribute__((always_inline)) inline void max_idx_nchw_planes(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
                          const T* x, T* y, int64_t* idx, int64_t plane0, int64_t plane1) {
     const int64_t sw = kSW ? kSW : p.stride_w, W = p.W;
     const T lowest = -std::numeric_limits<T>::infinity();
@@ -217,21 +217,54 @@ void max_idx_nchw_planes(const Pool2dParams& p, const PoolTaps* cols, int64_t q0
 }
 
 template <typename T>
+__attribute__((always_inline)) inline void max_idx_nchw_block(
+    const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1, const T* x, T* y,
+    int64_t* idx, int64_t b0, int64_t b1) {
+    if (p.stride_w == 1) return max_idx_nchw_planes<T, 1>(p, cols, q0, q1, x, y, idx, b0, b1);
+    if (p.stride_w == 2) return max_idx_nchw_planes<T, 2>(p, cols, q0, q1, x, y, idx, b0, b1);
+    max_idx_nchw_planes<T, 0>(p, cols, q0, q1, x, y, idx, b0, b1);
+}
+
+// Float blocks built once per ISA path (isa.h) from the same loops.
+void max_idx_nchw_portable(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                           const float* x, float* y, int64_t* idx, int64_t b0, int64_t b1) {
+    max_idx_nchw_block(p, cols, q0, q1, x, y, idx, b0, b1);
+}
+#if FC_X86_ISA
+FC_TARGET_AVX2 void max_idx_nchw_avx2(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                      int64_t q1, const float* x, float* y, int64_t* idx,
+                                      int64_t b0, int64_t b1) {
+    max_idx_nchw_block(p, cols, q0, q1, x, y, idx, b0, b1);
+}
+FC_TARGET_AVX512 void max_idx_nchw_avx512(const Pool2dParams& p, const PoolTaps* cols, int64_t q0,
+                                          int64_t q1, const float* x, float* y, int64_t* idx,
+                                          int64_t b0, int64_t b1) {
+    max_idx_nchw_block(p, cols, q0, q1, x, y, idx, b0, b1);
+}
+#endif
+inline void max_idx_nchw_any(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                             const float* x, float* y, int64_t* idx, int64_t b0, int64_t b1) {
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return max_idx_nchw_avx512(p, cols, q0, q1, x, y, idx, b0, b1);
+    if (isa() == Isa::Avx2) return max_idx_nchw_avx2(p, cols, q0, q1, x, y, idx, b0, b1);
+#endif
+    max_idx_nchw_portable(p, cols, q0, q1, x, y, idx, b0, b1);
+}
+inline void max_idx_nchw_any(const Pool2dParams& p, const PoolTaps* cols, int64_t q0, int64_t q1,
+                             const double* x, double* y, int64_t* idx, int64_t b0, int64_t b1) {
+    max_idx_nchw_block(p, cols, q0, q1, x, y, idx, b0, b1);
+}
+
+template <typename T>
 void max_idx_nchw(const Pool2dParams& p, const std::vector<PoolTaps>& cols, const T* x, T* y,
                   int64_t* idx) {
     int64_t q0, q1;
     interior_columns(cols, p.kw, q0, q1);
     const int64_t planes = p.N * p.C, block = 16, blocks = ceil_div(planes, block);
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t b0 = b * block, b1 = std::min(planes, b0 + block);
-        if (p.stride_w == 1)
-            max_idx_nchw_planes<T, 1>(p, cols.data(), q0, q1, x, y, idx, b0, b1);
-        else if (p.stride_w == 2)
-            max_idx_nchw_planes<T, 2>(p, cols.data(), q0, q1, x, y, idx, b0, b1);
-        else
-            max_idx_nchw_planes<T, 0>(p, cols.data(), q0, q1, x, y, idx, b0, b1);
-    }
+    for (int64_t b = 0; b < blocks; ++b)
+        max_idx_nchw_any(p, cols.data(), q0, q1, x, y, idx, b * block,
+                         std::min(planes, (b + 1) * block));
 }
 
 // One NHWC output row (n, oh) of max pooling, optionally with indices: each output
@@ -273,14 +306,30 @@ __attribute__((always_inline)) inline void max_nhwc_row_t(const Pool2dParams& p,
     }
 }
 
-FC_POOL_CLONES void max_nhwc_row_f32(const Pool2dParams& p, const PoolTaps* cols, int64_t n,
-                                     int64_t oh, const float* x, float* y, int64_t* idx,
-                                     int32_t* a) {
+// Float rows built once per ISA path (isa.h) from the same loop.
+void max_nhwc_row_portable(const Pool2dParams& p, const PoolTaps* cols, int64_t n, int64_t oh,
+                           const float* x, float* y, int64_t* idx, int32_t* a) {
     max_nhwc_row_t(p, cols, n, oh, x, y, idx, a);
 }
+#if FC_X86_ISA
+FC_TARGET_AVX2 void max_nhwc_row_avx2(const Pool2dParams& p, const PoolTaps* cols, int64_t n,
+                                      int64_t oh, const float* x, float* y, int64_t* idx,
+                                      int32_t* a) {
+    max_nhwc_row_t(p, cols, n, oh, x, y, idx, a);
+}
+FC_TARGET_AVX512 void max_nhwc_row_avx512(const Pool2dParams& p, const PoolTaps* cols, int64_t n,
+                                          int64_t oh, const float* x, float* y, int64_t* idx,
+                                          int32_t* a) {
+    max_nhwc_row_t(p, cols, n, oh, x, y, idx, a);
+}
+#endif
 inline void max_nhwc_row(const Pool2dParams& p, const PoolTaps* cols, int64_t n, int64_t oh,
                          const float* x, float* y, int64_t* idx, int32_t* a) {
-    max_nhwc_row_f32(p, cols, n, oh, x, y, idx, a);
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return max_nhwc_row_avx512(p, cols, n, oh, x, y, idx, a);
+    if (isa() == Isa::Avx2) return max_nhwc_row_avx2(p, cols, n, oh, x, y, idx, a);
+#endif
+    max_nhwc_row_portable(p, cols, n, oh, x, y, idx, a);
 }
 inline void max_nhwc_row(const Pool2dParams& p, const PoolTaps* cols, int64_t n, int64_t oh,
                          const double* x, double* y, int64_t* idx, int32_t* a) {
@@ -415,15 +464,32 @@ __attribute__((always_inline)) inline int64_t max_bwd_nhwc_row_t(
     return hits;
 }
 
-FC_POOL_CLONES int64_t max_bwd_nhwc_row_f32(const Pool2dParams& p, const Reach& rows,
-                                            const Reach& cols, int64_t n, int64_t h,
-                                            const float* dy, const int64_t* idx, float* dx) {
+// Float rows built once per ISA path (isa.h) from the same loop.
+int64_t max_bwd_nhwc_row_portable(const Pool2dParams& p, const Reach& rows, const Reach& cols,
+                                  int64_t n, int64_t h, const float* dy, const int64_t* idx,
+                                  float* dx) {
     return max_bwd_nhwc_row_t(p, rows, cols, n, h, dy, idx, dx);
 }
+#if FC_X86_ISA
+FC_TARGET_AVX2 int64_t max_bwd_nhwc_row_avx2(const Pool2dParams& p, const Reach& rows,
+                                             const Reach& cols, int64_t n, int64_t h,
+                                             const float* dy, const int64_t* idx, float* dx) {
+    return max_bwd_nhwc_row_t(p, rows, cols, n, h, dy, idx, dx);
+}
+FC_TARGET_AVX512 int64_t max_bwd_nhwc_row_avx512(const Pool2dParams& p, const Reach& rows,
+                                                 const Reach& cols, int64_t n, int64_t h,
+                                                 const float* dy, const int64_t* idx, float* dx) {
+    return max_bwd_nhwc_row_t(p, rows, cols, n, h, dy, idx, dx);
+}
+#endif
 inline int64_t max_bwd_nhwc_row(const Pool2dParams& p, const Reach& rows, const Reach& cols,
                                 int64_t n, int64_t h, const float* dy, const int64_t* idx,
                                 float* dx) {
-    return max_bwd_nhwc_row_f32(p, rows, cols, n, h, dy, idx, dx);
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return max_bwd_nhwc_row_avx512(p, rows, cols, n, h, dy, idx, dx);
+    if (isa() == Isa::Avx2) return max_bwd_nhwc_row_avx2(p, rows, cols, n, h, dy, idx, dx);
+#endif
+    return max_bwd_nhwc_row_portable(p, rows, cols, n, h, dy, idx, dx);
 }
 inline int64_t max_bwd_nhwc_row(const Pool2dParams& p, const Reach& rows, const Reach& cols,
                                 int64_t n, int64_t h, const double* dy, const int64_t* idx,
