@@ -319,12 +319,12 @@ def test_edge_cases(backend, variant, dtype, layout, name):
 #                    16 | 17, 24 | 25; 13 output columns leave a partial block of pixels
 #                    for each width (blocks of 12, 6 and 4 pixels).
 #   winograd chunk   csrc/cpu/winograd.cpp: a chunk's V and M (alpha^2 x tiles x (Cg + Kg))
-#                    within kWinogradBudget = 1 MiB, and at least kMinChunkTiles = 32 tiles.
-#                    Cg + Kg = 227: 32 tiles a chunk for F(4x4) (float32: 32.08 fit; float64:
-#                    16, raised to 32), 72 / 36 for F(2x2) float32 / float64. 25x25 outputs
-#                    (7x7 tiles of F(4x4), the last holding one row and column; 13x13 of
-#                    F(2x2)), 2 images: 98 / 338 tiles, chunks that end mid-row and mid-image
-#                    and a partial last one in all four.
+#                    within kWinogradBudget = 1 MiB, and at least kMinChunkTiles = 64 tiles.
+#                    Cg + Kg = 227: 64 tiles a chunk for F(4x4) (float32: 32 fit, float64:
+#                    16, both raised to 64), 72 / 64 for F(2x2) float32 / float64 (72 / 36
+#                    fit). 25x25 outputs (7x7 tiles of F(4x4), the last holding one row and
+#                    column; 13x13 of F(2x2)), 2 images: 98 / 338 tiles, chunks that end
+#                    mid-row and mid-image and a partial last one in all four.
 THRESHOLDS = {
     "gemm-100px-7-images": dict(N=7, C=3, K=5, H=12, W=12, R=3, S=3),
     "gemm-511px-3-images": dict(N=3, C=2, K=4, H=9, W=75, R=3, S=3),
