@@ -37,13 +37,15 @@ def arr(*shape):
 for layout in ("NCHW", "NHWC"):
     for variant in module.conv2d_variants:
         groups = 3 if variant == "depthwise" else 1
+        stride = 1 if variant.startswith("winograd") else 2  # the CPU's Winograd: stride 1 only
         x = arr(2, 3, 11, 9) if layout == "NCHW" else arr(2, 11, 9, 3)
         w = arr(6, 3 // groups, 3, 3) if layout == "NCHW" else arr(3, 3, 3 // groups, 6)
         b = arr(6)
-        y = fastconv.conv2d(x, w, b, stride=2, padding="same", groups=groups,
+        y = fastconv.conv2d(x, w, b, stride=stride, padding="same", groups=groups,
                             activation="tanh", layout=layout, variant=variant)
-        fastconv.conv2d_backward(xp.ones_like(y), x, w, stride=2, padding="same", groups=groups,
-                                 activation="tanh", output=y, layout=layout, variant=variant)
+        fastconv.conv2d_backward(xp.ones_like(y), x, w, stride=stride, padding="same",
+                                 groups=groups, activation="tanh", output=y, layout=layout,
+                                 variant=variant)
     # The split-K grad weight: N * P * Q = 3200 pixels, two splits of 2048 and a ragged
     # last one, partials in scratch taken from the caller's allocator.
     x = arr(2, 3, 40, 40) if layout == "NCHW" else arr(2, 40, 40, 3)
@@ -71,7 +73,7 @@ for layout in ("NCHW", "NHWC"):
     x = arr(3, 2, 15, 13) if layout == "NCHW" else arr(3, 15, 13, 2)
     w = arr(5, 2, 5, 5) if layout == "NCHW" else arr(5, 5, 2, 5)
     for variant in module.conv2d_avgpool_variants:
-        if variant in ("depthwise", "blocked"):
+        if variant in ("depthwise", "blocked", "winograd2", "winograd4"):  # 5x5 here
             continue
         for keep in (False, True):
             out = fastconv.conv2d_avgpool(x, w, arr(5), padding="same", activation="tanh",

@@ -11,6 +11,7 @@
 
 #include "bind_common.h"
 #include "common/shapes.h"
+#include "common/winograd.h"
 #include "cpu/cpu_ops.h"
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
@@ -21,6 +22,24 @@ using fastconv::bind::ptr;
 using U = std::uintptr_t;
 
 namespace {
+
+// A winograd.h table as nested lists.
+template <size_t R, size_t C>
+py::list table(const double (&t)[R][C]) {
+    py::list rows;
+    for (size_t i = 0; i < R; ++i) {
+        py::list row;
+        for (size_t j = 0; j < C; ++j) row.append(t[i][j]);
+        rows.append(row);
+    }
+    return rows;
+}
+
+template <int m>
+py::tuple winograd_tables() {
+    using W = winograd::Tables<m>;
+    return py::make_tuple(table(W::BT), table(W::G), table(W::AT));
+}
 
 // Calls f.template operator()<T>() for T = float or double, by dtype name.
 template <typename F>
@@ -37,6 +56,8 @@ cpu::ConvVariant conv_variant(const std::string& name) {
     if (name == "gemm") return cpu::ConvVariant::Gemm;
     if (name == "depthwise") return cpu::ConvVariant::Depthwise;
     if (name == "blocked") return cpu::ConvVariant::Blocked;
+    if (name == "winograd2") return cpu::ConvVariant::Winograd2;
+    if (name == "winograd4") return cpu::ConvVariant::Winograd4;
     throw std::invalid_argument("fastconv._cpu: unknown conv2d variant " + name);
 }
 
@@ -55,7 +76,8 @@ PYBIND11_MODULE(_cpu, m) {
         return py::tuple(out);
     }, "The paths this CPU supports, best first (FASTCONV_CPU_ISA may choose any of them).");
     bind::register_params(m);
-    m.attr("conv2d_variants") = py::make_tuple("direct", "gemm", "depthwise", "blocked");
+    m.attr("conv2d_variants") =
+        py::make_tuple("direct", "gemm", "depthwise", "blocked", "winograd2", "winograd4");
     // The block runs any conv variant, then the average pool (no fused variant here).
     m.attr("conv2d_avgpool_variants") = m.attr("conv2d_variants");
     m.def("num_threads", [] { return omp_get_max_threads(); });
@@ -202,4 +224,13 @@ PYBIND11_MODULE(_cpu, m) {
     s.def("valid_out_end", &valid_out_end);
     s.def("first_out_reaching", &first_out_reaching);
     s.def("last_out_reaching", &last_out_reaching);
+    // common/winograd.h, for tests/test_winograd.py.
+    s.def("winograd_applies", &winograd::applies);
+    s.def("winograd_tile_count", &winograd::tile_count);
+    s.def("winograd_tile_origin", &winograd::tile_origin);
+    s.def("winograd_tables", [](int m) {
+        if (m == 2) return winograd_tables<2>();
+        if (m == 4) return winograd_tables<4>();
+        throw std::invalid_argument("winograd_tables: m must be 2 or 4");
+    });
 }

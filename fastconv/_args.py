@@ -91,10 +91,23 @@ def border_mode(op, v):
     return _shapes.BORDER_MODES.index(v)
 
 
-def variant(op, v, available):
+WINOGRAD_VARIANTS = ("winograd2", "winograd4")
+
+
+def variant(op, v, available, params=None):
+    """v, if it is 'auto' or one of the backend's variants (available) that applies to the
+    convolution params describes (a conv2d params dict; None: not checked)."""
     if v != "auto" and v not in available:
         raise ValueError(f"{op}: variant must be 'auto' or one of {', '.join(available)} on this "
                          f"backend, got {v!r}")
+    if params is not None and v in WINOGRAD_VARIANTS:
+        p = params
+        if not _shapes.winograd_applies(p["R"], p["S"], p["stride_h"], p["stride_w"], p["dil_h"],
+                                        p["dil_w"]):
+            raise ValueError(f"{op}: variant {v!r} (Winograd) needs a 3x3 kernel, stride 1 and "
+                             f"dilation 1, got a {p['R']}x{p['S']} kernel, stride "
+                             f"({p['stride_h']}, {p['stride_w']}) and dilation ({p['dil_h']}, "
+                             f"{p['dil_w']})")
     return v
 
 

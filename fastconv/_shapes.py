@@ -80,3 +80,10 @@ def first_out_reaching(i, k, stride, pad, dil):
 
 def last_out_reaching(i, stride, pad, out):
     return min(floor_div(i + pad, stride) + 1, out)
+
+
+# csrc/common/winograd.h
+
+
+def winograd_applies(R, S, stride_h, stride_w, dil_h, dil_w):
+    return R == 3 and S == 3 and stride_h == 1 and stride_w == 1 and dil_h == 1 and dil_w == 1

@@ -139,7 +139,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             does it for any stride: output = ceil(in / stride), the odd pixel of padding
             at the bottom / right.
     activation: None, "relu", "tanh" or "sigmoid", applied in the same kernel.
-    variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()).
+    variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()). The
+            CPU's "winograd2" / "winograd4" (Winograd F(2x2, 3x3) / F(4x4, 3x3)) take 3x3
+            kernels with stride 1 and dilation 1 only; winograd4 rounds more than the others
+            (float32: ~1e-6 relative, documented in benchmarks/NOTES.md).
 
     Output (N, K, P, Q) or (N, P, Q, K), P = (H + pads - dilation * (R - 1) - 1) // stride + 1.
     An unbatched input, (C, H, W) or (H, W, C), gives an unbatched output, as in torch;
@@ -168,7 +171,8 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                                          a.shape("bias"), stride, padding, dilation, groups,
                                          activation, layout)
         be = a.select_backend()
-        plan = be, be.params(params), _args.variant(op, variant, _conv_variants(be)), out_shape
+        plan = (be, be.params(params), _args.variant(op, variant, _conv_variants(be), params),
+                out_shape)
         return plan, a.values("input", "weight", "bias")
 
     (be, params, variant, out_shape), (x, w, b) = _planned(
@@ -211,7 +215,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
                 raise TypeError(f"{op}: output (conv2d's result) is required with activation="
                                 f"{activation!r}")
             _args.expect_shape(op, "output", a.shape("output"), out_shape)
-        variant_ = _args.variant(op, variant, _conv_variants(be))
+        variant_ = _args.variant(op, variant, _conv_variants(be), params)
         plan = (be, variant_, params["act"], out_shape,
                 _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_))
         return plan, a.values("grad_output", "input", "weight", "output")
@@ -314,7 +318,7 @@ def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, g
             op, a.shape("input"), a.shape("weight"), a.shape("bias"), stride, padding, dilation,
             groups, activation, layout, pool)
         be = a.select_backend()
-        variant_ = _args.variant(op, variant, be.module.conv2d_avgpool_variants)
+        variant_ = _args.variant(op, variant, be.module.conv2d_avgpool_variants, params)
         params["save_activation"] = bool(return_activation)
         plan = be, be.params(params, "conv2d_avgpool"), variant_, conv_shape, out_shape
         return plan, a.values("input", "weight", "bias")
@@ -358,7 +362,7 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
                                 f"activation={activation!r}")
             _args.expect_shape(op, "activation_output", a.shape("activation_output"),
                                conv_shape)
-        variant_ = _args.variant(op, variant, _conv_variants(be))
+        variant_ = _args.variant(op, variant, _conv_variants(be), params)
         plan = (be, be.params(params, "conv2d_avgpool"), variant_, conv_shape,
                 _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_))
         return plan, a.values("grad_output", "input", "weight", "activation_output")

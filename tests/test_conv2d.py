@@ -19,7 +19,8 @@ def _cases():
     out = []
     for b in BACKENDS:
         name = b.values[0]
-        vs = ("direct", "gemm", "depthwise", "blocked") if name == "cpu" else ("direct", "implicit_gemm", "depthwise")
+        vs = (("direct", "gemm", "depthwise", "blocked", "winograd2", "winograd4") if name == "cpu"
+              else ("direct", "implicit_gemm", "depthwise"))
         for v in vs:
             for dt in dtypes_for(name):
                 out.append(pytest.param(name, v, dt, id=f"{name}-{v}-{dt}", marks=b.marks))
@@ -28,9 +29,53 @@ def _cases():
 
 CASES = _cases()
 
+WINOGRAD = ("winograd2", "winograd4")
+WINOGRAD_NEEDS = "the winograd variants need a 3x3 kernel, stride 1 and dilation 1"
+
+
+def applies(variant, cfg):
+    """Whether the variant takes this configuration (the others raise ValueError)."""
+    if variant == "depthwise":
+        return cfg["groups"] == cfg["C"]
+    if variant in WINOGRAD:
+        return (cfg["R"], cfg["S"]) == (3, 3) and cfg["stride"] in (1, (1, 1)) and \
+            cfg["dilation"] in (1, (1, 1))
+    return True
+
+
+def skip_unless_applies(variant, cfg):
+    if not applies(variant, cfg):
+        pytest.skip(WINOGRAD_NEEDS if variant in WINOGRAD else
+                    "the depthwise variant needs groups == channels")
+
+
+def configs_for(variant):
+    """The draws of conv_configs that the variant applies to."""
+    return conv_configs(depthwise=variant == "depthwise", winograd=variant in WINOGRAD)
+
+
+# Variants whose arithmetic is not exact on small integers: winograd4's filter transform G
+# holds 1/6, 1/15 and 1/30, which no binary fraction equals, so its float32 result sits
+# ~1e-6 relative off the integer (float64: ~1e-15). Its integer tests require each output
+# to round to the exact integer instead: an indexing slip (a wrong tap, tile or channel)
+# still moves an output by a whole product of two integers, and the rounding error of
+# these sizes stays far under 0.1 (measured at most 0.003 in float32 on THRESHOLDS'
+# C = 200 case, |y| up to 793). winograd2 (0, +-1, +-1/2) and every other variant are held
+# to exact equality.
+INEXACT_ON_INTEGERS = ("winograd4",)
+
+
+def assert_exact_on_integers(out, expect, variant, what=""):
+    out = to_numpy(out)
+    if variant in INEXACT_ON_INTEGERS:
+        assert np.abs(out - expect).max(initial=0) < 0.1, f"{what}: off the integers"
+        out = np.rint(out)
+    np.testing.assert_array_equal(out, expect, err_msg=what)
+
 
 @st.composite
-def conv_configs(draw, depthwise):
+def conv_configs(draw, depthwise, winograd=False):
+    """winograd: 3x3 kernels, stride 1 and dilation 1 only (any padding, groups)."""
     if depthwise:
         groups = draw(st.integers(1, 6))
         Cg, Kg = 1, draw(st.sampled_from([1, 1, 2]))
@@ -40,9 +85,10 @@ def conv_configs(draw, depthwise):
     pair = st.tuples(st.integers(1, 3), st.integers(1, 3))
     cfg = dict(
         N=draw(st.integers(1, 3)), C=Cg * groups, K=Kg * groups, H=draw(SIZES), W=draw(SIZES),
-        R=draw(st.integers(1, 5)), S=draw(st.integers(1, 5)), groups=groups,
-        stride=draw(st.one_of(st.integers(1, 4), pair)),
-        dilation=draw(st.one_of(st.integers(1, 2), pair)),
+        R=3 if winograd else draw(st.integers(1, 5)), S=3 if winograd else draw(st.integers(1, 5)),
+        groups=groups,
+        stride=1 if winograd else draw(st.one_of(st.integers(1, 4), pair)),
+        dilation=1 if winograd else draw(st.one_of(st.integers(1, 2), pair)),
         padding=draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)),
                                st.sampled_from(["valid", "same"]))),
         activation=draw(st.sampled_from([None, "relu", "tanh", "sigmoid"])),
@@ -83,7 +129,7 @@ def run_forward(backend, variant, layout, dtype, cfg, rng, integer=False):
 @pytest.mark.parametrize("backend,variant,dtype", CASES)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_forward_matches_reference(backend, variant, dtype, layout, data, seed):
-    cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    cfg = data.draw(configs_for(variant))
     if dtype == "float32":
         assume_forward_conditioned(*make_inputs(cfg, layout, dtype, np.random.default_rng(seed)),
                                    cfg, layout)
@@ -96,18 +142,18 @@ def test_forward_matches_reference(backend, variant, dtype, layout, data, seed):
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_forward_exact_on_small_integers(backend, variant, dtype, layout, data, seed):
     """Integer inputs make every float32 sum exact: any indexing slip shows as a mismatch."""
-    cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    cfg = data.draw(configs_for(variant))
     cfg["activation"] = None
     out, expect = run_forward(backend, variant, layout, dtype, cfg, np.random.default_rng(seed),
                               integer=True)
-    np.testing.assert_array_equal(to_numpy(out), expect)
+    assert_exact_on_integers(out, expect, variant)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("backend,variant,dtype", CASES)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_backward_matches_reference(backend, variant, dtype, layout, data, seed):
-    cfg = data.draw(conv_configs(depthwise=variant == "depthwise"))
+    cfg = data.draw(configs_for(variant))
     rng = np.random.default_rng(seed)
     x, w, b = make_inputs(cfg, layout, dtype, rng)
     # The forward's output as the backward receives it: rounded to dtype. (Where tanh
@@ -219,6 +265,21 @@ EDGE = {
     "1x1-grouped": dict(N=2, C=6, K=9, H=7, W=5, R=1, S=1, groups=3, stride=1, dilation=1, padding=0),
     "depthwise-dilated": dict(N=2, C=4, K=8, H=9, W=11, R=3, S=3, groups=4, stride=1,
                               dilation=(2, 3), padding="same"),
+    # 3x3 / stride 1, the Winograd variants' shapes: one output from one pixel of image in a
+    # patch of padding; one output from a 3x3 image; padding 2 (grad input then pads 0);
+    # padding 3 above and 0 at the sides (grad input pads -1: it crops); groups with
+    # Cg != Kg; C = 300 channels (past the GEMM's 256-deep reduction blocks).
+    "3x3-one-pixel": dict(N=2, C=3, K=4, H=1, W=1, R=3, S=3, groups=1, stride=1, dilation=1,
+                          padding=1),
+    "3x3-valid-3x3": dict(N=1, C=5, K=3, H=3, W=3, R=3, S=3, groups=1, stride=1, dilation=1,
+                          padding=0),
+    "3x3-pad2": dict(N=2, C=3, K=5, H=6, W=9, R=3, S=3, groups=1, stride=1, dilation=1, padding=2),
+    "3x3-pad3-0": dict(N=2, C=2, K=3, H=5, W=10, R=3, S=3, groups=1, stride=1, dilation=1,
+                       padding=(3, 0)),
+    "3x3-grouped": dict(N=2, C=6, K=10, H=11, W=13, R=3, S=3, groups=2, stride=1, dilation=1,
+                        padding=1),
+    "3x3-c300": dict(N=1, C=300, K=20, H=9, W=10, R=3, S=3, groups=1, stride=1, dilation=1,
+                     padding=1),
 }
 
 
@@ -227,8 +288,7 @@ EDGE = {
 @pytest.mark.parametrize("backend,variant,dtype", CASES)
 def test_edge_cases(backend, variant, dtype, layout, name):
     cfg = dict(EDGE[name], activation="tanh", bias=True)
-    if variant == "depthwise" and cfg["groups"] != cfg["C"]:
-        pytest.skip("the depthwise variant needs groups == channels")
+    skip_unless_applies(variant, cfg)
     rng = np.random.default_rng(7)
     out, expect = run_forward(backend, variant, layout, dtype, cfg, rng)
     assert_close(out, expect, dtype, f"forward {name}")
@@ -258,6 +318,13 @@ def test_edge_cases(backend, variant, dtype, layout, name):
 #   blocked K        kBlockedMaxK = 24 and register widths of 8, 16, 24 channels: K = 8 | 9,
 #                    16 | 17, 24 | 25; 13 output columns leave a partial block of pixels
 #                    for each width (blocks of 12, 6 and 4 pixels).
+#   winograd chunk   csrc/cpu/winograd.cpp: a chunk's V and M (alpha^2 x tiles x (Cg + Kg))
+#                    within kWinogradBudget = 1 MiB, and at least kMinChunkTiles = 64 tiles.
+#                    Cg + Kg = 227: 64 tiles a chunk for F(4x4) (float32: 32 fit, float64:
+#                    16, both raised to 64), 72 / 64 for F(2x2) float32 / float64 (72 / 36
+#                    fit). 25x25 outputs (7x7 tiles of F(4x4), the last holding one row and
+#                    column; 13x13 of F(2x2)), 2 images: 98 / 338 tiles, chunks that end
+#                    mid-row and mid-image and a partial last one in all four.
 THRESHOLDS = {
     "gemm-100px-7-images": dict(N=7, C=3, K=5, H=12, W=12, R=3, S=3),
     "gemm-511px-3-images": dict(N=3, C=2, K=4, H=9, W=75, R=3, S=3),
@@ -265,6 +332,7 @@ THRESHOLDS = {
     "chunk-1024px": dict(N=2, C=64, K=6, H=35, W=35, R=4, S=4),
     "chunk-1025px": dict(N=2, C=64, K=6, H=28, W=44, R=4, S=4),
     **{f"blocked-k{k}": dict(N=2, C=3, K=k, H=9, W=15, R=3, S=3) for k in (8, 9, 16, 17, 24, 25)},
+    "winograd-chunks": dict(N=2, C=200, K=27, H=27, W=27, R=3, S=3),
 }
 
 
@@ -273,14 +341,14 @@ THRESHOLDS = {
 @pytest.mark.parametrize("backend,variant,dtype", CASES)
 def test_size_thresholds(backend, variant, dtype, layout, name):
     """Forward and all three gradients on small integers, where every float32 sum is
-    exact (|sums| < 2^24): equal to the reference element by element."""
-    if variant == "depthwise":
-        pytest.skip("the depthwise variant needs groups == channels")
+    exact (|sums| < 2^24): equal to the reference element by element (winograd4: see
+    INEXACT_ON_INTEGERS)."""
     cfg = dict(THRESHOLDS[name], groups=1, stride=1, dilation=1, padding="valid",
                activation=None, bias=True)
+    skip_unless_applies(variant, cfg)
     rng = np.random.default_rng(13)
     out, expect = run_forward(backend, variant, layout, dtype, cfg, rng, integer=True)
-    np.testing.assert_array_equal(to_numpy(out), expect, err_msg=f"forward {name}")
+    assert_exact_on_integers(out, expect, variant, f"forward {name}")
     x, w, _ = make_inputs(cfg, layout, dtype, rng, integer=True)
     dy = small_ints(rng, expect.shape, dtype)
     expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), layout=layout)
@@ -288,7 +356,7 @@ def test_size_thresholds(backend, variant, dtype, layout, name):
                                    to_backend(w, backend), **conv_args(cfg), layout=layout,
                                    variant=variant)
     for g, e, what in zip(got, expect, ("grad_input", "grad_weight", "grad_bias")):
-        np.testing.assert_array_equal(to_numpy(g), e, err_msg=f"{what} {name}")
+        assert_exact_on_integers(g, e, variant, f"{what} {name}")
 
 
 @pytest.mark.parametrize("backend,variant,dtype", CASES)
@@ -324,17 +392,35 @@ def test_non_contiguous_inputs(backend):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("backend,variant,dtype", CASES)
 def test_nan_reaches_every_output_that_reads_it(backend, variant, dtype, layout):
-    cfg = dict(EDGE["depthwise" if variant == "depthwise" else "same-stride3"], activation="relu",
-               bias=True)
+    """...and no other, but for winograd4: csrc/common/winograd.h says why a NaN pixel in the
+    middle of a 6x6 patch reaches every output of that patch's 4x4 tile. For it: every output
+    that reads the pixel, and besides those only outputs of tiles whose patch holds it."""
+    name = {"depthwise": "depthwise", "winograd2": "3x3-grouped", "winograd4": "3x3-grouped"}
+    cfg = dict(EDGE[name.get(variant, "same-stride3")], activation="relu", bias=True)
     rng = np.random.default_rng(5)
     x, w, b = make_inputs(cfg, layout, dtype, rng)
-    pixel = (1, 3, 4, 2) if layout == "NCHW" else (1, 4, 2, 3)
-    x[pixel] = np.nan
+    n, c, h, wi = 1, 3, 4, 2
+    x[(n, c, h, wi) if layout == "NCHW" else (n, h, wi, c)] = np.nan
     out = fastconv.conv2d(to_backend(x, backend), to_backend(w, backend), to_backend(b, backend),
                           **conv_args(cfg), activation="relu", layout=layout, variant=variant)
     expect = ref.conv2d(x, w, b, **conv_args(cfg), activation="relu", layout=layout)
-    assert np.isnan(expect).any()
-    np.testing.assert_array_equal(np.isnan(to_numpy(out)), np.isnan(expect))
+    got, want = np.isnan(to_numpy(out)), np.isnan(expect)
+    assert want.any()
+    if variant == "winograd4":
+        if layout == "NHWC":
+            got, want = got.transpose(0, 3, 1, 2), want.transpose(0, 3, 1, 2)
+        m, pad = 4, cfg["padding"]
+        # Tile t's patch holds input rows t * m - pad ... t * m - pad + m + 1.
+        rows = [t for t in range(-(-got.shape[2] // m)) if 0 <= h - (t * m - pad) < m + 2]
+        cols = [t for t in range(-(-got.shape[3] // m)) if 0 <= wi - (t * m - pad) < m + 2]
+        allowed = np.zeros_like(got)
+        for th in rows:
+            for tw in cols:
+                allowed[n, :, th * m:(th + 1) * m, tw * m:(tw + 1) * m] = True
+        assert not (want & ~got).any(), "an output that reads the NaN did not get it"
+        assert not (got & ~want & ~allowed).any(), "NaN outside the tiles that hold the pixel"
+        return
+    np.testing.assert_array_equal(got, want)
 
 
 # The fused float32 activations' relative accuracy, as documented. CPU: its own exp-based
@@ -353,7 +439,10 @@ F32_BOUND = {"cpu": {"tanh": 4e-7, "sigmoid": 3e-7, "relu": 0.0},
 def test_activation_elementwise_over_its_range(backend, variant, dtype, layout, activation):
     """The fused activation, element by element, from -100 to 100, tiny values, +-inf and
     NaN (a 1x1 convolution by 1 passes z through exactly): within the documented bound
-    (F32_BOUND) for float32, 1e-14 for float64; NaN in -> NaN out."""
+    (F32_BOUND) for float32, 1e-14 for float64; NaN in -> NaN out. The winograd variants
+    take 3x3 kernels only; their epilogue is gemm's (bias_activation), tested here."""
+    if variant in WINOGRAD:
+        pytest.skip(WINOGRAD_NEEDS + "; they share gemm's epilogue")
     z = np.concatenate([np.linspace(-100, 100, 20001), np.geomspace(1e-30, 50, 3001),
                         -np.geomspace(1e-30, 50, 3001), [0.0, np.inf, -np.inf, np.nan]])
     z = z.astype(dtype)

@@ -59,6 +59,11 @@ CONV_BAD = [
     (dict(input=np.zeros((2, 3, 0, 8), np.float32)), ValueError, ["input", "zero-size", "(2, 3, 0, 8)"]),
     (dict(variant="winograd"), ValueError, ["variant", "'winograd'"]),
     (dict(variant="depthwise"), ValueError, ["depthwise", "groups == channels"]),
+    (dict(variant="winograd2", stride=2), ValueError,
+     ["'winograd2'", "3x3 kernel, stride 1 and dilation 1", "stride (2, 2)"]),
+    (dict(variant="winograd4", weight=rng.standard_normal((4, 3, 5, 3)).astype(np.float32)),
+     ValueError, ["'winograd4'", "3x3 kernel", "5x3 kernel"]),
+    (dict(variant="winograd4", dilation=(1, 2)), ValueError, ["'winograd4'", "dilation (1, 2)"]),
     (dict(input="not an array"), TypeError, ["input", "NumPy, CuPy or PyTorch", "str"]),
 ]
 
@@ -74,6 +79,9 @@ def test_conv2d_bad_input(change, exc, words):
 
 def test_conv2d_backward_bad_input():
     y = fastconv.conv2d(X, W)
+    with raises(ValueError, "conv2d_backward", "'winograd4'", "stride (1, 2)"):
+        fastconv.conv2d_backward(fastconv.conv2d(X, W, stride=(1, 2)), X, W, stride=(1, 2),
+                                 variant="winograd4")
     with raises(ValueError, "grad_output", "(2, 4, 6, 6)", "(2, 4, 5, 5)"):
         fastconv.conv2d_backward(y[:, :, :5, :5], X, W)
     with raises(TypeError, "output", "activation='tanh'"):

@@ -20,6 +20,9 @@
 //           tap. Images go in fixed chunks of kChunk, each chunk's partial sum kept
 //           apart and the partials added in chunk order: the bits depend on the shapes
 //           only. Grad input runs as gemm.
+//   winograd2, winograd4  grad input of a 3x3, stride-1 layer is the stride-1 convolution of dy
+//           with the flipped, channel-transposed filters, padded by 2 - pad: it runs the
+//           forward's Winograd code (winograd.cpp). Grad weight runs as gemm.
 // Depthwise runs as gemm (the forward's depthwise variant has no backward of its own yet).
 //
 // conv2d_avgpool (the LeNet-5 block) comes back through avgpool_act_bwd, which spreads
@@ -329,6 +332,8 @@ void bwd_filter_blocked(const Conv2dParams& p, const double* dy, const double* x
 template <typename T>
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const T* dy, const T* w, T* dx) {
     if (v == ConvVariant::Direct) return bwd_data_direct(p, dy, w, dx);
+    if (v == ConvVariant::Winograd2) return winograd_bwd_data(p, 2, dy, w, dx);
+    if (v == ConvVariant::Winograd4) return winograd_bwd_data(p, 4, dy, w, dx);
     bwd_data_gemm(p, dy, w, dx);
 }
 

@@ -256,5 +256,15 @@ inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float*
         }
 }
 
+// ----------------------------------------------------------------------- winograd
+// winograd.cpp: the winograd2 (F(2x2, 3x3)) and winograd4 (F(4x4, 3x3)) variants, m = 2 or 4,
+// for 3x3 kernels, stride 1, dilation 1 (winograd::applies; anything else throws
+// std::invalid_argument). Forward with bias and activation; grad input of the same layer.
+
+template <typename T>
+void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y);
+template <typename T>
+void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T* dx);
+
 }  // namespace cpu
 }  // namespace fastconv

@@ -20,6 +20,9 @@
 //              No im2col matrix: on LeNet C2 (K 16, 10x10 outputs) im2col was a third of
 //              the gemm variant's time and GEMM packing another eighth. Falls back to
 //              gemm where it does not apply (and for double).
+//   winograd2  3x3, stride 1, dilation 1 only: Winograd F(2x2, 3x3) and F(4x4, 3x3),
+//   winograd4  2.25x and 4x fewer multiplies than gemm (winograd.cpp). Not chosen by auto
+//              yet: that waits for timings on a quiet machine (benchmarks/NOTES.md).
 // Auto picks depthwise when Cg == 1 and groups > 1, blocked where it applies, gemm
 // otherwise.
 //
@@ -348,6 +351,8 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, co
         case ConvVariant::Depthwise:
             FC_CHECK(p.C == p.groups, "the depthwise variant needs groups == channels");
             return depthwise(p, x, w, b, y);
+        case ConvVariant::Winograd2: return winograd_fwd(p, 2, x, w, b, y);
+        case ConvVariant::Winograd4: return winograd_fwd(p, 4, x, w, b, y);
         default: return gemm_variant(p, x, w, b, y);
     }
 }

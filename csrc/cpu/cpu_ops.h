@@ -13,7 +13,9 @@
 namespace fastconv {
 namespace cpu {
 
-enum class ConvVariant : int { Auto = 0, Direct = 1, Gemm = 2, Depthwise = 3, Blocked = 4 };
+enum class ConvVariant : int {
+    Auto = 0, Direct = 1, Gemm = 2, Depthwise = 3, Blocked = 4, Winograd2 = 5, Winograd4 = 6
+};
 
 // conv2d_fwd.cpp. bias may be null (p.has_bias false).
 template <typename T>

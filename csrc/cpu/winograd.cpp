@@ -1,0 +1,462 @@
+// winograd.cpp: 3x3, stride-1 conv2d forward and grad input on the CPU by Winograd's minimal
+// filtering. The matrices, the 2-D transforms of one tile and the tile math are
+// csrc/common/winograd.h's (shared with a future CUDA twin); this file cuts the work into
+// chunks of tiles and runs the alpha^2 GEMMs through gemm.h.
+//
+// Variants (dispatched from conv2d_fwd.cpp, and from conv2d_bwd.cpp for grad input):
+//   winograd2  F(2x2, 3x3): 4x4 patches, 16 products per 2x2 outputs, 2.25x fewer
+//              multiplies than the gemm variant's 9 per output. Exact on small integers.
+//   winograd4  F(4x4, 3x3): 6x6 patches, 36 products per 4x4 outputs, 4x fewer; more
+//              rounding (winograd.h; figures in benchmarks/NOTES.md).
+// Both take a 3x3 kernel, stride 1, dilation 1, any padding and any groups (each group runs
+// its own GEMMs), NCHW or NHWC, float or double; bias and activation follow through
+// bias_activation, as in the gemm variant. Grad input of such a layer is the forward
+// convolution of dy with the flipped, channel-transposed filters, padded by 2 - pad
+// (winograd.h, bwd_data_as_forward), and runs the same code. Grad weight runs as gemm.
+//
+// One call:
+//   1. Filters, once: U[g][e][c][k] = (G w_{g,k,c} G^T)[e] for the alpha^2 positions e, in T
+//      (FilterAcc says why not double), along rows of the output channels (FilterRows).
+//   2. Tiles, in chunks (tasks of for_each_task, parallel.h). The tiles of all images form
+//      one raster (n, th, tw) per group, so small images share a chunk and its GEMMs. Each
+//      chunk, per run of tiles along one tile row:
+//        the run's alpha input rows are copied into a zero-padded band, channel-minor
+//        (pixel-major, Cg channels each) whatever the layout, so the transform needs no
+//        bounds checks and reads every tap as a contiguous vector of channels;
+//        V[e][t][c] = (B^T d B)[e], vectorised over c.
+//      Then alpha^2 GEMMs, tile-major: M_e (tiles x Kg) = V_e (tiles x Cg) . U_e (Cg x Kg).
+//      The tile count is the GEMM's M, cut in register rows of 6, so ResNet-50's 7x7 layer
+//      at batch 1 (4 tiles of F(4x4)) wastes 2 rows of 6; as N (columns of 16) it would
+//      waste 12 of 16. Then per run Y = A^T M A, vectorised over k, into a channel-minor
+//      band that is copied into y, clipped at P and Q.
+// Transforms are written once per type and built for AVX2 and baseline x86-64 (target_clones,
+// chosen at run time), called from inside the OpenMP loops (an attribute on the function
+// around `omp parallel` would not reach them: benchmarks/NOTES.md, pooling v5).
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "../common/check.h"
+#include "../common/winograd.h"
+#include "conv2d_common.h"
+#include "gemm.h"
+#include "parallel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// flatten: the header's transforms are templates of templates; inlined whole, a tile's
+// values live in registers and the channel loop around them vectorises.
+#define FC_WINO_KERNEL __attribute__((target_clones("avx2", "default"), flatten))
+#else
+#define FC_WINO_KERNEL
+#endif
+// On the channel loops: their iterations are independent. GCC otherwise sees 16 or 36 stores
+// a row apart through one pointer, wants more than 10 run-time overlap checks and gives up
+// vectorising (-fopt-info-vec-missed: "number of versioning for alias run-time tests").
+#if defined(__GNUC__) && !defined(__clang__)
+#define FC_WINO_INDEPENDENT _Pragma("GCC ivdep")
+#else
+#define FC_WINO_INDEPENDENT
+#endif
+
+namespace fastconv {
+namespace cpu {
+
+namespace {
+
+using winograd::static_for;
+
+// Scratch that is written before it is read, so not zero-filled: std::vector's fill of a
+// chunk's V and M was 7.6% of a LeNet-sized F(4x4) call (callgrind).
+template <typename T>
+using Buffer = std::unique_ptr<T[]>;
+
+template <typename T>
+Buffer<T> buffer(int64_t n) {
+    return Buffer<T>(new T[size_t(n)]);
+}
+
+// The type the filter transform computes in: T. In double, rounded once, F(4x4)'s float32
+// error was 2-3% lower at C = 64 ... 512 and 15% at C = 3 (1.70e-6 against 1.75e-6 at C = 256,
+// relu inputs, 14x14), and the transform took 2.5x the instructions (23.6 against 9.5 M on
+// ResNet-50's 512-channel layer at batch 1, where it is the largest part of the call).
+template <typename T>
+using FilterAcc = T;
+
+// V and M of one chunk (alpha^2 x tiles x (Cg + Kg) elements) are kept within this many
+// bytes, so that what the input transform writes is still in cache when the GEMMs read it,
+// and the GEMMs' results when the output transform reads them (L2 is 512 KiB a core on the
+// development EPYC, 1-2 MiB on recent Xeons).
+constexpr int64_t kWinogradBudget = int64_t(1) << 20;
+// ...but a chunk has at least this many tiles (or all there are): every GEMM packs its whole
+// U_e (Cg x Kg) again, ~1.5 instructions an element against ~0.2 per multiply-add of the
+// micro-kernel, so packing costs about 7.5 / tiles of the GEMM (callgrind, ResNet-50 at
+// batch 1: a floor of 32 -> 64 took the 128-channel layer's F(4x4) from 12.0 to 11.1 M
+// instructions and the 256-channel layer's F(2x2) from 18.9 to 17.3 M). With 64 tiles the
+// budget is exceeded from Cg + Kg > 113 on (F(4x4), float): 9.4 MB at 512 + 512. Where
+// the balance between cache and packing lies is for timing on a quiet machine to say.
+constexpr int64_t kMinChunkTiles = 64;
+
+// ----------------------------------------------------------------------- NCHW <-> bands
+// NCHW planes hold a channel's pixels together, the bands a pixel's channels: every
+// NCHW band is a transpose. Scalar, the transposes were a quarter of ResNet-50's first 3x3
+// layer in F(2x2) (callgrind: 5.5 of 22.4 M instructions, with a zero fill of the whole
+// band); with 8x8 (float) or 4x4 (double) blocks in AVX2 registers and only the padding
+// zero-filled, 0.6 M, and the call 17.4 M.
+
+#if defined(__x86_64__) && defined(__GNUC__)
+const bool kWinoAvx2 = __builtin_cpu_supports("avx2");
+
+__attribute__((target("avx2"))) void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+// transpose() below for rows and cols multiples of the block: 8 x 8 floats, 4 x 4 doubles.
+__attribute__((target("avx2"))) void transpose_blocks(const float* src, int64_t src_ld,
+                                                      float* dst, int64_t dst_ld, int64_t rows,
+                                                      int64_t cols) {
+    for (int64_t i = 0; i + 8 <= rows; i += 8)
+        for (int64_t j = 0; j + 8 <= cols; j += 8) {
+            __m256 r[8];
+            for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + (i + k) * src_ld + j);
+            transpose8(r);
+            for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (j + k) * dst_ld + i, r[k]);
+        }
+}
+
+__attribute__((target("avx2"))) void transpose_blocks(const double* src, int64_t src_ld,
+                                                      double* dst, int64_t dst_ld, int64_t rows,
+                                                      int64_t cols) {
+    for (int64_t i = 0; i + 4 <= rows; i += 4)
+        for (int64_t j = 0; j + 4 <= cols; j += 4) {
+            __m256d r[4];
+            for (int k = 0; k < 4; ++k) r[k] = _mm256_loadu_pd(src + (i + k) * src_ld + j);
+            const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+            const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+            _mm256_storeu_pd(dst + j * dst_ld + i, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_storeu_pd(dst + (j + 1) * dst_ld + i, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_storeu_pd(dst + (j + 2) * dst_ld + i, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_storeu_pd(dst + (j + 3) * dst_ld + i, _mm256_permute2f128_pd(t1, t3, 0x31));
+        }
+}
+#else
+constexpr bool kWinoAvx2 = false;
+template <typename T>
+void transpose_blocks(const T*, int64_t, T*, int64_t, int64_t, int64_t) {}
+#endif
+
+// dst[j * dst_ld + i] = src[i * src_ld + j] for i < rows, j < cols.
+template <typename T>
+void transpose(const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows, int64_t cols) {
+    constexpr int64_t B = 32 / sizeof(T);  // the AVX2 block: 8 floats or 4 doubles
+    int64_t rb = 0, cb = 0;                 // rows and columns the blocks cover
+    if (kWinoAvx2) {
+        rb = rows / B * B, cb = cols / B * B;
+        transpose_blocks(src, src_ld, dst, dst_ld, rb, cb);
+    }
+    for (int64_t j = 0; j < cols; ++j)
+        for (int64_t i = j < cb ? rb : 0; i < rows; ++i) dst[j * dst_ld + i] = src[i * src_ld + j];
+}
+
+// ----------------------------------------------------------------------- filters
+
+// The filters of the convolution being computed as rows of Kg values, one per output
+// channel: tap t (r * 3 + s) of input channel c in group g is row(g, c, t)[0 .. Kg). Rows with
+// the output channel contiguous let the filter transform run along it with vector loads
+// (strided, the loads kept it scalar: 27 M instructions, half the call, for F(4x4) on
+// ResNet-50's 512-channel layer at batch 1; see NOTES.md).
+template <typename T>
+struct FilterRows {
+    const T* base;
+    int64_t g_stride, c_stride, t_stride;
+    bool reversed;  // taps in reverse order: grad input's filters, w'[., ., r, s] = w[., ., 2-r, 2-s]
+    const T* row(int64_t g, int64_t c, int t) const {
+        return base + g * g_stride + c * c_stride + (reversed ? 8 - t : t) * t_stride;
+    }
+};
+
+// The rows of the forward p's filters (grad_input false), or of grad input's, w'[c, k, r, s] =
+// w[k, c, 2 - r, 2 - s]: the forward's input channels are their outputs. w is (K, Cg, 3, 3)
+// for NCHW, (3, 3, Cg, K) for NHWC; only the forward's NHWC weight holds such rows already,
+// the others are transposed into scratch.
+template <typename T>
+FilterRows<T> filter_rows(const Conv2dParams& p, bool grad_input, const T* w, Buffer<T>& scratch) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;  // of the forward p
+    if (!grad_input && p.layout == Layout::NHWC) return {w, Kg, p.K, Cg * p.K, false};
+    scratch = buffer<T>(p.K * Cg * 9);
+    T* out = scratch.get();
+    if (!grad_input) {  // per group, Kg filters x (Cg * 9) taps -> (Cg * 9) x Kg
+        for (int64_t g = 0; g < p.groups; ++g)
+            transpose(w + g * Kg * Cg * 9, Cg * 9, out + g * Cg * 9 * Kg, Kg, Kg, Cg * 9);
+        return {out, Cg * 9 * Kg, 9 * Kg, Kg, false};
+    }
+    if (p.layout == Layout::NCHW) {  // per forward filter, Cg channels x 9 taps -> 9 x Cg
+        for (int64_t k = 0; k < p.K; ++k) transpose(w + k * Cg * 9, 9, out + k * 9 * Cg, Cg, Cg, 9);
+        return {out, Kg * 9 * Cg, 9 * Cg, Cg, true};
+    }
+    // NHWC: per tap and group, Cg channels x Kg filters -> Kg x Cg
+    for (int64_t t = 0; t < 9; ++t)
+        for (int64_t g = 0; g < p.groups; ++g)
+            transpose(w + t * Cg * p.K + g * Kg, p.K, out + (t * p.groups + g) * Kg * Cg, Cg, Cg, Kg);
+    return {out, Kg * Cg, Cg, p.groups * Kg * Cg, true};
+}
+
+// u[e * e_stride + k] = (G g_k G^T)[e] for the Kg filters k of one (group, input channel),
+// tap t of filter k being taps[t][k].
+template <int m, typename T>
+FC_WINO_KERNEL void filter_run(const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride) {
+    constexpr int a2 = (m + 2) * (m + 2);
+    const T* r[9];
+    for (int t = 0; t < 9; ++t) r[t] = taps[t];
+    FC_WINO_INDEPENDENT
+    for (int64_t k = 0; k < Kg; ++k) {
+        FilterAcc<T> g[9], v[a2];
+        static_for<0, 9>([&](auto t) FC_WINO_LAMBDA { g[decltype(t)::value] = r[decltype(t)::value][k]; });
+        winograd::filter_transform<m>(g, v);
+        static_for<0, a2>([&](auto e) FC_WINO_LAMBDA { u[decltype(e)::value * e_stride + k] = T(v[decltype(e)::value]); });
+    }
+}
+
+// U[((g * alpha^2 + e) * Cg + c) * Kg + k] for the convolution q (the forward p, or its grad
+// input when grad_input).
+template <int m, typename T>
+Buffer<T> transform_filters(const Conv2dParams& q, const Conv2dParams& p, bool grad_input,
+                            const T* w) {
+    constexpr int64_t a2 = (m + 2) * (m + 2);
+    const int64_t Cg = q.C / q.groups, Kg = q.K / q.groups;
+    Buffer<T> scratch;
+    const FilterRows<T> f = filter_rows(p, grad_input, w, scratch);
+    Buffer<T> U = buffer<T>(q.groups * a2 * Cg * Kg);
+    T* out = U.get();
+#pragma omp parallel for schedule(static)
+    for (int64_t gc = 0; gc < q.groups * Cg; ++gc) {
+        const int64_t g = gc / Cg, c = gc % Cg;
+        const T* taps[9];
+        for (int t = 0; t < 9; ++t) taps[t] = f.row(g, c, t);
+        filter_run<m>(taps, Kg, out + (g * a2 * Cg + c) * Kg, Cg * Kg);
+    }
+    return U;
+}
+
+// The input band of one run of tiles: `rows` input rows from h0, `cols` pixels from w0, the
+// group's Cg channels of each pixel contiguous; zeros outside the image.
+template <typename T>
+void gather_band(const Conv2dParams& q, const T* x, int64_t n, int64_t g, int64_t h0,
+                 int64_t w0, int64_t rows, int64_t cols, T* band) {
+    const int64_t Cg = q.C / q.groups;
+    // Band columns [lo, hi) hold image columns w0 + lo ... inside [0, W).
+    const int64_t lo = std::min(cols, std::max<int64_t>(0, -w0));
+    const int64_t hi = std::max(lo, std::min(cols, q.W - w0));
+    for (int64_t i = 0; i < rows; ++i) {
+        T* dst = band + i * cols * Cg;
+        const int64_t h = h0 + i;
+        if (h < 0 || h >= q.H || lo == hi) {
+            std::fill(dst, dst + cols * Cg, T(0));
+            continue;
+        }
+        std::fill(dst, dst + lo * Cg, T(0));
+        std::fill(dst + hi * Cg, dst + cols * Cg, T(0));
+        if (q.layout == Layout::NCHW) {  // Cg planes, H * W apart
+            transpose(x + ((n * q.C + g * Cg) * q.H + h) * q.W + w0 + lo, q.H * q.W,
+                      dst + lo * Cg, Cg, Cg, hi - lo);
+            continue;
+        }
+        const T* src = x + ((n * q.H + h) * q.W + w0) * q.C + g * Cg;
+        if (q.groups == 1)
+            std::memcpy(dst + lo * Cg, src + lo * Cg, size_t((hi - lo) * Cg) * sizeof(T));
+        else
+            for (int64_t j = lo; j < hi; ++j)
+                std::memcpy(dst + j * Cg, src + j * q.C, size_t(Cg) * sizeof(T));
+    }
+}
+
+// V[e * e_stride + t * Cg + c] = (B^T d_t B)[e] for the tiles t < tiles of a band whose pixel
+// rows are row_stride apart; tile t's patch starts at band column t * m.
+template <int m, typename T>
+FC_WINO_KERNEL void input_run(const T* __restrict band, int64_t row_stride, int64_t Cg,
+                              int64_t tiles, T* __restrict V, int64_t e_stride) {
+    constexpr int a = m + 2;
+    for (int64_t t = 0; t < tiles; ++t) {
+        const T* src = band + t * m * Cg;
+        T* dst = V + t * Cg;
+        FC_WINO_INDEPENDENT
+        for (int64_t c = 0; c < Cg; ++c) {
+            T d[a * a], v[a * a];
+            static_for<0, a * a>([&](auto e_) FC_WINO_LAMBDA {
+                constexpr int e = decltype(e_)::value;
+                d[e] = src[(e / a) * row_stride + (e % a) * Cg + c];
+            });
+            winograd::input_transform<m>(d, v);
+            static_for<0, a * a>([&](auto e) FC_WINO_LAMBDA { dst[decltype(e)::value * e_stride + c] = v[decltype(e)::value]; });
+        }
+    }
+}
+
+// The m x m outputs Y = A^T M_t A of tiles t < tiles, where M_t[e] = z[e * e_stride + t * Kg + k],
+// into an output band: pixel (i, t * m + j) at out[i * row_stride + (t * m + j) * Kg + k].
+template <int m, typename T>
+FC_WINO_KERNEL void output_run(const T* __restrict z, int64_t e_stride, int64_t Kg, int64_t tiles,
+                               T* __restrict out, int64_t row_stride) {
+    constexpr int a = m + 2;
+    for (int64_t t = 0; t < tiles; ++t) {
+        const T* src = z + t * Kg;
+        T* dst = out + t * m * Kg;
+        FC_WINO_INDEPENDENT
+        for (int64_t k = 0; k < Kg; ++k) {
+            T mt[a * a], y[m * m];
+            static_for<0, a * a>([&](auto e) FC_WINO_LAMBDA { mt[decltype(e)::value] = src[decltype(e)::value * e_stride + k]; });
+            winograd::output_transform<m>(mt, 1, y);
+            static_for<0, m * m>([&](auto o_) FC_WINO_LAMBDA {
+                constexpr int o = decltype(o_)::value;
+                dst[(o / m) * row_stride + (o % m) * Kg + k] = y[o];
+            });
+        }
+    }
+}
+
+// An output band (rows x cols pixels from (oh0, ow0), Kg channels each) into y, clipped at P, Q.
+template <typename T>
+void scatter_band(const Conv2dParams& q, const T* band, int64_t n, int64_t g, int64_t oh0,
+                  int64_t ow0, int64_t rows, int64_t cols, T* y) {
+    const int64_t Kg = q.K / q.groups;
+    const int64_t nr = std::min(rows, q.P - oh0), nc = std::min(cols, q.Q - ow0);
+    for (int64_t i = 0; i < nr; ++i) {
+        const T* src = band + i * cols * Kg;
+        if (q.layout == Layout::NCHW) {  // Kg planes, P * Q apart
+            transpose(src, Kg, y + ((n * q.K + g * Kg) * q.P + oh0 + i) * q.Q + ow0, q.P * q.Q,
+                      nc, Kg);
+            continue;
+        }
+        T* dst = y + ((n * q.P + oh0 + i) * q.Q + ow0) * q.K + g * Kg;
+        if (q.groups == 1)
+            std::memcpy(dst, src, size_t(nc * Kg) * sizeof(T));
+        else
+            for (int64_t j = 0; j < nc; ++j)
+                std::memcpy(dst + j * q.K, src + j * Kg, size_t(Kg) * sizeof(T));
+    }
+}
+
+// Calls f(n, th, tw0, tw1, j) for each run of tiles of the raster (n, th, tw), tiles [u0, u1),
+// that stays on one tile row: tiles tw0 .. tw1 - 1 of row th of image n, the first being
+// tile j of the chunk.
+template <typename F>
+void for_each_tile_run(int64_t u0, int64_t u1, int64_t TH, int64_t TW, F f) {
+    int64_t n = u0 / (TH * TW), th = u0 / TW % TH, tw = u0 % TW;
+    for (int64_t u = u0; u < u1; tw = 0) {
+        const int64_t tw1 = std::min(TW, tw + (u1 - u));
+        f(n, th, tw, tw1, u - u0);
+        u += tw1 - tw;
+        if (++th == TH) th = 0, ++n;
+    }
+}
+
+// Tiles per chunk: what fits kWinogradBudget, at least kMinChunkTiles, at most all. The same
+// for any thread count, so the chunk edges that tests/test_conv2d.py THRESHOLDS straddles
+// do not move with the machine. (A many-core machine at batch 1 gets fewer chunks than
+// 2 per thread, and for_each_task then runs them in turn with threaded GEMMs.)
+int64_t chunk_tiles(int64_t tiles, int64_t a2, int64_t Cg, int64_t Kg, size_t elem) {
+    const int64_t fit = kWinogradBudget / (a2 * (Cg + Kg) * int64_t(elem));
+    return std::min(tiles, std::max(kMinChunkTiles, fit));
+}
+
+// y = x (*) w for the 3x3, stride-1 convolution q, w given as U (transform_filters). No bias.
+template <int m, typename T>
+void tiles_conv(const Conv2dParams& q, const T* U, const T* x, T* y) {
+    constexpr int64_t a = m + 2, a2 = a * a;
+    const int64_t Cg = q.C / q.groups, Kg = q.K / q.groups;
+    const int64_t TH = winograd::tile_count(q.P, m), TW = winograd::tile_count(q.Q, m);
+    const int64_t tiles = q.N * TH * TW;
+    const int64_t chunk = chunk_tiles(tiles, a2, Cg, Kg, sizeof(T));
+    const int64_t chunks = ceil_div(tiles, chunk);
+    const int64_t run_max = std::min(chunk, TW);  // tiles in one run, at most
+    struct Scratch {
+        Buffer<T> v, z, in, out;
+    };
+    for_each_task(
+        q.groups * chunks,
+        [&] {
+            return Scratch{buffer<T>(a2 * chunk * Cg), buffer<T>(a2 * chunk * Kg),
+                           buffer<T>(a * (run_max * m + 2) * Cg), buffer<T>(m * run_max * m * Kg)};
+        },
+        [&](int64_t task, Scratch& s) {
+            const int64_t g = task / chunks, u0 = task % chunks * chunk;
+            const int64_t u1 = std::min(u0 + chunk, tiles);
+            for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
+                const int64_t cols = (tw1 - tw0) * m + 2;
+                gather_band(q, x, n, g, winograd::tile_origin(th, m, q.pad_h),
+                            winograd::tile_origin(tw0, m, q.pad_w), a, cols, s.in.get());
+                input_run<m>(s.in.get(), cols * Cg, Cg, tw1 - tw0, s.v.get() + j * Cg, chunk * Cg);
+            });
+            for (int64_t e = 0; e < a2; ++e)
+                gemm<T>(false, false, u1 - u0, Kg, Cg, s.v.get() + e * chunk * Cg, Cg,
+                        U + (g * a2 + e) * Cg * Kg, Kg, T(0), s.z.get() + e * chunk * Kg, Kg);
+            for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
+                const int64_t cols = (tw1 - tw0) * m;
+                output_run<m>(s.z.get() + j * Kg, chunk * Kg, Kg, tw1 - tw0, s.out.get(), cols * Kg);
+                scatter_band(q, s.out.get(), n, g, th * m, tw0 * m, m, cols, y);
+            });
+        });
+}
+
+void check_applies(const Conv2dParams& p) {
+    FC_CHECK(winograd::applies(p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w),
+             "the winograd variants need a 3x3 kernel, stride 1 and dilation 1");
+}
+
+// y = x (*) w for q, the forward p or (grad_input) the convolution that gives p's grad input.
+template <int m, typename T>
+void run(const Conv2dParams& q, const Conv2dParams& p, bool grad_input, const T* x, const T* w,
+         T* y) {
+    const Buffer<T> U = transform_filters<m>(q, p, grad_input, w);
+    tiles_conv<m>(q, U.get(), x, y);
+}
+
+}  // namespace
+
+template <typename T>
+void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y) {
+    check_applies(p);
+    if (m == 2)
+        run<2>(p, p, false, x, w, y);
+    else
+        run<4>(p, p, false, x, w, y);
+    bias_activation(p, b, y);
+}
+
+template <typename T>
+void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T* dx) {
+    check_applies(p);
+    const Conv2dParams q = winograd::bwd_data_as_forward(p);
+    if (m == 2)
+        run<2>(q, p, true, dy, w, dx);
+    else
+        run<4>(q, p, true, dy, w, dx);
+}
+
+template void winograd_fwd<float>(const Conv2dParams&, int, const float*, const float*,
+                                  const float*, float*);
+template void winograd_fwd<double>(const Conv2dParams&, int, const double*, const double*,
+                                   const double*, double*);
+template void winograd_bwd_data<float>(const Conv2dParams&, int, const float*, const float*, float*);
+template void winograd_bwd_data<double>(const Conv2dParams&, int, const double*, const double*,
+                                        double*);
+
+}  // namespace cpu
+}  // namespace fastconv
