@@ -515,7 +515,8 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     commit, cpu = _environment()
     return {"commit": commit, "date": _now(),
-            "device": {"name": cpu, "threads": _cpu.num_threads(), "driver": None, "cuda": None,
+            "device": {"name": cpu, "threads": _cpu.num_threads(), "isa": _cpu.isa(),
+                       "driver": None, "cuda": None,
                        "torch": torch.__version__, "quick": quick},
             "ceilings": ceilings, "rows": rows}
 
@@ -534,7 +535,8 @@ def _timing(r):
 
 def format_table(result):
     d = result["device"]
-    where = (f"{d['name']} ({d['threads']} threads)" if "threads" in d else
+    where = (f"{d['name']} ({d['threads']} threads{', ' + d['isa'] if d.get('isa') else ''})"
+             if "threads" in d else
              f"{d['name']}, driver {d['driver']}, CUDA {d['cuda']}, torch {d['torch']}")
     lines = [f"fastconv bench on {where}, commit {result['commit'][:10]}, {result['date']}",
              "ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in result["ceilings"].items()),

@@ -75,11 +75,12 @@ def check_gemm(rng, dtype, M, N, K, trans_a, trans_b, beta, integer):
 
 
 # ------------------------------------------------------------------ convolutions
-# NCHW blocked applies for K <= 24: K 5 (avx2 and avx512: 8 lanes), 13 and 16 (avx2: two
+# NCHW blocked applies for K <= 24: K 5 (avx2 and avx512: 8 lanes), 9, 13 and 16 (avx2: two
 # ymm; avx512: one zmm), 17 and 24 (avx2: three ymm; avx512: two zmm). Output widths leave
 # partial pixel blocks; C*R*S is ragged for the GEMM's K.
 CONV_SHAPES = [
     dict(N=2, C=3, K=5, H=11, W=13, R=3, S=3, stride=1, padding=1, dilation=1),
+    dict(N=2, C=5, K=9, H=12, W=9, R=3, S=3, stride=1, padding=0, dilation=1),
     dict(N=3, C=2, K=13, H=9, W=17, R=3, S=2, stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
     dict(N=1, C=4, K=16, H=14, W=14, R=5, S=5, stride=1, padding=0, dilation=1),
     dict(N=2, C=3, K=17, H=10, W=15, R=3, S=3, stride=1, padding="same", dilation=1),

@@ -36,6 +36,19 @@
 //   M=576 N=3136  K=64    (3x3-64 dcol, trans_a) 143      121
 //   M=64  N=576   K=3136  (3x3-64 dW, trans_b)   120      116
 // float64 on the same shapes: 0.96x to 1.4x numpy (e.g. 55 vs 54 on the 3x3, 64 ch shape).
+//
+// avx512 against avx2, instructions of one single-thread float32 call (wall clock was not
+// usable on the shared VM; benchmarks/isa_counts.py, benchmarks/NOTES.md). avx2: callgrind
+// Ir; avx512: tools/inscount.c (valgrind decodes no AVX-512; on avx2 it equals callgrind
+// plus the 6.4 k of the Python call between its markers, subtracted here).
+//   M x N x K          avx2 Ir   (kernel share)   avx512      ratio
+//   256 x 3136 x 64     13.09 M   95%               5.93 M    2.21
+//   64 x 3136 x 576     30.52 M   90%              14.02 M    2.18
+//   512 x 196 x 4608   121.06 M   94%              57.63 M    2.10
+//   16 x 100 x 150     107.9 k    63%              63.2 k     1.71  (edges: 14 + 2 rows)
+// Prediction, not measured: on Zen 5 (two 512-bit FMA pipes) 1.6-1.9x on the first three,
+// 1.3-1.6x on the LeNet shape, single thread: the kernel at twice the flops per cycle, the
+// packing and C traffic as before.
 #include "gemm.h"
 
 #include <algorithm>
