@@ -51,6 +51,8 @@ class Mutant:
 
 
 FWD, BWD, COMMON = "csrc/cpu/conv2d_fwd.cpp", "csrc/cpu/conv2d_bwd.cpp", "csrc/cpu/conv2d_common.h"
+WINO_H, WINO = "csrc/common/winograd.h", "csrc/cpu/winograd.cpp"
+WINO_TESTS = ("tests/test_conv2d.py", "tests/test_winograd.py")
 POOL_CPP, SHAPES_H = "csrc/cpu/pool.cpp", "csrc/common/shapes.h"
 
 MUTANTS = [
@@ -116,7 +118,18 @@ MUTANTS = [
     Mutant("conv1d-last-tap", "off-by-one reduction", "csrc/cpu/conv1d.cpp",
            "for (int64_t t = 0; t < p.n; ++t) acc += s[t] * w[t];",
            "for (int64_t t = 0; t + 1 < p.n; ++t) acc += s[t] * w[t];", FILTERS),
-    # AVX-512 / Winograd paths: add their rows here when they land.
+    # Winograd (csrc/common/winograd.h, csrc/cpu/winograd.cpp): a sign in one entry of
+    # F(4, 3)'s B^T; the last image column of each input band read as padding (an
+    # off-by-one at the right edge); grad input padded at the left as at the top.
+    Mutant("winograd4-bt-sign", "transform matrix entry", WINO_H,
+           "{0, -1, -2, 1, 2, 0},", "{0, -1, -2, 1, -2, 0},", WINO_TESTS),
+    Mutant("winograd-right-edge", "tile edge", WINO,
+           "const int64_t hi = std::max(lo, std::min(cols, q.W - w0));",
+           "const int64_t hi = std::max(lo, std::min(cols, q.W - w0 - 1));", WINO_TESTS),
+    Mutant("winograd-bwd-pad-w", "grad input padding", WINO_H,
+           "q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.S - 1 - p.pad_w;",
+           "q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.R - 1 - p.pad_h;", WINO_TESTS),
+    # AVX-512 paths: add their rows here when they land.
 ]
 
 
