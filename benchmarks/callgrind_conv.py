@@ -114,15 +114,18 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--batch", type=int, help="N for every shape instead of the table's")
     ap.add_argument("--breakdown", action="store_true", help="Ir of the main kernel functions")
     args = ap.parse_args()
     print(f"Ir of one conv2d call, {args.dtype}, NCHW, 3x3 stride 1 padding 1, OMP_NUM_THREADS=1")
     for name in args.shapes:
-        base = None
+        base, shape = None, SHAPES[name]
+        if args.batch:
+            shape = (args.batch, *shape[1:])
         for v in args.variants:
-            total, parts = count(SHAPES[name], v, args.dtype, args.breakdown)
+            total, parts = count(shape, v, args.dtype, args.breakdown)
             base = base or total
-            print(f"{name:14s} {str(SHAPES[name]):24s} {v:10s} {total / 1e6:10.1f} M   "
+            print(f"{name:14s} {str(shape):24s} {v:10s} {total / 1e6:10.1f} M   "
                   f"{base / total:5.2f}x fewer than {args.variants[0]}", flush=True)
             for part, ir in sorted(parts.items(), key=lambda kv: -kv[1]):
                 print(f"{'':16s}{part:30s} {ir / 1e6:8.2f} M")

@@ -17,8 +17,11 @@ error over the largest reference element ("max").
 import sys
 from fractions import Fraction
 from math import gcd, lcm
+from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # csrc/common/winograd.h's points (infinity is implied).
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, Fraction(-1, 2))}
@@ -114,6 +117,7 @@ def _errors(out, ref):
 
 
 def fastconv_table():
+    sys.path.insert(0, str(ROOT))  # this checkout's fastconv, not an installed one
     import fastconv
     from fastconv import reference
 
@@ -129,11 +133,13 @@ def fastconv_table():
         w = (rng.standard_normal((32, c, 3, 3)) * np.sqrt(2 / (9 * c))).astype(np.float32)
         for dist, draw in dists.items():
             base = draw((1, c, 14, 14))
-            for scale in ((2.0 ** -20, 1.0, 2.0 ** 20, 1e-3, 1e3) if dist == "normal" else (1.0,)):
+            scales = ("2^-120", "2^-20", "1e-3", "1", "1e3", "2^20", "2^120") if dist == "normal" else ("1",)
+            for label in scales:
+                scale = 2.0 ** int(label[2:]) if label.startswith("2^") else float(label)
                 x = (base * scale).astype(np.float32)
                 ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
                 errs = [_errors(fastconv.conv2d(x, w, padding=1, variant=v), ref) for v in variants]
-                print(f"{c:5d}  {dist:14s} {scale:6.0e}  " +
+                print(f"{c:5d}  {dist:14s} {label:>6s}  " +
                       "  ".join(f"{e[0]:.2e} / {e[1]:.2e}" for e in errs), flush=True)
     print("\nResNet-50's 3x3 layers, batch 1, relu(normal) inputs, He-scaled filters, padding 1")
     for c, hw in ((64, 56), (128, 28), (256, 14), (512, 7)):

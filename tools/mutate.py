@@ -56,6 +56,8 @@ class Mutant:
 
 
 FWD, BWD, COMMON = "csrc/cpu/conv2d_fwd.cpp", "csrc/cpu/conv2d_bwd.cpp", "csrc/cpu/conv2d_common.h"
+WINO_H, WINO = "csrc/common/winograd.h", "csrc/cpu/winograd.cpp"
+WINO_TESTS = ("tests/test_conv2d.py", "tests/test_winograd.py")
 POOL_CPP, SHAPES_H = "csrc/cpu/pool.cpp", "csrc/common/shapes.h"
 
 MUTANTS = [
@@ -147,7 +149,17 @@ MUTANTS = [
            "bwd_filter_blocked_vk<32>(p, bwd_filter_blocked_chunk_avx512<2>, dy, x, dw);",
            "bwd_filter_blocked_vk<32>(p, bwd_filter_blocked_chunk_avx512<1>, dy, x, dw);", ISA,
            "avx512"),
-    # Winograd paths: add their rows here when they land.
+    # Winograd (csrc/common/winograd.h, csrc/cpu/winograd.cpp): a sign in one entry of
+    # F(4, 3)'s B^T; the last image column of each input band read as padding (an
+    # off-by-one at the right edge); grad input padded at the left as at the top.
+    Mutant("winograd4-bt-sign", "transform matrix entry", WINO_H,
+           "{0, -1, -2, 1, 2, 0},", "{0, -1, -2, 1, -2, 0},", WINO_TESTS),
+    Mutant("winograd-right-edge", "tile edge", WINO,
+           "const int64_t hi = std::max(lo, std::min(cols, q.W - w0));",
+           "const int64_t hi = std::max(lo, std::min(cols, q.W - w0 - 1));", WINO_TESTS),
+    Mutant("winograd-bwd-pad-w", "grad input padding", WINO_H,
+           "q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.S - 1 - p.pad_w;",
+           "q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.R - 1 - p.pad_h;", WINO_TESTS),
 ]
 
 

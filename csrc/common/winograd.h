@@ -28,14 +28,16 @@
 // the whole algorithm is exact in binary floating point, like a direct convolution.
 //
 // F(4, 3): points 0, 1, -1, 2, -1/2, infinity. Lavin & Gray use +-2 (B^T with 22 nonzero
-// entries, here 26), and +-1/2 is the other classic choice. Measured in a float32 simulation
-// of all three (random normal data and filters, C = 64 ... 2048, 2 seeds each): relative
-// error (2-norm) 1.55e-6 / 2.7e-6 with +-2, 1.53e-6 / 2.7e-6 with +-1/2, 1.03e-6 / 1.8e-6
-// with {2, -1/2} at C = 64 / C >= 256, and largest element error 1.35e-5 (+-2) against
-// 3.9e-6 ({2, -1/2}). A point and minus its inverse keep the powers in A^T balanced (8 and
-// -1/8 instead of 8 and -8), so the output transform, which amplifies the GEMM's rounding
-// by the size of A^T's entries, cancels less. Four more nonzeros in B^T cost a few percent
-// of the input transform; 1.5x less error on average (3.5x at the worst element) is worth it.
+// entries, here 26), and +-1/2 is the other classic choice. A float32 simulation of all three
+// (`python benchmarks/winograd_accuracy.py points`: random normal tiles and filters, 2 seeds)
+// gives relative errors (2-norm) at C = 64 / 512 / 2048 of
+//     +-2        1.55e-6  2.73e-6  2.57e-6    largest element error 7.8e-6
+//     +-1/2      1.56e-6  2.72e-6  2.59e-6                          9.2e-6
+//     2, -1/2    1.03e-6  1.74e-6  1.71e-6                          3.0e-6
+// A point and minus its inverse keep the powers in A^T balanced (8 and -1/8 rather than 8 and
+// -8), so the output transform, which amplifies the GEMM's rounding by the size of A^T's
+// entries, amplifies less. Four more nonzeros in B^T cost a few percent of the input
+// transform; 1.5x less error on average, 2.6x at the worst element, is worth it.
 //
 // NaN and infinity: a transform skips its zero coefficients (decided at compile time), so a
 // value reaches only what its nonzero coefficients connect it to. F(2, 3)'s sparsity makes
