@@ -332,6 +332,8 @@ void bwd_filter_blocked(const Conv2dParams& p, const double* dy, const double* x
 template <typename T>
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const T* dy, const T* w, T* dx) {
     if (v == ConvVariant::Direct) return bwd_data_direct(p, dy, w, dx);
+    if (v == ConvVariant::Auto && winograd::applies(p.R, p.S, p.stride_h, p.stride_w, p.dil_h, p.dil_w))
+        v = auto_winograd(winograd::bwd_data_as_forward(p));
     if (v == ConvVariant::Winograd2) return winograd_bwd_data(p, 2, dy, w, dx);
     if (v == ConvVariant::Winograd4) return winograd_bwd_data(p, 4, dy, w, dx);
     bwd_data_gemm(p, dy, w, dx);

@@ -344,7 +344,7 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, co
     if (v == ConvVariant::Auto)
         v = (p.C == p.groups && p.groups > 1) ? ConvVariant::Depthwise
             : (std::is_same<T, float>::value && blocked_applies(p)) ? ConvVariant::Blocked
-                                                                    : ConvVariant::Gemm;
+                                                                    : auto_winograd(p);
     switch (v) {
         case ConvVariant::Direct: return direct(p, x, w, b, y);
         case ConvVariant::Blocked: return blocked(p, x, w, b, y);

@@ -109,10 +109,9 @@ constexpr int64_t kMinChunkTiles = 64;
 // band); with 8x8 (float) or 4x4 (double) blocks in AVX2 registers and only the padding
 // zero-filled, 0.6 M, and the call 17.4 M.
 
-#if defined(__x86_64__) && defined(__GNUC__)
-const bool kWinoAvx2 = __builtin_cpu_supports("avx2");
+#if FC_X86_ISA
 
-__attribute__((target("avx2"))) void transpose8(__m256 r[8]) {
+FC_TARGET_AVX2 void transpose8(__m256 r[8]) {
     __m256 t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
@@ -131,7 +130,7 @@ __attribute__((target("avx2"))) void transpose8(__m256 r[8]) {
 }
 
 // transpose() below for rows and cols multiples of the block: 8 x 8 floats, 4 x 4 doubles.
-__attribute__((target("avx2"))) void transpose_blocks(const float* src, int64_t src_ld,
+FC_TARGET_AVX2 void transpose_blocks(const float* src, int64_t src_ld,
                                                       float* dst, int64_t dst_ld, int64_t rows,
                                                       int64_t cols) {
     for (int64_t i = 0; i + 8 <= rows; i += 8)
@@ -143,7 +142,7 @@ __attribute__((target("avx2"))) void transpose_blocks(const float* src, int64_t 
         }
 }
 
-__attribute__((target("avx2"))) void transpose_blocks(const double* src, int64_t src_ld,
+FC_TARGET_AVX2 void transpose_blocks(const double* src, int64_t src_ld,
                                                       double* dst, int64_t dst_ld, int64_t rows,
                                                       int64_t cols) {
     for (int64_t i = 0; i + 4 <= rows; i += 4)
@@ -159,7 +158,6 @@ __attribute__((target("avx2"))) void transpose_blocks(const double* src, int64_t
         }
 }
 #else
-constexpr bool kWinoAvx2 = false;
 template <typename T>
 void transpose_blocks(const T*, int64_t, T*, int64_t, int64_t, int64_t) {}
 #endif
@@ -169,7 +167,7 @@ template <typename T>
 void transpose(const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t rows, int64_t cols) {
     constexpr int64_t B = 32 / sizeof(T);  // the AVX2 block: 8 floats or 4 doubles
     int64_t rb = 0, cb = 0;                 // rows and columns the blocks cover
-    if (kWinoAvx2) {
+    if (isa() >= Isa::Avx2) {
         rb = rows / B * B, cb = cols / B * B;
         transpose_blocks(src, src_ld, dst, dst_ld, rb, cb);
     }
