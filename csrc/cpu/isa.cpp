@@ -34,7 +34,7 @@ std::string missing_features(Isa path) {
     }
     return missing;
 #else
-    return path == Isa::Portable ? "" : "an x86-64 build";
+    return path == Isa::Portable ? "" : "x86-64";
 #endif
 }
 
@@ -50,10 +50,15 @@ Isa detect() {
         if (want != isa_name(path)) continue;
         const std::string missing = missing_features(path);
         if (!missing.empty()) {
+#if FC_X86_ISA
             std::string names;
             for (Isa h : have) names += (names.empty() ? "" : ", ") + std::string(isa_name(h));
             throw std::invalid_argument(std::string(kVariable) + "=" + want + " but this CPU lacks " +
                                         missing + " (it supports " + names + ")");
+#else
+            throw std::invalid_argument(std::string(kVariable) + "=" + want +
+                                        " but this build is not for x86-64: portable is its only path");
+#endif
         }
         return path;
     }
