@@ -89,6 +89,14 @@ CONV_SHAPES = [
 ]
 
 
+# 3x3 stride-1 layers for the Winograd variants: ragged tiles, more than 8 channels
+# (the 8x8 transposes), and enough outputs that float F(4x4) runs in float.
+WINOGRAD_SHAPES = [
+    dict(N=2, C=11, K=9, H=13, W=17, R=3, S=3, stride=1, padding=1, dilation=1),
+    dict(N=1, C=17, K=24, H=10, W=9, R=3, S=3, stride=1, padding=0, dilation=1),
+]
+
+
 def check_conv(rng, dtype, layout, variant, cfg, activation):
     from fastconv import reference as ref
     from conftest import assert_close
@@ -123,6 +131,26 @@ def check_pooling(rng, dtype):
             got = getattr(fastconv, op)(x, k, stride=s, padding=pad)
             assert_close(got, getattr(ref, op)(x, k, stride=s, padding=pad), dtype,
                          f"{op} {dtype} {x.shape} k={k} s={s} pad={pad}")
+    # What autograd runs, in both layouts: max with indices, and both backwards (the
+    # NHWC row functions and the indexed NCHW rows have a build per path).
+    for (N, C, H, W), k, s, pad in [((2, 3, 13, 17), 3, 2, 1), ((1, 20, 16, 23), 2, 2, 0),
+                                    ((2, 9, 11, 10), 3, 1, 1)]:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        for layout in ("NCHW", "NHWC"):
+            xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            what = f"{dtype} {layout} {x.shape} k={k} s={s} pad={pad}"
+            y, idx = fastconv.max_pool2d(xl, k, s, pad, return_indices=True, layout=layout)
+            y_ref, idx_ref = ref.max_pool2d(xl, k, s, pad, return_indices=True, layout=layout)
+            assert_close(y, y_ref, dtype, f"max_pool2d with indices {what}")
+            np.testing.assert_array_equal(idx, idx_ref, err_msg=f"indices {what}")
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            assert_close(fastconv.max_pool2d_backward(dy, xl, k, s, pad, indices=idx, layout=layout),
+                         ref.max_pool2d_backward(dy, xl, k, s, pad, layout=layout), dtype,
+                         f"max_pool2d_backward {what}")
+            dy = rng.standard_normal(fastconv.avg_pool2d(xl, k, s, pad, layout=layout).shape).astype(dtype)
+            assert_close(fastconv.avg_pool2d_backward(dy, xl, k, s, pad, layout=layout),
+                         ref.avg_pool2d_backward(dy, xl, k, s, pad, layout=layout), dtype,
+                         f"avg_pool2d_backward {what}")
     for shape in [(3, 70, 7, 7), (1, 3, 67, 71)]:  # small planes (the AVX2 fold), and > 4096
         x = rng.standard_normal(shape).astype(dtype)
         assert_close(fastconv.global_avg_pool2d(x), ref.global_avg_pool2d(x), dtype,
@@ -147,6 +175,10 @@ def child(isa, seed):
             for layout in ("NCHW", "NHWC"):
                 for variant in ("gemm", "blocked"):
                     check_conv(rng, dtype, layout, variant, cfg, ("tanh", "sigmoid")[i % 2])
+        for cfg in WINOGRAD_SHAPES:  # the GEMMs in the transformed domain, AVX2 transposes
+            for layout in ("NCHW", "NHWC"):
+                for variant in ("winograd2", "winograd4"):
+                    check_conv(rng, dtype, layout, variant, cfg, "tanh")
         check_pooling(rng, dtype)
     print("ok", isa)
 
