@@ -29,8 +29,8 @@
 //      at batch 1 (4 tiles of F(4x4)) wastes 2 rows of 6; as N (columns of 16) it would
 //      waste 12 of 16. Then per run Y = A^T M A, vectorised over k, into a channel-minor
 //      band that is copied into y, clipped at P and Q.
-// Transforms are written once per type and built for AVX2 and baseline x86-64 (target_clones,
-// chosen at run time), called from inside the OpenMP loops (an attribute on the function
+// Transforms are written once per type and built for AVX2 and baseline x86-64 (chosen
+// through isa.h, FC_WINO_BUILDS), called from inside the OpenMP loops (an attribute on the function
 // around `omp parallel` would not reach them: benchmarks/NOTES.md, pooling v5).
 #include <algorithm>
 #include <cstring>
@@ -43,18 +43,23 @@
 #include "conv2d_common.h"
 #include "gemm.h"
 #include "parallel.h"
+#include "simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// flatten: the header's transforms are templates of templates; inlined whole, a tile's
-// values live in registers and the channel loop around them vectorises.
-#define FC_WINO_KERNEL __attribute__((target_clones("avx2", "default"), flatten))
-#else
-#define FC_WINO_KERNEL
-#endif
+// The three transform runs below are written once (name_body) and built per ISA path by
+// FC_WINO_BUILDS: name_portable and name_avx2 (the avx512 path runs the AVX2 build), chosen
+// through isa.h like every other kernel. flatten: the header's transforms are templates of
+// templates; inlined whole, a tile's values live in registers and the channel loop around
+// them vectorises.
+#define FC_WINO_BUILDS(name, PARAMS, ARGS)                                                 \
+    template <int m, typename T>                                                         \
+    __attribute__((flatten)) void name##_portable PARAMS { name##_body<m> ARGS; }         \
+    template <int m, typename T>                                                         \
+    FC_TARGET_AVX2 __attribute__((flatten)) void name##_avx2 PARAMS { name##_body<m> ARGS; } \
+    template <int m, typename T>                                                         \
+    inline void name PARAMS {                                                            \
+        if (isa() >= Isa::Avx2) return name##_avx2<m> ARGS;                              \
+        name##_portable<m> ARGS;                                                         \
+    }
 // On the channel loops: their iterations are independent. GCC otherwise sees 16 or 36 stores
 // a row apart through one pointer, wants more than 10 run-time overlap checks and gives up
 // vectorising (-fopt-info-vec-missed: "number of versioning for alias run-time tests").
@@ -110,52 +115,28 @@ constexpr int64_t kMinChunkTiles = 64;
 // zero-filled, 0.6 M, and the call 17.4 M.
 
 #if FC_X86_ISA
-
-FC_TARGET_AVX2 void transpose8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; ++i) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-    }
-}
-
-// transpose() below for rows and cols multiples of the block: 8 x 8 floats, 4 x 4 doubles.
-FC_TARGET_AVX2 void transpose_blocks(const float* src, int64_t src_ld,
-                                                      float* dst, int64_t dst_ld, int64_t rows,
-                                                      int64_t cols) {
-    for (int64_t i = 0; i + 8 <= rows; i += 8)
-        for (int64_t j = 0; j + 8 <= cols; j += 8) {
-            __m256 r[8];
-            for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + (i + k) * src_ld + j);
-            transpose8(r);
-            for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (j + k) * dst_ld + i, r[k]);
+// transpose() below for rows and cols multiples of the block: S::L x S::L in registers
+// (simd.h's in-register transpose: 8 x 8 floats, 4 x 4 doubles).
+template <typename S>
+FC_TARGET_AVX2 void transpose_blocks_avx2(const typename S::T* src, int64_t src_ld,
+                                          typename S::T* dst, int64_t dst_ld, int64_t rows,
+                                          int64_t cols) {
+    constexpr int L = S::L;
+    for (int64_t i = 0; i + L <= rows; i += L)
+        for (int64_t j = 0; j + L <= cols; j += L) {
+            typename S::V r[L];
+            for (int k = 0; k < L; ++k) r[k] = S::load(src + (i + k) * src_ld + j);
+            S::transpose(r);
+            for (int k = 0; k < L; ++k) S::store(dst + (j + k) * dst_ld + i, r[k]);
         }
 }
-
-FC_TARGET_AVX2 void transpose_blocks(const double* src, int64_t src_ld,
-                                                      double* dst, int64_t dst_ld, int64_t rows,
-                                                      int64_t cols) {
-    for (int64_t i = 0; i + 4 <= rows; i += 4)
-        for (int64_t j = 0; j + 4 <= cols; j += 4) {
-            __m256d r[4];
-            for (int k = 0; k < 4; ++k) r[k] = _mm256_loadu_pd(src + (i + k) * src_ld + j);
-            const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
-            const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
-            _mm256_storeu_pd(dst + j * dst_ld + i, _mm256_permute2f128_pd(t0, t2, 0x20));
-            _mm256_storeu_pd(dst + (j + 1) * dst_ld + i, _mm256_permute2f128_pd(t1, t3, 0x20));
-            _mm256_storeu_pd(dst + (j + 2) * dst_ld + i, _mm256_permute2f128_pd(t0, t2, 0x31));
-            _mm256_storeu_pd(dst + (j + 3) * dst_ld + i, _mm256_permute2f128_pd(t1, t3, 0x31));
-        }
+inline void transpose_blocks(const float* src, int64_t src_ld, float* dst, int64_t dst_ld,
+                             int64_t rows, int64_t cols) {
+    transpose_blocks_avx2<Avx2Float>(src, src_ld, dst, dst_ld, rows, cols);
+}
+inline void transpose_blocks(const double* src, int64_t src_ld, double* dst, int64_t dst_ld,
+                             int64_t rows, int64_t cols) {
+    transpose_blocks_avx2<Avx2Double>(src, src_ld, dst, dst_ld, rows, cols);
 }
 #else
 template <typename T>
@@ -221,7 +202,7 @@ FilterRows<T> filter_rows(const Conv2dParams& p, bool grad_input, const T* w, Bu
 // u[e * e_stride + k] = (G g_k G^T)[e] for the Kg filters k of one (group, input channel),
 // tap t of filter k being taps[t][k].
 template <int m, typename T>
-FC_WINO_KERNEL void filter_run(const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride) {
+void filter_run_body(const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride) {
     constexpr int a2 = (m + 2) * (m + 2);
     const T* r[9];
     for (int t = 0; t < 9; ++t) r[t] = taps[t];
@@ -233,6 +214,8 @@ FC_WINO_KERNEL void filter_run(const T* const* taps, int64_t Kg, T* __restrict u
         static_for<0, a2>([&](auto e) FC_WINO_LAMBDA { u[decltype(e)::value * e_stride + k] = T(v[decltype(e)::value]); });
     }
 }
+FC_WINO_BUILDS(filter_run, (const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride),
+               (taps, Kg, u, e_stride))
 
 // U[((g * alpha^2 + e) * Cg + c) * Kg + k] for the convolution q (the forward p, or its grad
 // input when grad_input).
@@ -290,8 +273,8 @@ void gather_band(const Conv2dParams& q, const T* x, int64_t n, int64_t g, int64_
 // V[e * e_stride + t * Cg + c] = (B^T d_t B)[e] for the tiles t < tiles of a band whose pixel
 // rows are row_stride apart; tile t's patch starts at band column t * m.
 template <int m, typename T>
-FC_WINO_KERNEL void input_run(const T* __restrict band, int64_t row_stride, int64_t Cg,
-                              int64_t tiles, T* __restrict V, int64_t e_stride) {
+void input_run_body(const T* __restrict band, int64_t row_stride, int64_t Cg, int64_t tiles,
+                    T* __restrict V, int64_t e_stride) {
     constexpr int a = m + 2;
     for (int64_t t = 0; t < tiles; ++t) {
         const T* src = band + t * m * Cg;
@@ -308,12 +291,15 @@ FC_WINO_KERNEL void input_run(const T* __restrict band, int64_t row_stride, int6
         }
     }
 }
+FC_WINO_BUILDS(input_run, (const T* __restrict band, int64_t row_stride, int64_t Cg, int64_t tiles,
+                           T* __restrict V, int64_t e_stride),
+               (band, row_stride, Cg, tiles, V, e_stride))
 
 // The m x m outputs Y = A^T M_t A of tiles t < tiles, where M_t[e] = z[e * e_stride + t * Kg + k],
 // into an output band: pixel (i, t * m + j) at out[i * row_stride + (t * m + j) * Kg + k].
 template <int m, typename T>
-FC_WINO_KERNEL void output_run(const T* __restrict z, int64_t e_stride, int64_t Kg, int64_t tiles,
-                               T* __restrict out, int64_t row_stride) {
+void output_run_body(const T* __restrict z, int64_t e_stride, int64_t Kg, int64_t tiles,
+                     T* __restrict out, int64_t row_stride) {
     constexpr int a = m + 2;
     for (int64_t t = 0; t < tiles; ++t) {
         const T* src = z + t * Kg;
@@ -330,6 +316,9 @@ FC_WINO_KERNEL void output_run(const T* __restrict z, int64_t e_stride, int64_t 
         }
     }
 }
+FC_WINO_BUILDS(output_run, (const T* __restrict z, int64_t e_stride, int64_t Kg, int64_t tiles,
+                            T* __restrict out, int64_t row_stride),
+               (z, e_stride, Kg, tiles, out, row_stride))
 
 // An output band (rows x cols pixels from (oh0, ow0), Kg channels each) into y, clipped at P, Q.
 template <typename T>
