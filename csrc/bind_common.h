@@ -34,6 +34,7 @@ inline Conv2dParams conv2d_params(const py::dict& d) {
     p.layout = Layout(field<int>(d, "layout"));
     p.act = Activation(field<int>(d, "act"));
     p.has_bias = field<bool>(d, "has_bias");
+    p.precision = Precision(field<int>(d, "precision"));
     return p;
 }
 

@@ -45,6 +45,8 @@ cuda::ConvVariant conv_variant(const std::string& name) {
     if (name == "implicit_gemm") return cuda::ConvVariant::ImplicitGemm;
     if (name == "depthwise") return cuda::ConvVariant::Depthwise;
     if (name == "fused") return cuda::ConvVariant::Fused;
+    if (name == "winograd2") return cuda::ConvVariant::Winograd2;
+    if (name == "winograd4") return cuda::ConvVariant::Winograd4;
     throw std::invalid_argument("fastconv._cuda: unknown conv2d variant " + name);
 }
 

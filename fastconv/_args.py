@@ -190,7 +190,7 @@ def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay):
     Q = _shapes.conv_out_size(W, S, sw, pl, pr, dw)
     params = dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, stride_h=sh, stride_w=sw,
                   pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw, groups=groups, layout=lay_i, act=act_i,
-                  has_bias=b is not None)
+                  has_bias=b is not None, precision=0)
     return params, _out4(lay_i, N, K, P, Q)
 
 

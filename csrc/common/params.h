@@ -15,6 +15,15 @@ enum class Layout : int { NCHW = 0, NHWC = 1 };
 // Activation fused into the conv2d epilogue.
 enum class Activation : int { None = 0, Relu = 1, Tanh = 2, Sigmoid = 3 };
 
+// The arithmetic of a float32 convolution on the GPU (PyTorch's torch.backends.cudnn.allow_tf32
+// is the same choice): Strict, float32 fused multiply-adds (the SIMT kernels); TF32, tensor
+// cores on inputs rounded to TF32 (10 mantissa bits) with float32 accumulation; TF32x3, the
+// error-compensated split a = big + small (both TF32) on tensor cores, big*big + big*small +
+// small*big, which keeps float32 accuracy. float16 and bfloat16 inputs always run on tensor
+// cores in their own type (float32 accumulation) and ignore it. The CPU computes float32 (or
+// float64) FMAs whatever is asked: PyTorch's flag does not touch its CPU convolutions either.
+enum class Precision : int { Strict = 0, TF32 = 1, TF32x3 = 2 };
+
 // Border modes for filter2d/sobel, named as scipy.ndimage names them.
 enum class Border : int { Reflect = 0, Mirror = 1, Nearest = 2, Constant = 3, Wrap = 4 };
 
@@ -36,6 +45,7 @@ struct Conv2dParams {
     Layout layout;
     Activation act;
     bool has_bias;
+    Precision precision;  // the GPU's float32 arithmetic; see Precision
 };
 
 // conv2d_avgpool, the LeNet-5 block: y = avg_pool(act(conv2d(x))) with a pool_h x pool_w

@@ -317,10 +317,13 @@ ConvVariant conv2d_auto_variant(const Conv2dParams& p) {
 }
 
 void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const float* w,
-                const float* b, float* y, cudaStream_t stream) {
+                const float* b, float* y, cudaStream_t stream, const float* residual) {
     FC_CHECK(v != ConvVariant::Depthwise || p.C == p.groups,
              "the depthwise variant needs groups == channels");
     FC_CHECK(v != ConvVariant::Fused, "the fused variant is conv2d_avgpool's alone");
+    FC_CHECK(v != ConvVariant::Winograd2 && v != ConvVariant::Winograd4,
+             "the GPU Winograd variants are not built yet");
+    FC_CHECK(residual == nullptr, "the GPU residual add is not built yet");
     if (p.N * p.K * p.P * p.Q <= 0) return;
     if (v == ConvVariant::Auto) v = conv2d_auto_variant(p);
     switch (v) {
@@ -328,6 +331,16 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const floa
         case ConvVariant::Depthwise: return depthwise_conv2d_fwd(p, x, w, b, y, stream);
         default: return launch_implicit_gemm(p, x, w, b, y, stream);
     }
+}
+
+void conv2d_fwd(const Conv2dParams&, ConvVariant, const __half*, const __half*, const __half*,
+                __half*, cudaStream_t, const __half*) {
+    FC_CHECK(false, "float16 convolution on the GPU is not built yet");
+}
+
+void conv2d_fwd(const Conv2dParams&, ConvVariant, const __nv_bfloat16*, const __nv_bfloat16*,
+                const __nv_bfloat16*, __nv_bfloat16*, cudaStream_t, const __nv_bfloat16*) {
+    FC_CHECK(false, "bfloat16 convolution on the GPU is not built yet");
 }
 
 void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x,

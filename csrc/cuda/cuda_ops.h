@@ -1,5 +1,6 @@
 // cuda_ops.h: the entry points of the CUDA backend, one group per kernel file, the
-// twins of csrc/cpu/cpu_ops.h. float32 only. Every launcher runs on the stream it is
+// twins of csrc/cpu/cpu_ops.h. float32, and float16 / bfloat16 where an overload says so.
+// Every launcher runs on the stream it is
 // given (the caller's: CuPy's current stream or torch.cuda.current_stream()), on the
 // current device (the binding sets it from the arrays), checks every launch, and
 // throws std::runtime_error carrying the CUDA error string on failure. Pointers are
@@ -10,6 +11,8 @@
 #pragma once
 #include <cstdint>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include "../common/params.h"
@@ -17,12 +20,26 @@
 namespace fastconv {
 namespace cuda {
 
-// Fused: conv2d_avgpool's one-kernel block only.
-enum class ConvVariant : int { Auto = 0, Direct = 1, ImplicitGemm = 2, Depthwise = 3, Fused = 4 };
+// Fused: conv2d_avgpool's one-kernel block only. Winograd2 / Winograd4: F(2x2, 3x3) and
+// F(4x4, 3x3), float32 3x3 stride-1 undilated layers only (csrc/common/winograd.h).
+// ImplicitGemm runs on tensor cores where p.precision is not Strict or the type is
+// float16 / bfloat16, on the SIMT FMA kernel otherwise.
+enum class ConvVariant : int {
+    Auto = 0, Direct = 1, ImplicitGemm = 2, Depthwise = 3, Fused = 4, Winograd2 = 5, Winograd4 = 6
+};
 
-// conv2d_fwd.cu (direct, implicit_gemm) and depthwise.cu. b may be null.
+// conv2d_fwd.cu (direct, implicit_gemm) and depthwise.cu. b and residual may be null;
+// residual, of y's shape and layout, is added before the activation:
+//   y = act(conv2d(x, w) + b + residual)   (a ResNet block's last convolution and its add).
 void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const float* w,
-                const float* b, float* y, cudaStream_t stream);
+                const float* b, float* y, cudaStream_t stream, const float* residual = nullptr);
+// float16 / bfloat16: the tensor-core implicit GEMM (v Auto or ImplicitGemm), float32
+// accumulation, bias and residual added in float32, y rounded once to the type.
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const __half* x, const __half* w,
+                const __half* b, __half* y, cudaStream_t stream, const __half* residual = nullptr);
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const __nv_bfloat16* x,
+                const __nv_bfloat16* w, const __nv_bfloat16* b, __nv_bfloat16* y,
+                cudaStream_t stream, const __nv_bfloat16* residual = nullptr);
 // The variant Auto runs for these params.
 ConvVariant conv2d_auto_variant(const Conv2dParams& p);
 // The LeNet-5 block: y = avg_pool(a), a = act(conv2d(x)) (N, K, P, Q), written by every

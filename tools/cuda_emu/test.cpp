@@ -194,7 +194,8 @@ static void test_conv_special() {
     p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
     bool threw = false;
     try {
-        cuda::conv2d_fwd(p, cuda::ConvVariant::Depthwise, nullptr, nullptr, nullptr, nullptr, nullptr);
+        const float* none = nullptr;
+        cuda::conv2d_fwd(p, cuda::ConvVariant::Depthwise, none, none, none, nullptr, nullptr);
     } catch (const std::invalid_argument&) { threw = true; }
     ++checks;
     if (!threw) ++failures, printf("FAIL depthwise with C != groups did not throw\n");
