@@ -13,6 +13,10 @@ the test suite, where one illegal access would poison the CUDA context of a proc
   memcheck   compute-sanitizer on benchmarks/sanitizer_subset.py (CuPy's memory pool
   racecheck  off, PyTorch's caching allocator off, so every overrun meets a real edge)
   tests      pytest -m gpu, in several processes where pytest-xdist is present
+  sweep      `fastconv sweep --device cuda`: every conv2d variant x precision on the
+             suites' layers against cuDNN in the same precision, and auto's table
+             fragment for this card (autotable-<card>.json; fold it into
+             fastconv/autotable.json with `python -m fastconv.sweep --merge`)
   bench      `fastconv bench --device cuda`, every suite, peers and ceilings in the run
   synccheck  the subset again under the two further tools, if the time allows
   initcheck
@@ -58,6 +62,7 @@ STEPS = {  # name: (expected, cap)
     "memcheck": (60, 150),
     "racecheck": (60, 150),
     "tests": (120, 240),
+    "sweep": (120, 200),
     "bench": (180, 240),
     "synccheck": (40, 120),
     "initcheck": (40, 120),
@@ -239,10 +244,41 @@ class Check:
                 f"passed {counts['passed']} failed {counts['failed']} skipped "
                 f"{counts['skipped']} ({last})")
 
+    def _card(self):
+        return re.sub(r"[^a-z0-9]+", "-", ((self.result["device"] or {}).get("name")
+                                           or "gpu").lower()).strip("-")
+
+    def step_sweep(self, timeout):
+        stem = f"sweep-{datetime.date.today().isoformat()}-{self._card()}"
+        if self.args.dry_run:
+            stem += "-dry-run"
+        js = self.results / f"{stem}.json"
+        table = self.results / f"autotable-{self._card()}{'-dry-run' if self.args.dry_run else ''}.json"
+        for f in (js, table):
+            f.unlink(missing_ok=True)
+        args = ["sweep", "--device", "cuda", "--json", str(js), "--table", str(table),
+                "--commit", self.args.commit]
+        if self.args.dry_run:
+            cmd = [sys.executable, str(HERE / "standin.py"), *args]
+        else:
+            cmd = [sys.executable, "-m", "fastconv", *args]
+        rc, out = self.run(cmd, timeout)
+        timed = refused = classes = 0
+        if js.exists():
+            rows = json.loads(js.read_text())["rows"]
+            timed = sum("ms" in r for r in rows)
+            refused = sum("refused" in r or "error" in r for r in rows)
+        if table.exists():
+            cards = json.loads(table.read_text())["cards"]
+            classes = sum(len(c["classes"]) for c in cards.values())
+        self.files += [js, table]
+        ok = rc == 0 and js.exists() and table.exists()
+        return ({"exit": rc, "ok": ok, "json": js.name if js.exists() else None,
+                 "timed": timed, "refused": refused, "classes": classes},
+                f"exit {rc}, {timed} timings, {refused} refused, {classes} layer classes")
+
     def step_bench(self, timeout):
-        card = re.sub(r"[^a-z0-9]+", "-", ((self.result["device"] or {}).get("name")
-                                            or "gpu").lower()).strip("-")
-        stem = f"gpu-{datetime.date.today().isoformat()}-{card}"
+        stem = f"gpu-{datetime.date.today().isoformat()}-{self._card()}"
         if self.args.dry_run:
             stem += "-dry-run"
         js, png = self.results / f"{stem}.json", self.results / f"{stem}.png"

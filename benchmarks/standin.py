@@ -11,6 +11,9 @@ of the GPU check here, on the CPU, before any device time is spent.
       tensors: tiny shapes, a timer that calls each side as the CUDA timer would and
       reports fixed times, fixed ceilings. Everything but the CUDA events, graphs and
       peers (cuDNN, cupyx) runs: the suites, error rows, the JSON, the table, the plot.
+  python benchmarks/standin.py sweep ARGS...
+      `fastconv sweep ARGS` likewise: the tiny layers, the CPU backend's variants (the
+      half types refused as the CPU refuses them), fixed times, the JSON and the table.
 """
 
 import subprocess
@@ -70,6 +73,13 @@ class StandInTimer:
         self.eager(ours, theirs)
         return 1e-3, 2e-3, ("loop", "loop")
 
+    def device_many(self, fns, rounds=None):
+        for fn in fns:
+            for i in range(3):
+                fn(i)
+            self.calls += 3
+        return [(1e-3 * (1 + j % 3), "loop") for j in range(len(fns))]
+
 
 CEILINGS = {"copy_GBps": 10.0, "fp32_TFLOPs": 1.0, "tf32_TFLOPs": 1.5, "bf16_TFLOPs": 2.0}
 
@@ -95,6 +105,27 @@ def bench(args):
     return cli.main(["bench", *args])
 
 
+def sweep(args):
+    """`fastconv sweep ARGS` answered on CPU tensors: the tiny layers, the CPU backend's
+    variants, fixed times; the JSON and the table fragment as on a card."""
+    import torch
+
+    from fastconv import cli, sweep as sweep_
+
+    tiny_shapes(setattr)
+    real = sweep_.run
+    env = {"name": "stand-in (CPU tensors, fixed times)", "cuda": None, "cudnn": None,
+           "torch": torch.__version__, "l2_bytes": StandInTimer.l2_bytes}
+
+    def run(quick=False, log=print, **_):
+        return real(quick=quick, timer=StandInTimer(torch), torch=torch,
+                    gen=torch.Generator().manual_seed(0), env=env, log=log)
+
+    sweep_.run = run
+    cli._device = lambda device: None
+    return cli.main(["sweep", *args])
+
+
 def sanitizer(args):
     if len(args) < 4 or args[0] != "--tool" or args[2] != "--":
         sys.exit("usage: standin.py sanitizer --tool TOOL -- COMMAND...")
@@ -108,6 +139,8 @@ def sanitizer(args):
 
 if __name__ == "__main__":
     verb, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if verb not in ("sanitizer", "bench"):
-        sys.exit("usage: standin.py sanitizer --tool TOOL -- COMMAND... | bench ARGS...")
-    sys.exit(sanitizer(rest) if verb == "sanitizer" else bench(rest))
+    verbs = {"sanitizer": sanitizer, "bench": bench, "sweep": sweep}
+    if verb not in verbs:
+        sys.exit("usage: standin.py sanitizer --tool TOOL -- COMMAND... | bench ARGS... | "
+                 "sweep ARGS...")
+    sys.exit(verbs[verb](rest))

@@ -108,8 +108,15 @@ class CudaTimer:
     def device(self, ours, theirs):
         """Median GPU seconds per call each (graph replay, else back-to-back calls), and
         how each was timed."""
+        (t_ours, how_ours), (t_theirs, how_theirs) = self.device_many([ours, theirs])
+        return t_ours, t_theirs, (how_ours, how_theirs)
+
+    def device_many(self, fns, rounds=None):
+        """(median GPU seconds per call, how timed) of each fn: each captured in a graph
+        of `calls` calls (else a loop of them), the runs replayed in turn `rounds` times,
+        so every fn meets the same clocks and neighbours."""
         runs, how = [], []
-        for fn in (ours, theirs):
+        for fn in fns:
             try:
                 runs.append(self._capture(fn))
                 how.append("graph")
@@ -117,8 +124,8 @@ class CudaTimer:
                 self.torch.cuda.synchronize()
                 runs.append(self._loop(fn))
                 how.append("loop")
-        times = ([], [])
-        for _ in range(max(10, self.repeat // 3)):
+        times = [[] for _ in fns]
+        for _ in range(rounds or max(10, self.repeat // 3)):
             for run, acc in zip(runs, times):
                 start, end = self._events()
                 start.record()
@@ -126,7 +133,7 @@ class CudaTimer:
                 end.record()
                 end.synchronize()
                 acc.append(start.elapsed_time(end) / 1e3 / self.calls)
-        return float(np.median(times[0])), float(np.median(times[1])), how
+        return [(float(np.median(t)), h) for t, h in zip(times, how)]
 
 
 def _copies(nbytes, l2_bytes, calls=20):

@@ -6,6 +6,8 @@
   fastconv sobel  IMAGE -o OUT: the edge map of a photograph (any format Pillow reads)
   fastconv train  LeNet-5 on fastconv's or PyTorch's kernels (see fastconv.train)
   fastconv bench  side-by-side timings against PyTorch / SciPy
+  fastconv sweep  every conv2d variant x precision on the card, against cuDNN: the
+                  measurements auto's table (fastconv/autotable.json) is made from
   fastconv check  every op on the best backend, against the float64 reference
   fastconv info   version, backends built, the CPU's ISA path, GPU name and architecture,
                   CUDA versions
@@ -161,6 +163,27 @@ def cmd_bench(args):
     if args.plot:
         bench.plot(result, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_sweep(args):
+    import json
+
+    from . import sweep
+
+    _device(args.device)
+    result = sweep.run(quick=args.quick, log=lambda line: print(line, flush=True))
+    print(sweep.format_table(result["best"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    if args.table:
+        fragment = sweep.table_fragment(result["env"]["name"], result["best"], args.commit)
+        with open(args.table, "w") as f:
+            json.dump(fragment, f, indent=1, sort_keys=True)
+        print(f"wrote {args.table} ({len(fragment['cards'][result['env']['name']]['classes'])} "
+              f"layer classes)")
     return 0
 
 
@@ -427,6 +450,17 @@ def build_parser():
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
     bench.set_defaults(fn=cmd_bench)
+
+    sweep = sub.add_parser("sweep", help="every conv2d variant and precision on the suites' "
+                                         "layers, against cuDNN: the table auto reads")
+    sweep.add_argument("--device", choices=["cuda"], default="cuda")
+    sweep.add_argument("--quick", action="store_true", help="batch 8, no batch-1 layers")
+    sweep.add_argument("--json", metavar="PATH", help="write every timing as JSON")
+    sweep.add_argument("--table", metavar="PATH",
+                       help="write auto's table fragment for this card (fold it into "
+                            "fastconv/autotable.json with python -m fastconv.sweep --merge)")
+    sweep.add_argument("--commit", help="the commit the kernels were built from, for the table")
+    sweep.set_defaults(fn=cmd_sweep)
 
     check = sub.add_parser("check", help="every op against the float64 reference, timed")
     check.add_argument("--device", choices=devices, default="auto")

@@ -136,7 +136,8 @@ def test_dry_run_goes_end_to_end(tmp_path):
                         "--commit", commit, "--out", str(out), "--examples", "1"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    for step in ("info", "memcheck", "racecheck", "tests", "bench", "synccheck", "initcheck"):
+    for step in ("info", "memcheck", "racecheck", "tests", "sweep", "bench", "synccheck",
+                 "initcheck"):
         assert any(line.split("] ", 1)[-1].startswith(step) for line in p.stdout.splitlines()), step
     result = json.loads((out / f"gpu-check-{commit[:10]}.json").read_text())
     assert result["complete"] and result["dry_run"]
@@ -147,3 +148,11 @@ def test_dry_run_goes_end_to_end(tmp_path):
     bench = json.loads(benches[0].read_text())
     assert bench["commit"] == commit
     assert all("timing" in r for r in bench["rows"])
+    sweeps = list(out.glob("sweep-*-dry-run.json"))
+    tables = list(out.glob("autotable-*-dry-run.json"))
+    assert len(sweeps) == 1 and len(tables) == 1
+    rows = json.loads(sweeps[0].read_text())["rows"]
+    assert any(r["side"] == "fastconv" and "ms" in r for r in rows)
+    assert any(r["side"] == "cudnn-strict" and "ms" in r for r in rows)
+    (card,) = json.loads(tables[0].read_text())["cards"].values()
+    assert card["commit"] == commit and card["classes"]
