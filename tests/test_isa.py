@@ -86,6 +86,14 @@ CONV_SHAPES = [
     dict(N=2, C=3, K=17, H=10, W=15, R=3, S=3, stride=1, padding="same", dilation=1),
     dict(N=9, C=2, K=24, H=7, W=9, R=2, S=3, stride=1, padding=1, dilation=1),
     dict(N=1, C=37, K=29, H=9, W=11, R=3, S=3, stride=1, padding=1, dilation=1),  # K > 24: gemm
+    # The blocked kernels' block shapes on avx512: rows of two vectors of pixels (6 filters,
+    # 30-pixel rows) and of one (11 filters, 12-pixel dilated rows); runs of 8 pixels for a
+    # 7-pixel row (one zero column computed) and of 10 for a 29-pixel one (two zero columns);
+    # many images (each thread its own) and one.
+    dict(N=5, C=2, K=6, H=16, W=30, R=5, S=5, stride=1, padding=2, dilation=1),
+    dict(N=3, C=3, K=11, H=9, W=12, R=3, S=3, stride=1, padding=(1, 2), dilation=(1, 2)),
+    dict(N=2, C=2, K=12, H=8, W=7, R=3, S=3, stride=1, padding=1, dilation=1),
+    dict(N=1, C=2, K=14, H=6, W=31, R=2, S=3, stride=1, padding=0, dilation=1),
 ]
 
 

@@ -30,6 +30,8 @@
 // chosen variant into the full-resolution activation, then pool.cpp's average pool over
 // it: one call from Python, two passes here. (The GPU fuses the two into one kernel.)
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -217,70 +219,235 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
 // ----------------------------------------------------------------------- blocked
 
 #if FC_BLOCKED
-// Output rows [p0, p1) of one image, in blocks of PB pixels x VK vectors of S::L channels.
-// wt: (C*R*S) x KV weights, channel-minor, zero beyond K. tile: Qb x KV floats.
+// Two kernels, each a block of PB output pixels x VK vectors of S::L channels in
+// registers, summed over (c, r, s) with one weight load per tap and one broadcast of
+// the input per pixel and tap. wt: (C*R*S) x KV weights, channel-minor, zero beyond K.
+// store_block moves the block to y, where channel k of a block's pixels is contiguous.
+//   runs    stride_w 1: the block is PB neighbouring pixels of one output row, the taps
+//           of pixel j at base + j (an immediate displacement), PB chosen so that the
+//           row splits evenly (LeNet C2's 10-pixel rows: PB 10). 25% faster than
+//           `pixels` on C2 (0.71 vs 0.91 ms on one Zen 5 core): there the twelve
+//           per-pixel offsets did not fit the general registers, and three were
+//           reloaded from the stack at every tap.
+//   pixels  any stride: the block is PB consecutive pixels of the flattened image
+//           (i = oh * Q + ow), spanning rows; pixel j's taps at base + off[j].
+
+// The first n pixels of the block acc (PB pixels x VK vectors of channels) into y, where
+// out points at the block's first pixel in plane 0. One vector of channels (VK 1) turns
+// into pixel vectors in registers: AVX-512's 16 x 16 transpose, or AVX2's 8 x 8 over
+// pixels 0-7 and 8-15; then one store per channel (C2's 160 scalar copies a block were
+// ~15% of its time). Otherwise through a pixel-major tile in memory.
 template <typename S, int VK, int PB>
-__attribute__((always_inline)) inline void blocked_rows(const Conv2dParams& p,
-                                                        const BlockedShape& b, const float* xp,
-                                                        const float* wt, float* tile, float* y,
-                                                        int64_t p0, int64_t p1) {
+__attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
+                                                       typename S::V (&acc)[PB][VK], int n,
+                                                       float* out) {
     using V = typename S::V;
     constexpr int L = S::L, KV = L * VK;
-    for (int64_t oh = p0; oh < p1; ++oh) {
-        for (int64_t q0 = 0; q0 < b.Qb; q0 += PB) {
+    const int64_t PQ = p.P * p.Q;
+    if constexpr (VK == 1 && PB <= 2 * L && std::is_same<S, Avx2Float>::value) {
+        for (int half = 0; half * L < n; ++half) {
+            V r[L];
+            for (int j = 0; j < L; ++j)
+                r[j] = half * L + j < PB ? acc[half * L + j][0] : S::zero();
+            S::transpose(r);
+            const int m = std::min(n - half * L, L);
+            alignas(32) float part[L];
+            for (int64_t k = 0; k < p.K; ++k) {
+                float* o = out + k * PQ + half * L;
+                if (m == L) {
+                    S::store(o, r[k]);
+                } else {
+                    S::store(part, r[k]);
+                    for (int j = 0; j < m; ++j) o[j] = part[j];
+                }
+            }
+        }
+    } else if constexpr (VK == 1 && PB <= L && std::is_same<S, Avx512Float>::value) {
+        V r[L];
+        for (int j = 0; j < L; ++j) r[j] = j < PB ? acc[j][0] : S::zero();
+        S::transpose(r);
+        const auto m = S::mask(n);
+        for (int64_t k = 0; k < p.K; ++k) S::store(out + k * PQ, m, r[k]);
+    } else {
+        alignas(64) float tile[PB * KV];
+        for (int j = 0; j < PB; ++j)
+            for (int v = 0; v < VK; ++v) S::store(tile + j * KV + L * v, acc[j][v]);
+        for (int64_t k = 0; k < p.K; ++k, out += PQ)
+            for (int j = 0; j < n; ++j) out[j] = tile[j * KV + k];
+    }
+}
+
+// Output rows [r0, r1) of one image in runs of PB pixels. KS: the filter width when the
+// caller knows it (the tap loop then unrolls: LeNet C2 0.71 -> 0.63 ms on one Zen 5
+// core), else 0. (Two rows a block, one weight load for 2 x PB FMAs, measured slower:
+// 0.76 ms.)
+template <typename S, int VK, int PB, int KS = 0>
+__attribute__((always_inline)) inline void blocked_runs(const Conv2dParams& p,
+                                                        const BlockedShape& b,
+                                                        const float* xp, const float* wt,
+                                                        float* y, int64_t r0, int64_t r1) {
+    using V = typename S::V;
+    constexpr int L = S::L, KV = L * VK;
+    const int64_t plane = b.Hp * b.Wp, row_step = p.dil_h * b.Wp;
+    for (int64_t oh = r0; oh < r1; ++oh)
+        for (int64_t q0 = 0; q0 < p.Q; q0 += PB) {
             V acc[PB][VK];
             for (int j = 0; j < PB; ++j)
                 for (int v = 0; v < VK; ++v) acc[j][v] = S::zero();
+            const float* wr = wt;
+            const float* run = xp + oh * p.stride_h * b.Wp + q0;
             for (int64_t c = 0; c < p.C; ++c)
                 for (int64_t r = 0; r < p.R; ++r) {
-                    const float* row = xp + (c * b.Hp + oh * p.stride_h + r * p.dil_h) * b.Wp +
-                                       q0 * p.stride_w;
-                    const float* wr = wt + (c * p.R + r) * p.S * KV;
-                    for (int64_t s = 0; s < p.S; ++s) {
+                    const float* base = run + c * plane + r * row_step;
+                    const int64_t taps = KS ? KS : p.S;
+#pragma GCC unroll 5
+                    for (int64_t s = 0; s < taps; ++s, wr += KV, base += p.dil_w) {
                         V wk[VK];
-                        for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + s * KV + L * v);
-                        const float* xs = row + s * p.dil_w;
+                        for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + L * v);
                         for (int j = 0; j < PB; ++j) {
-                            const V xv = S::bcast(xs + j * p.stride_w);
+                            const V xv = S::bcast(base + j);
                             for (int v = 0; v < VK; ++v) acc[j][v] = S::fma(xv, wk[v], acc[j][v]);
                         }
                     }
                 }
-            for (int j = 0; j < PB; ++j)
-                for (int v = 0; v < VK; ++v) S::store(tile + (q0 + j) * KV + L * v, acc[j][v]);
+            store_block<S, VK, PB>(p, acc, int(std::min<int64_t>(PB, p.Q - q0)),
+                                   y + oh * p.Q + q0);
         }
-        for (int64_t k = 0; k < p.K; ++k) {
-            float* out = y + (k * p.P + oh) * p.Q;
-            for (int64_t q = 0; q < p.Q; ++q) out[q] = tile[q * KV + k];
+}
+
+// Flattened output pixels [i0, i1) of one image in blocks of PB (the last block repeats
+// its last pixel: computed, not stored).
+template <typename S, int VK, int PB>
+__attribute__((always_inline)) inline void blocked_pixels(const Conv2dParams& p,
+                                                          const BlockedShape& b,
+                                                          const float* xp, const float* wt,
+                                                          float* y, int64_t i0, int64_t i1) {
+    using V = typename S::V;
+    constexpr int L = S::L, KV = L * VK;
+    const int64_t plane = b.Hp * b.Wp, row_step = p.dil_h * b.Wp;
+    for (int64_t b0 = i0; b0 < i1; b0 += PB) {
+        int64_t off[PB];
+        int64_t oh = b0 / p.Q, ow = b0 - oh * p.Q;
+        for (int j = 0; j < PB; ++j) {
+            off[j] = oh * p.stride_h * b.Wp + ow * p.stride_w;
+            if (b0 + j + 1 < i1 && ++ow == p.Q) ow = 0, ++oh;
+        }
+        V acc[PB][VK];
+        for (int j = 0; j < PB; ++j)
+            for (int v = 0; v < VK; ++v) acc[j][v] = S::zero();
+        const float* wr = wt;
+        for (int64_t c = 0; c < p.C; ++c)
+            for (int64_t r = 0; r < p.R; ++r) {
+                const float* base = xp + c * plane + r * row_step;
+                for (int64_t s = 0; s < p.S; ++s, wr += KV, base += p.dil_w) {
+                    V wk[VK];
+                    for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + L * v);
+                    for (int j = 0; j < PB; ++j) {
+                        const V xv = S::bcast(base + off[j]);
+                        for (int v = 0; v < VK; ++v) acc[j][v] = S::fma(xv, wk[v], acc[j][v]);
+                    }
+                }
+            }
+        store_block<S, VK, PB>(p, acc, int(std::min<int64_t>(PB, i1 - b0)), y + b0);
+    }
+}
+
+// Few filters, stride_w 1 (AVX-512): vectors along the output row instead of along the
+// channels. A block is one output row's VQ vectors of 16 pixels x KB filters (KB >= K;
+// the weights are zero past K): each tap is VQ vector loads of the input row, KB
+// broadcasts of a weight and KB x VQ FMAs, and each filter's row is stored as VQ
+// vectors, no transpose. LeNet C1 (6 filters, 28-pixel rows): 28 of 32 lanes busy,
+// where a vector of channels holds 6 of 8 (ymm) and its rows split into runs of 10.
+constexpr int kRowvecKV = 12;  // the weights' row length for every rowvec instantiation
+template <int VQ, int KB>
+FC_TARGET_AVX512 void blocked_rowvec_avx512(const Conv2dParams& p, const BlockedShape& b,
+                                            const float* xp, const float* wt, float* y,
+                                            int64_t r0, int64_t r1) {
+    using S = Avx512Float;
+    using V = S::V;
+    constexpr int L = S::L;
+    const int64_t PQ = p.P * p.Q, plane = b.Hp * b.Wp, row_step = p.dil_h * b.Wp;
+    const auto last = S::mask(int(p.Q - (VQ - 1) * L));
+    for (int64_t oh = r0; oh < r1; ++oh) {
+        V acc[KB][VQ];
+        for (int k = 0; k < KB; ++k)
+            for (int v = 0; v < VQ; ++v) acc[k][v] = S::zero();
+        const float* wr = wt;
+        const float* row = xp + oh * p.stride_h * b.Wp;
+        for (int64_t c = 0; c < p.C; ++c)
+            for (int64_t r = 0; r < p.R; ++r) {
+                const float* base = row + c * plane + r * row_step;
+                for (int64_t s = 0; s < p.S; ++s, wr += kRowvecKV, base += p.dil_w) {
+                    V xv[VQ];
+                    for (int v = 0; v < VQ; ++v) xv[v] = S::load(base + v * L);
+                    for (int k = 0; k < KB; ++k) {
+                        const V wk = S::bcast(wr + k);
+                        for (int v = 0; v < VQ; ++v) acc[k][v] = S::fma(xv[v], wk, acc[k][v]);
+                    }
+                }
+            }
+        float* out = y + oh * p.Q;
+        for (int k = 0; k < KB && k < p.K; ++k, out += PQ) {
+            for (int v = 0; v + 1 < VQ; ++v) S::store(out + v * L, acc[k][v]);
+            S::store(out + (VQ - 1) * L, last, acc[k][VQ - 1]);
         }
     }
 }
 
-using BlockedRows = void (*)(const Conv2dParams&, const BlockedShape&, const float*, const float*,
-                             float*, float*, int64_t, int64_t);
+// One image's outputs (rows [r0, r1) of it) by one kernel instantiation.
+using BlockedImage = void (*)(const Conv2dParams&, const BlockedShape&, const float*,
+                              const float*, float*, int64_t, int64_t);
 
-// AVX2: 12 ymm accumulators, 12 / VK pixels x VK vectors of 8 channels.
-template <int VK>
-FC_TARGET_AVX2 void blocked_rows_avx2(const Conv2dParams& p, const BlockedShape& b,
-                                      const float* xp, const float* wt, float* tile, float* y,
-                                      int64_t p0, int64_t p1) {
-    blocked_rows<Avx2Float, VK, 12 / VK>(p, b, xp, wt, tile, y, p0, p1);
-}
-// AVX-512: 12 pixels x VK vectors of 16 channels, 12 or 24 zmm accumulators. Each tap of
-// a pixel is one broadcast and VK FMAs for up to 16 VK channels, where AVX2 spent
-// ceil(K / 8) FMAs.
-template <int VK>
-FC_TARGET_AVX512 void blocked_rows_avx512(const Conv2dParams& p, const BlockedShape& b,
-                                          const float* xp, const float* wt, float* tile, float* y,
-                                          int64_t p0, int64_t p1) {
-    blocked_rows<Avx512Float, VK, 12>(p, b, xp, wt, tile, y, p0, p1);
+template <typename S, int VK, int PB>
+__attribute__((always_inline)) inline void blocked_image(const Conv2dParams& p,
+                                                         const BlockedShape& b, const float* xp,
+                                                         const float* wt, float* y, int64_t r0,
+                                                         int64_t r1) {
+    if (p.stride_w == 1 && p.S == 5) return blocked_runs<S, VK, PB, 5>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 1 && p.S == 3) return blocked_runs<S, VK, PB, 3>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 1) return blocked_runs<S, VK, PB>(p, b, xp, wt, y, r0, r1);
+    blocked_pixels<S, VK, PB>(p, b, xp, wt, y, r0 * p.Q, r1 * p.Q);
 }
 
-// The blocked convolution with rows(): KV accumulated channels, blocks of PB pixels.
-template <int KV, int PB>
-void blocked_vk(const Conv2dParams& p, BlockedRows rows, const float* x, const float* w,
-                float* y) {
-    const BlockedShape b(p, PB);
+template <int VK, int PB>
+FC_TARGET_AVX2 void blocked_image_avx2(const Conv2dParams& p, const BlockedShape& b,
+                                       const float* xp, const float* wt, float* y, int64_t r0,
+                                       int64_t r1) {
+    blocked_image<Avx2Float, VK, PB>(p, b, xp, wt, y, r0, r1);
+}
+template <int VK, int PB>
+FC_TARGET_AVX512 void blocked_image_avx512(const Conv2dParams& p, const BlockedShape& b,
+                                           const float* xp, const float* wt, float* y,
+                                           int64_t r0, int64_t r1) {
+    blocked_image<Avx512Float, VK, PB>(p, b, xp, wt, y, r0, r1);
+}
+
+// The pixels a block holds: for stride_w 1 the run length that splits a row evenly with
+// at most pb_max per run (and at least pb_min, the accumulators that hide the FMA
+// latency), else pb_max.
+inline int blocked_pb(const Conv2dParams& p, int pb_min, int pb_max) {
+    if (p.stride_w != 1) return pb_max;
+    const int64_t runs = ceil_div(p.Q, int64_t(pb_max));
+    return int(std::max<int64_t>(pb_min, ceil_div(p.Q, runs)));
+}
+
+// kernels[pb - kMinPB]: one instantiation per block size.
+constexpr int kMinPB = 6;
+template <int VK, int... PB>
+constexpr std::array<BlockedImage, sizeof...(PB)> avx2_kernels(std::integer_sequence<int, PB...>) {
+    return {blocked_image_avx2<VK, PB + kMinPB>...};
+}
+template <int VK, int... PB>
+constexpr std::array<BlockedImage, sizeof...(PB)> avx512_kernels(std::integer_sequence<int, PB...>) {
+    return {blocked_image_avx512<VK, PB + kMinPB>...};
+}
+
+// The blocked convolution: KV accumulated channels (the weights' row length), image_fn
+// the kernel instantiation, its output rows padded to whole blocks of pb pixels.
+template <int KV>
+void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const float* x,
+                const float* w, float* y) {
+    const BlockedShape b(p, pb);
     const int64_t taps = p.C * p.R * p.S;
     std::vector<float> wt(taps * KV, 0.f);  // (c, r, s) x k, as the accumulators hold them
     for (int64_t k = 0; k < p.K; ++k)
@@ -289,24 +456,20 @@ void blocked_vk(const Conv2dParams& p, BlockedRows rows, const float* x, const f
     if (p.N >= 2 * omp_get_max_threads()) {
 #pragma omp parallel
         {
-            std::vector<float> xp(image), tile(b.Qb * KV);
+            std::vector<float> xp(image);
 #pragma omp for schedule(dynamic)
             for (int64_t n = 0; n < p.N; ++n) {
                 pad_image(p, b, x + n * in, xp.data());
-                rows(p, b, xp.data(), wt.data(), tile.data(), y + n * out, 0, p.P);
+                image_fn(p, b, xp.data(), wt.data(), y + n * out, 0, p.P);
             }
         }
     } else {  // few large images: one scratch, rows shared out
         std::vector<float> xp(image);
         for (int64_t n = 0; n < p.N; ++n) {
             pad_image(p, b, x + n * in, xp.data());
-#pragma omp parallel
-            {
-                std::vector<float> tile(b.Qb * KV);
-#pragma omp for schedule(static)
-                for (int64_t oh = 0; oh < p.P; ++oh)
-                    rows(p, b, xp.data(), wt.data(), tile.data(), y + n * out, oh, oh + 1);
-            }
+#pragma omp parallel for schedule(static)
+            for (int64_t oh = 0; oh < p.P; ++oh)
+                image_fn(p, b, xp.data(), wt.data(), y + n * out, oh, oh + 1);
         }
     }
 }
@@ -316,16 +479,38 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
 #if FC_BLOCKED
     if (blocked_applies(p)) {
         // K <= 8 stays on ymm under avx512 too: a zmm would hold 8 or more zero channels.
-        if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16)
-            blocked_vk<16, 12>(p, blocked_rows_avx512<1>, x, w, y);
-        else if (isa() == Isa::Avx512 && p.K > 16)
-            blocked_vk<32, 12>(p, blocked_rows_avx512<2>, x, w, y);
-        else if (p.K <= 8)
-            blocked_vk<8, 12>(p, blocked_rows_avx2<1>, x, w, y);
-        else if (p.K <= 16)
-            blocked_vk<16, 6>(p, blocked_rows_avx2<2>, x, w, y);
-        else
-            blocked_vk<24, 4>(p, blocked_rows_avx2<3>, x, w, y);
+        // Accumulators: AVX2 12 of its 16 ymm (VK x pb <= 12), AVX-512 up to 28 of 32 zmm.
+        using Seq = std::make_integer_sequence<int, 15 - kMinPB>;  // pb 6 .. 14
+        static constexpr auto k512_1 = avx512_kernels<1>(Seq{}), k512_2 = avx512_kernels<2>(Seq{});
+        static constexpr auto k2_1 = avx2_kernels<1>(Seq{});
+        // Lanes busy per FMA: vectors along the row (rowvec) against vectors of channels
+        // (runs of pixels; ymm for K <= 8): the larger wins.
+        const int64_t vq = ceil_div(p.Q, int64_t(16));
+        const double along_row = double(p.Q) / double(16 * vq);
+        const double along_k = double(p.K) / double(p.K <= 8 ? 8 : 16 * ceil_div(p.K, int64_t(16)));
+        if (isa() == Isa::Avx512 && p.stride_w == 1 && p.K <= kRowvecKV && vq <= 2 &&
+            along_row > along_k) {
+            // KB: K rounded up to an even count (LeNet C1's 6 exactly).
+            static constexpr BlockedImage rowvec[2][6] = {
+                {blocked_rowvec_avx512<1, 2>, blocked_rowvec_avx512<1, 4>, blocked_rowvec_avx512<1, 6>,
+                 blocked_rowvec_avx512<1, 8>, blocked_rowvec_avx512<1, 10>, blocked_rowvec_avx512<1, 12>},
+                {blocked_rowvec_avx512<2, 2>, blocked_rowvec_avx512<2, 4>, blocked_rowvec_avx512<2, 6>,
+                 blocked_rowvec_avx512<2, 8>, blocked_rowvec_avx512<2, 10>, blocked_rowvec_avx512<2, 12>}};
+            blocked_vk<kRowvecKV>(p, rowvec[vq - 1][(p.K - 1) / 2], int(16 * vq), x, w, y);
+        } else if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16) {
+            const int pb = blocked_pb(p, 8, 14);
+            blocked_vk<16>(p, k512_1[pb - kMinPB], pb, x, w, y);
+        } else if (isa() == Isa::Avx512 && p.K > 16) {
+            const int pb = blocked_pb(p, 8, 12);
+            blocked_vk<32>(p, k512_2[pb - kMinPB], pb, x, w, y);
+        } else if (p.K <= 8) {
+            const int pb = blocked_pb(p, 8, 12);
+            blocked_vk<8>(p, k2_1[pb - kMinPB], pb, x, w, y);
+        } else if (p.K <= 16) {
+            blocked_vk<16>(p, blocked_image_avx2<2, 6>, 6, x, w, y);
+        } else {
+            blocked_vk<24>(p, blocked_image_avx2<3, 4>, 4, x, w, y);
+        }
         bias_activation(p, b, y);
         return;
     }

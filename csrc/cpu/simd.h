@@ -1,7 +1,8 @@
 // simd.h: the vector types of the ISA paths (isa.h) behind one small interface, so that a
 // kernel written once over S runs 8 or 16 floats wide: V (the vector), L (lanes), zero,
 // load, store, bcast (one value to every lane), fma (a * b + c), add; the AVX2 types add an
-// in-register L x L transpose, the AVX-512 ones masked loads and stores of the first n lanes.
+// in-register L x L transpose (Avx512Float too), the AVX-512 ones masked loads and stores of
+// the first n lanes.
 // Each function carries its path's target attribute: call them only from code built for
 // that path (a function with the same attribute, or one always_inline'd into such).
 #pragma once
@@ -82,6 +83,36 @@ struct Avx512Float {
     FC_TARGET_AVX512 static M mask(int n) { return M((1u << n) - 1); }
     FC_TARGET_AVX512 static V load(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
     FC_TARGET_AVX512 static void store(T* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+    // r[i][j] <- r[j][i]: unpacks and in-lane shuffles transpose the 4 x 4 blocks, two
+    // rounds of 128-bit block shuffles move the blocks.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on the shuffles' own undefined source
+    FC_TARGET_AVX512 static void transpose(V r[16]) {
+        V t[16], u[16];
+        for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 16; i += 4) {
+            u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+            u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+            u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+            u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; ++i) {
+            t[i] = _mm512_shuffle_f32x4(u[i], u[i + 4], 0x88);
+            t[i + 4] = _mm512_shuffle_f32x4(u[i], u[i + 4], 0xDD);
+            t[i + 8] = _mm512_shuffle_f32x4(u[i + 8], u[i + 12], 0x88);
+            t[i + 12] = _mm512_shuffle_f32x4(u[i + 8], u[i + 12], 0xDD);
+        }
+        for (int i = 0; i < 4; ++i) {
+            r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+            r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+            r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+            r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+        }
+    }
+#pragma GCC diagnostic pop
 };
 
 struct Avx512Double {
