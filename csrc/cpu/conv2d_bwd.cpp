@@ -309,7 +309,7 @@ void bwd_filter_blocked_vk(const Conv2dParams& p, BlockedChunk chunk, const floa
 
 void bwd_filter_blocked(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
 #if FC_BLOCKED
-    if (blocked_applies(p)) {
+    if (blocked_bwd_applies(p)) {
         // K <= 8 stays on ymm under avx512 too: a zmm would hold 8 or more zero channels.
         if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16)
             return bwd_filter_blocked_vk<16>(p, bwd_filter_blocked_chunk_avx512<1>, dy, x, dw);
@@ -343,7 +343,7 @@ template <typename T>
 void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const T* dy, const T* x, T* dw) {
     if (v == ConvVariant::Direct) return bwd_filter_direct(p, dy, x, dw);
     if (v == ConvVariant::Blocked ||
-        (v == ConvVariant::Auto && std::is_same<T, float>::value && blocked_applies(p)))
+        (v == ConvVariant::Auto && std::is_same<T, float>::value && blocked_bwd_applies(p)))
         return bwd_filter_blocked(p, dy, x, dw);
     bwd_filter_gemm(p, dy, x, dw);
 }

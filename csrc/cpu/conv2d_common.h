@@ -224,10 +224,25 @@ void bias_activation(const Conv2dParams& p, const T* b, T* y) {
 // for portable (where blocked runs as gemm).
 #define FC_BLOCKED FC_X86_ISA
 constexpr int64_t kBlockedMaxK = 24;
+constexpr int64_t kBlockedMaxK512 = 64;  // the forward on avx512: up to 4 zmm of channels
 
+// The forward's variant="blocked" (elsewhere it runs gemm).
 inline bool blocked_applies(const Conv2dParams& p) {
     return FC_BLOCKED && isa() >= Isa::Avx2 && p.layout == Layout::NCHW && p.groups == 1 &&
-           p.K <= kBlockedMaxK;
+           p.K <= (isa() == Isa::Avx512 ? kBlockedMaxK512 : kBlockedMaxK);
+}
+
+// The grad weight's blocked kernel: K <= 24 on both paths.
+inline bool blocked_bwd_applies(const Conv2dParams& p) {
+    return blocked_applies(p) && p.K <= kBlockedMaxK;
+}
+
+// Where the forward's auto takes blocked: few filters (K <= 24), or on avx512 up to 64 of
+// them over a short reduction from few channels (a network's first layer: ResNet's conv1,
+// 3 x 7 x 7, where gemm's im2col matrix is 49 times the image), not 1x1.
+inline bool blocked_auto(const Conv2dParams& p) {
+    return blocked_applies(p) &&
+           (p.K <= kBlockedMaxK || (p.C <= 4 && p.R * p.S > 1 && p.C * p.R * p.S <= 256));
 }
 
 // The padded scratch of one image: rows 0 .. (P-1)*sh + (R-1)*dh, columns 0 ..

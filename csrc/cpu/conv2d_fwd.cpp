@@ -12,19 +12,22 @@
 //   depthwise  groups == C (one input channel per group): per-channel sliding window,
 //              vectorised over output columns (NCHW) or channels (NHWC). A GEMM of
 //              one reduction row per group would waste the packing.
-//   blocked    few output channels (K <= 24, groups 1, NCHW, float, AVX2 + FMA): a
-//              register-blocked direct convolution. Each image is copied once into a
-//              zero-padded scratch, so every tap is in bounds; a block of 12 / VK output
-//              pixels x K rounded up to 8 * VK channels lives in 12 ymm accumulators, and
-//              each tap is one broadcast of the input per pixel and VK weight vectors.
-//              No im2col matrix: on LeNet C2 (K 16, 10x10 outputs) im2col was a third of
-//              the gemm variant's time and GEMM packing another eighth. Falls back to
-//              gemm where it does not apply (and for double).
+//   blocked    few output channels (K <= 24; on avx512 up to 64), groups 1, NCHW, float:
+//              a register-blocked direct convolution. Each image is copied once into a
+//              zero-padded scratch, so every tap is in bounds. No im2col matrix: on LeNet
+//              C2 (K 16, 10x10 outputs) im2col was a third of the gemm variant's time and
+//              GEMM packing another eighth. Three block shapes (see "blocked" below): a
+//              run of one output row's pixels x vectors of channels, one tap a broadcast
+//              per pixel and a weight load per vector (stride 1 and 2, immediate tap
+//              offsets); the same over pixels that span rows (other strides); and, for at
+//              most 12 filters on avx512, vectors along the output row x the filters
+//              (LeNet C1). Falls back to gemm where it does not apply (and for double).
 //   winograd2  3x3, stride 1, dilation 1 only: Winograd F(2x2, 3x3) and F(4x4, 3x3),
-//   winograd4  2.25x and 4x fewer multiplies than gemm (winograd.cpp). Not chosen by auto
-//              yet: that waits for timings on a quiet machine (benchmarks/NOTES.md).
-// Auto picks depthwise when Cg == 1 and groups > 1, blocked where it applies, gemm
-// otherwise.
+//   winograd4  2.25x and 4x fewer multiplies than gemm (winograd.cpp); auto's choice by
+//              auto_winograd's shape rule (conv2d_common.h).
+// Auto picks depthwise when Cg == 1 and groups > 1, blocked for K <= 24 and for a first
+// layer's few channels (blocked_auto in conv2d_common.h), winograd or gemm otherwise
+// (auto_winograd).
 //
 // conv2d_avgpool (the LeNet-5 block: conv + bias + activation + average pool) runs the
 // chosen variant into the full-resolution activation, then pool.cpp's average pool over
@@ -223,20 +226,20 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
 // registers, summed over (c, r, s) with one weight load per tap and one broadcast of
 // the input per pixel and tap. wt: (C*R*S) x KV weights, channel-minor, zero beyond K.
 // store_block moves the block to y, where channel k of a block's pixels is contiguous.
-//   runs    stride_w 1: the block is PB neighbouring pixels of one output row, the taps
-//           of pixel j at base + j (an immediate displacement), PB chosen so that the
+//   runs    stride_w 1 or 2: the block is PB neighbouring pixels of one output row, the
+//           taps of pixel j at base + j * stride_w (an immediate), PB chosen so that the
 //           row splits evenly (LeNet C2's 10-pixel rows: PB 10). 25% faster than
 //           `pixels` on C2 (0.71 vs 0.91 ms on one Zen 5 core): there the twelve
 //           per-pixel offsets did not fit the general registers, and three were
 //           reloaded from the stack at every tap.
-//   pixels  any stride: the block is PB consecutive pixels of the flattened image
+//   pixels  any other stride: the block is PB consecutive pixels of the flattened image
 //           (i = oh * Q + ow), spanning rows; pixel j's taps at base + off[j].
 
 // The first n pixels of the block acc (PB pixels x VK vectors of channels) into y, where
-// out points at the block's first pixel in plane 0. One vector of channels (VK 1) turns
-// into pixel vectors in registers: AVX-512's 16 x 16 transpose, or AVX2's 8 x 8 over
-// pixels 0-7 and 8-15; then one store per channel (C2's 160 scalar copies a block were
-// ~15% of its time). Otherwise through a pixel-major tile in memory.
+// out points at the block's first pixel in plane 0. Vectors of channels turn into pixel
+// vectors in registers: AVX-512's 16 x 16 transpose per vector, or (one vector) AVX2's
+// 8 x 8 over pixels 0-7 and 8-15; then one store per channel (C2's 160 scalar copies a
+// block were ~15% of its time). Otherwise through a pixel-major tile in memory.
 template <typename S, int VK, int PB>
 __attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
                                                        typename S::V (&acc)[PB][VK], int n,
@@ -262,12 +265,15 @@ __attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
                 }
             }
         }
-    } else if constexpr (VK == 1 && PB <= L && std::is_same<S, Avx512Float>::value) {
-        V r[L];
-        for (int j = 0; j < L; ++j) r[j] = j < PB ? acc[j][0] : S::zero();
-        S::transpose(r);
+    } else if constexpr (PB <= L && std::is_same<S, Avx512Float>::value) {
         const auto m = S::mask(n);
-        for (int64_t k = 0; k < p.K; ++k) S::store(out + k * PQ, m, r[k]);
+        for (int v = 0; v < VK; ++v) {
+            V r[L];
+            for (int j = 0; j < L; ++j) r[j] = j < PB ? acc[j][v] : S::zero();
+            S::transpose(r);
+            for (int64_t k = L * v; k < std::min<int64_t>(p.K, L * (v + 1)); ++k)
+                S::store(out + k * PQ, m, r[k - L * v]);
+        }
     } else {
         alignas(64) float tile[PB * KV];
         for (int j = 0; j < PB; ++j)
@@ -281,7 +287,7 @@ __attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
 // caller knows it (the tap loop then unrolls: LeNet C2 0.71 -> 0.63 ms on one Zen 5
 // core), else 0. (Two rows a block, one weight load for 2 x PB FMAs, measured slower:
 // 0.76 ms.)
-template <typename S, int VK, int PB, int KS = 0>
+template <typename S, int VK, int PB, int KS = 0, int SW = 1>
 __attribute__((always_inline)) inline void blocked_runs(const Conv2dParams& p,
                                                         const BlockedShape& b,
                                                         const float* xp, const float* wt,
@@ -295,17 +301,17 @@ __attribute__((always_inline)) inline void blocked_runs(const Conv2dParams& p,
             for (int j = 0; j < PB; ++j)
                 for (int v = 0; v < VK; ++v) acc[j][v] = S::zero();
             const float* wr = wt;
-            const float* run = xp + oh * p.stride_h * b.Wp + q0;
+            const float* run = xp + oh * p.stride_h * b.Wp + q0 * SW;
             for (int64_t c = 0; c < p.C; ++c)
                 for (int64_t r = 0; r < p.R; ++r) {
                     const float* base = run + c * plane + r * row_step;
                     const int64_t taps = KS ? KS : p.S;
-#pragma GCC unroll 5
+#pragma GCC unroll 7
                     for (int64_t s = 0; s < taps; ++s, wr += KV, base += p.dil_w) {
                         V wk[VK];
                         for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + L * v);
                         for (int j = 0; j < PB; ++j) {
-                            const V xv = S::bcast(base + j);
+                            const V xv = S::bcast(base + j * SW);
                             for (int v = 0; v < VK; ++v) acc[j][v] = S::fma(xv, wk[v], acc[j][v]);
                         }
                     }
@@ -406,6 +412,8 @@ __attribute__((always_inline)) inline void blocked_image(const Conv2dParams& p,
     if (p.stride_w == 1 && p.S == 5) return blocked_runs<S, VK, PB, 5>(p, b, xp, wt, y, r0, r1);
     if (p.stride_w == 1 && p.S == 3) return blocked_runs<S, VK, PB, 3>(p, b, xp, wt, y, r0, r1);
     if (p.stride_w == 1) return blocked_runs<S, VK, PB>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 2 && p.S == 7) return blocked_runs<S, VK, PB, 7, 2>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 2) return blocked_runs<S, VK, PB, 0, 2>(p, b, xp, wt, y, r0, r1);
     blocked_pixels<S, VK, PB>(p, b, xp, wt, y, r0 * p.Q, r1 * p.Q);
 }
 
@@ -422,11 +430,11 @@ FC_TARGET_AVX512 void blocked_image_avx512(const Conv2dParams& p, const BlockedS
     blocked_image<Avx512Float, VK, PB>(p, b, xp, wt, y, r0, r1);
 }
 
-// The pixels a block holds: for stride_w 1 the run length that splits a row evenly with
+// The pixels a block holds: for stride_w 1 and 2 the run length that splits a row evenly with
 // at most pb_max per run (and at least pb_min, the accumulators that hide the FMA
 // latency), else pb_max.
 inline int blocked_pb(const Conv2dParams& p, int pb_min, int pb_max) {
-    if (p.stride_w != 1) return pb_max;
+    if (p.stride_w > 2) return pb_max;
     const int64_t runs = ceil_div(p.Q, int64_t(pb_max));
     return int(std::max<int64_t>(pb_min, ceil_div(p.Q, runs)));
 }
@@ -500,9 +508,13 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         } else if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16) {
             const int pb = blocked_pb(p, 8, 14);
             blocked_vk<16>(p, k512_1[pb - kMinPB], pb, x, w, y);
-        } else if (isa() == Isa::Avx512 && p.K > 16) {
+        } else if (isa() == Isa::Avx512 && p.K > 16 && p.K <= 32) {
             const int pb = blocked_pb(p, 8, 12);
             blocked_vk<32>(p, k512_2[pb - kMinPB], pb, x, w, y);
+        } else if (isa() == Isa::Avx512 && p.K > 32 && p.K <= 48) {
+            blocked_vk<48>(p, blocked_image_avx512<3, 8>, 8, x, w, y);  // 24 zmm accumulating
+        } else if (isa() == Isa::Avx512 && p.K > 48) {
+            blocked_vk<64>(p, blocked_image_avx512<4, 6>, 6, x, w, y);  // 24 (+ 4 weights + 1 input: 29 of 32)
         } else if (p.K <= 8) {
             const int pb = blocked_pb(p, 8, 12);
             blocked_vk<8>(p, k2_1[pb - kMinPB], pb, x, w, y);
@@ -528,7 +540,7 @@ template <typename T>
 void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y) {
     if (v == ConvVariant::Auto)
         v = (p.C == p.groups && p.groups > 1) ? ConvVariant::Depthwise
-            : (std::is_same<T, float>::value && blocked_applies(p)) ? ConvVariant::Blocked
+            : (std::is_same<T, float>::value && blocked_auto(p)) ? ConvVariant::Blocked
                                                                     : auto_winograd(p);
     switch (v) {
         case ConvVariant::Direct: return direct(p, x, w, b, y);

@@ -86,7 +86,8 @@ struct Avx512Float {
     // r[i][j] <- r[j][i]: unpacks and in-lane shuffles transpose the 4 x 4 blocks, two
     // rounds of 128-bit block shuffles move the blocks.
 #pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on the shuffles' own undefined source
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 on the shuffles' own
+#pragma GCC diagnostic ignored "-Wuninitialized"        // undefined source operand
     FC_TARGET_AVX512 static void transpose(V r[16]) {
         V t[16], u[16];
         for (int i = 0; i < 16; i += 2) {
