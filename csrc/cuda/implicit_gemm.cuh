@@ -191,9 +191,10 @@ __device__ __forceinline__ DgradPixel<I> dgrad_pixel(const Conv2dParams& p, cons
     I n;
     const I ij = dv.hw.divmod(m, n);
     px.j = dv.w.divmod(ij, px.i);
-    px.base = n * I(p.K) * I(p.P) * I(p.Q);
     const bool valid = m < I(ds.M) && ph.h.first + px.i * I(p.stride_h) < I(p.H) &&
                        ph.w.first + px.j * I(p.stride_w) < I(p.W);
+    // (n may pass N by far in the last tile's overhang: no offset is formed from it.)
+    px.base = valid ? n * I(p.K) * I(p.P) * I(p.Q) : I(0);
     if (!valid) px.i = kDgradMasked<I>;
     return px;
 }

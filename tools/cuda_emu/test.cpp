@@ -197,7 +197,7 @@ static bool draw_bwd_data(Conv2dParams& p, int it) {
 // it -2 and -1: ResNet's strided 3x3 (stride 2, pad 1) and grouped 1x1 (stride 2)
 // downsampling shapes at a small size, the fixed cases (SCALE 0 runs them).
 static void fixed_bwd_data(Conv2dParams& p, int it) {
-    const bool three = it == -2;
+    const bool three = it == -2;  // both Auto's GEMM (Cg 70 / 33, Kg 20 / 17)
     p = Conv2dParams{};
     p.layout = three ? Layout::NCHW : Layout::NHWC, p.groups = three ? 1 : 2;
     p.N = 2, p.C = (three ? 70 : 33) * p.groups, p.K = (three ? 20 : 17) * p.groups;
@@ -225,11 +225,18 @@ static void test_bwd_data_gemm(int iters) {
         auto dyd = to_d(dy), wd = to_d(w);
         cpu::conv2d_bwd_data<double>(p, cpu::ConvVariant::Direct, dyd.data(), wd.data(), dxr.data());
         const std::string cfg = conv_str(p);
-        for (auto v : {cuda::ConvVariant::ImplicitGemm, cuda::ConvVariant::Direct}) {
+        ++checks;
+        if (it < 0 && cuda::conv2d_bwd_data_auto_variant(p) != cuda::ConvVariant::ImplicitGemm)
+            ++failures, printf("FAIL bwd-data auto does not take the GEMM %s\n", cfg.c_str());
+        for (auto v : {cuda::ConvVariant::ImplicitGemm, cuda::ConvVariant::Direct, cuda::ConvVariant::Auto}) {
             std::vector<float> dx(nx, NAN), dx2(nx, NAN);
             cuda::conv2d_bwd_data(p, v, dy.data(), w.data(), dx.data(), nullptr);
-            const bool gemm = v == cuda::ConvVariant::ImplicitGemm;
-            compare(gemm ? "bwd-data-gemm-tiles" : "bwd-data-gather-tiles", cfg, dx, dxr, integer, 5e-6);
+            const bool gemm = (v == cuda::ConvVariant::Auto ? cuda::conv2d_bwd_data_auto_variant(p) : v) ==
+                              cuda::ConvVariant::ImplicitGemm;
+            compare(v == cuda::ConvVariant::Auto ? "bwd-data-auto-tiles"
+                    : gemm                        ? "bwd-data-gemm-tiles"
+                                                  : "bwd-data-gather-tiles",
+                    cfg, dx, dxr, integer, 5e-6);
             cuda::conv2d_bwd_data(p, v, dy.data(), w.data(), dx2.data(), nullptr);
             ++checks;
             if (std::memcmp(dx.data(), dx2.data(), nx * sizeof(float)) != 0)
