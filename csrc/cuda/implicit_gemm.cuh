@@ -171,9 +171,11 @@ __device__ __forceinline__ DgradPhase<I> dgrad_phase(const Conv2dParams& p, cons
 
 // Pixel m of a phase's GEMM as a tile loader sees it: where its image starts in dy and
 // its phase-grid position, input (a + stride_h * i, b + stride_w * j). A masked pixel
-// (m >= M, or off the image) has i = kDgradMasked, whose output rows i + doh are all
-// negative, so every tap misses it (one register less a pixel than a flag: it kept the
-// NHWC kernel's four pixels from spilling).
+// (m >= M, or off the image) has base 0 and i = kDgradMasked, whose output rows i + doh
+// are negative (|doh| is below conv_extent / 2, so below 2^30 where I is int32_t), so
+// every tap misses it without a flag (a register less a pixel: it kept the NHWC kernel's
+// four pixels from spilling). Correctness does not rest on it: a masked pixel's GEMM row
+// is never stored, and dgrad_row's bounds test keeps every read inside dy.
 template <typename I>
 constexpr I kDgradMasked = I(-(1 << 30));
 
