@@ -53,6 +53,15 @@ for layout in ("NCHW", "NHWC"):
     variant = "implicit_gemm" if ON_GPU else "gemm"
     y = fastconv.conv2d(x, w, padding=1, layout=layout, variant=variant)
     fastconv.conv2d_backward(xp.ones_like(y), x, w, padding=1, layout=layout, variant=variant)
+    # The grad-input GEMM past one tile each way: 70 channels (two channel tiles), 20
+    # filters (two slices a tap), 2 x 9 x 8 = 144 pixels a stride phase (three pixel
+    # tiles, the last ragged), the four phases of a 3x3 / stride 2 / pad 1 layer holding
+    # 1, 2, 2 and 4 taps.
+    x = arr(2, 70, 17, 15) if layout == "NCHW" else arr(2, 17, 15, 70)
+    w = arr(20, 70, 3, 3) if layout == "NCHW" else arr(3, 3, 70, 20)
+    y = fastconv.conv2d(x, w, stride=2, padding=1, layout=layout)
+    fastconv.conv2d_backward(xp.ones_like(y), x, w, stride=2, padding=1, layout=layout,
+                             variant=variant, output_mask=(True, False, False))
     x = arr(2, 3, 13, 10) if layout == "NCHW" else arr(2, 13, 10, 3)
     y, idx = fastconv.max_pool2d(x, 3, 2, 1, return_indices=True, layout=layout)
     fastconv.max_pool2d_backward(xp.ones_like(y), x, 3, 2, 1, indices=idx, layout=layout)

@@ -280,6 +280,15 @@ EDGE = {
                         padding=1),
     "3x3-c300": dict(N=1, C=300, K=20, H=9, W=10, R=3, S=3, groups=1, stride=1, dilation=1,
                      padding=1),
+    # Strided layers with channels enough for the GPU's grad-input GEMM (auto picks it
+    # from 16 channels and 16 filters a group): ResNet's 3x3 / stride 2 / pad 1 with 70
+    # channels (two 64-wide channel tiles, the last ragged) and 40 filters (slices of 16,
+    # the last partial), on odd sides (phases of unequal size); and its grouped 1x1 /
+    # stride 2 downsampling, where three phases of four have no tap (grad input 0 there).
+    "3x3-stride2-c70": dict(N=2, C=70, K=40, H=15, W=14, R=3, S=3, groups=1, stride=2,
+                            dilation=1, padding=1),
+    "1x1-stride2-grouped-c80": dict(N=2, C=80, K=36, H=9, W=11, R=1, S=1, groups=2, stride=2,
+                                    dilation=1, padding=0),
 }
 
 

@@ -7,17 +7,32 @@
 // block_sum's fixed tree, or (grad weight GEMM) as split partials added in a fixed
 // order, so identical runs give identical bits.
 //
-// Kernels (one per result; the ConvVariant argument chooses grad weight's kernel only):
+// Kernels (one per result; the ConvVariant argument chooses grad input's and grad weight's):
 //   activation_bwd  element-wise dz = dy * act'(y), in double rounded once (the CPU's).
 //   avgpool_act_bwd the LeNet-5 block's (conv2d_avgpool's) first step, element-wise over
 //                   the full-resolution dz: dy of the pooled output above it / window
 //                   area * act'(a), 0 where the pooling's floor dropped the pixel; then
 //                   the three kernels below.
-//   bwd_data        gather, one thread per input pixel: the outputs whose windows reach
-//                   it (first_out_reaching / last_out_reaching, then the dilation
-//                   divisibility test), for each filter of its group; the CPU's
-//                   bwd_data_direct with the filter loop moved innermost. Gathering
-//                   instead of scattering col2im-style is what removes the atomics.
+//   bwd_data        direct (the gather): one thread per input pixel gathers the outputs
+//                   whose windows reach it (first_out_reaching / last_out_reaching, then
+//                   the dilation divisibility test), for each filter of its group; the
+//                   CPU's bwd_data_direct with the filter loop moved innermost. Gathering
+//                   instead of scattering col2im-style is what removes the atomics. The
+//                   readable spec, and the choice for few channels (LeNet, depthwise):
+//                   every multiply-add loads its weight and dy element from memory, and
+//                   every pixel re-reads the weight of its channel.
+//                   implicit_gemm: the transposed convolution as the forward's GEMM, per
+//                   stride phase and group, dx_g (N*Hs*Ws pixels x Cg) = gather of dy (x
+//                   taps*Kg) . the weight at the phase's taps (taps*Kg x Cg), in 64 x 64
+//                   tiles of 256 threads, 4 x 4 a thread, slices of 16 filters of one tap
+//                   staged in shared memory, so every loaded value feeds 64 multiply-adds.
+//                   The input pixels are split by phase (h % stride_h, w % stride_w)
+//                   (implicit_gemm.cuh): the pixels of a tile share one set of taps, so a
+//                   stride-2 layer does the forward's multiply-adds, not 4x them, and the
+//                   main loop has no divisibility test and no division. Deterministic:
+//                   one thread per dx element, taps and filters summed in a fixed order.
+//                   Auto: the GEMM from 16 channels and 16 filters a group
+//                   (conv2d_bwd_data_auto_variant; provisional until timed on a GPU).
 //   bwd_filter      reduce: one block per weight element (k, c, r, s): its 256 threads
 //                   stride over the N*P*Q products dy * x, then block_sum. Every thread
 //                   re-reads dy for each weight element, so large layers crawl (ResNet's
@@ -128,6 +143,156 @@ __global__ void __launch_bounds__(kThreads)
         }
         dx[i] = acc;
     }
+}
+
+// ------------------------------------------------------------------- grad input, GEMM
+//
+// Per phase and group, dx_g (M pixels x Cg) = A (M x taps*Kg, dy gathered) . B (taps*Kg
+// x Cg, the weight at the phase's taps), implicit_gemm.cuh's transposed problem, with the
+// forward's tiling: 64 pixels x 64 channels a tile, 16 filters of one tap a slice, 256
+// threads as a 16 x 16 grid each owning rows tm + 16 i and columns tn + 16 j (i, j < 4),
+// so the shared reads of the inner loop are conflict-free. A slice is one tap and up to
+// 16 consecutive filters, so a group's Kg not a multiple of 16 leaves its last slice of
+// each tap partly zero: the variant wants Kg >= 16 (conv2d_bwd_data's Auto).
+constexpr int kDBM = 64, kDBN = 64, kDBK = 16;
+constexpr int kDGrid = 16, kDPer = 4;
+static_assert(kDGrid * kDGrid == kThreads && kDGrid * kDPer == kDBM && kDBM == kDBN);
+static_assert(kDBM * kDBK == 4 * kThreads);  // each thread loads 4 elements of each tile
+
+// __launch_bounds__'s minimum blocks an SM where ptxas's default spills: by default it
+// held bwd_data_gemm<NCHW, int64_t> to 48 registers with 32/32 B of spills; with 3 it
+// takes 80 and spills nothing (sm_90, CUDA 13.0). The others keep the default (NHWC
+// int32_t 64, NCHW int32_t 62, NHWC int64_t 128 registers, no spills).
+template <Layout L, typename I>
+constexpr int kDgradMinBlocks = L == Layout::NCHW && sizeof(I) == 8 ? 3 : 0;
+
+// Loaders, along what is contiguous in memory. NCHW: dy is contiguous along the pixels
+// of a phase row (consecutive j read consecutive ow), so A's threads run along pixels,
+// one pixel each for the whole tile; the weight (K, Cg, R, S) is nearest to contiguous
+// along c (stride R*S), so B's threads run along channels. NHWC: dy and the weight
+// (R, S, Cg, K) are both contiguous along k, so both loaders run along k, each thread
+// keeping four pixels (A) or four channels (B).
+// Every tile writes all of its pixels that lie in the image, a phase without taps too
+// (zeros): each dx element is written by exactly one thread, after its sum over the
+// taps in order and, within a tap, over k in order, so the bits depend on the shapes
+// only.
+template <Layout L, typename I>
+__global__ void __launch_bounds__(kThreads, kDgradMinBlocks<L, I>)
+    bwd_data_gemm(Conv2dParams p, DgradShape ds, DgradDiv<I> dv, const float* __restrict__ dy,
+                  const float* __restrict__ w, float* __restrict__ dx) {
+    constexpr bool nchw = L == Layout::NCHW;
+    constexpr int kPixels = nchw ? 1 : 4;
+    // +1 column: the loaders that run along k write 16 rows of one column at a time.
+    __shared__ float As[kDBK][kDBM + 1];  // dy slice:     [k][pixel]
+    __shared__ float Bs[kDBK][kDBN + 1];  // weight slice: [k][channel]
+    const int tid = threadIdx.x;
+    const int tm = nchw ? tid % kDGrid : tid / kDGrid;
+    const int tn = nchw ? tid / kDGrid : tid % kDGrid;
+    const I Kg = I(ds.Kg), Cg = I(ds.Cg);
+    const I m_tiles = I(ds.m_tiles), n_tiles = I(ds.n_tiles), groups = I(p.groups);
+    for (I tile = blockIdx.x; tile < I(ds.tiles); tile += gridDim.x) {
+        // Once per tile: plain divisions. The phase is outermost, so the blocks of one
+        // phase (one set of taps) run together.
+        const I m0 = tile % m_tiles * kDBM;
+        const I c0 = tile / m_tiles % n_tiles * kDBN;
+        const I g = tile / (m_tiles * n_tiles) % groups;
+        const DgradPhase<I> ph = dgrad_phase(p, ds, I(tile / (m_tiles * n_tiles * groups)));
+        const float* dyg = dy + g * Kg * (nchw ? I(p.P) * I(p.Q) : I(1));
+        const float* wg = w + g * Kg * (nchw ? Cg * I(p.R) * I(p.S) : I(1));
+
+        DgradPixel<I> px[kPixels];
+#pragma unroll
+        for (int i = 0; i < kPixels; ++i)
+            px[i] = dgrad_pixel(p, ds, dv, ph, I(m0 + (nchw ? tid % kDBM : tid / kDBK + 16 * i)));
+
+        float acc[kDPer][kDPer] = {};
+        for (I tr = 0; tr < ph.h.taps; ++tr)
+            for (I ts = 0; ts < ph.w.taps; ++ts) {
+                const DgradTap<I> tap = dgrad_tap(ds, ph, tr, ts);
+                I row[kPixels];
+#pragma unroll
+                for (int i = 0; i < kPixels; ++i) row[i] = dgrad_row<L>(p, px[i], tap);
+                for (I k0 = 0; k0 < Kg; k0 += kDBK) {
+                    if (nchw) {
+                        // A and B: row k = tid / 64 + 4 i; column pixel / channel tid % 64.
+                        const I c = c0 + tid % kDBN;
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            const int r = tid / kDBM + 4 * i;
+                            const I k = k0 + r;
+                            As[r][tid % kDBM] = k < Kg ? dgrad_gather<L>(p, dyg, row[0], k) : 0.f;
+                            Bs[r][tid % kDBN] =
+                                k < Kg && c < Cg ? dgrad_weight<L>(p, ds, wg, tap, k, c) : 0.f;
+                        }
+                    } else {
+                        // A and B: row k = tid % 16; column pixel / channel tid / 16 + 16 i.
+                        const I k = k0 + tid % kDBK;
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            const int col = tid / kDBK + 16 * i;
+                            const I c = c0 + col;
+                            As[tid % kDBK][col] = k < Kg ? dgrad_gather<L>(p, dyg, row[i], k) : 0.f;
+                            Bs[tid % kDBK][col] =
+                                k < Kg && c < Cg ? dgrad_weight<L>(p, ds, wg, tap, k, c) : 0.f;
+                        }
+                    }
+                    __syncthreads();
+#pragma unroll
+                    for (int kk = 0; kk < kDBK; ++kk) {
+                        float a[kDPer], b[kDPer];
+#pragma unroll
+                        for (int i = 0; i < kDPer; ++i) a[i] = As[kk][tm + kDGrid * i];
+#pragma unroll
+                        for (int j = 0; j < kDPer; ++j) b[j] = Bs[kk][tn + kDGrid * j];
+#pragma unroll
+                        for (int i = 0; i < kDPer; ++i)
+#pragma unroll
+                            for (int j = 0; j < kDPer; ++j) acc[i][j] += a[i] * b[j];
+                    }
+                    __syncthreads();  // the tiles are overwritten by the next slice
+                }
+            }
+
+        // Epilogue: the pixels inside the image, the channels inside the group.
+#pragma unroll
+        for (int i = 0; i < kDPer; ++i) {
+            // Channel c's element lies c * step past channel 0's.
+            const I at = dgrad_dx_offset<L>(p, ds, dv, ph, I(m0 + tm + kDGrid * i), I(g * Cg));
+            if (at < 0) continue;
+            const I step = nchw ? I(p.H) * I(p.W) : I(1);
+#pragma unroll
+            for (int j = 0; j < kDPer; ++j) {
+                const I c = c0 + tn + kDGrid * j;
+                if (c < Cg) dx[at + c * step] = acc[i][j];
+            }
+        }
+    }
+}
+
+void launch_bwd_data_gather(const Conv2dParams& p, const float* dy, const float* w, float* dx,
+                            cudaStream_t stream) {
+    with_index_type(conv_extent(p), [&](auto index) {
+        using I = decltype(index);
+        bwd_data_gather<I><<<blocks_for(p.N * p.C * p.H * p.W, kThreads), kThreads, 0, stream>>>(
+            p, Unravel4<I>(p.layout, p.C, p.H, p.W), DivMod<I>(p.C / p.groups), dy, w, dx);
+    });
+    FC_CUDA_CHECK_LAUNCH();
+}
+
+void launch_bwd_data_gemm(const Conv2dParams& p, const float* dy, const float* w, float* dx,
+                          cudaStream_t stream) {
+    const DgradShape ds = dgrad_shape(p, kDBM, kDBN);
+    // + the tiles' overhang (kDBM pixels, kDBK filters) past M and Kg.
+    with_index_type(max64(conv_extent(p), ds.tiles + ds.M + kDBM + ds.Kg + kDBK), [&](auto index) {
+        using I = decltype(index);
+        const DgradDiv<I> dv(ds);
+        const unsigned int blocks = blocks_for(ds.tiles, 1);
+        if (p.layout == Layout::NCHW)
+            bwd_data_gemm<Layout::NCHW, I><<<blocks, kThreads, 0, stream>>>(p, ds, dv, dy, w, dx);
+        else
+            bwd_data_gemm<Layout::NHWC, I><<<blocks, kThreads, 0, stream>>>(p, ds, dv, dy, w, dx);
+    });
+    FC_CUDA_CHECK_LAUNCH();
 }
 
 // A walk over the output pixels (n, oh, ow) of N x P x Q in steps of `step` pixels with
@@ -426,16 +591,28 @@ void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a,
     FC_CUDA_CHECK_LAUNCH();
 }
 
-void conv2d_bwd_data(const Conv2dParams& p, ConvVariant, const float* dy, const float* w,
+// Auto's choice for grad input (provisional: written before any GPU run, from the
+// kernels' shapes, not from timings; see benchmarks/NOTES.md, "Grad input as an implicit
+// GEMM"). The gather reads a weight element and a dy element from memory for every
+// multiply-add, and re-reads the whole weight for every pixel; the GEMM reads each
+// loaded value from shared memory for 64 multiply-adds, but fills its 64-wide channel
+// tile only with Cg channels a group and its 16-deep slices only with Kg filters (each
+// tap's last slice is partly zero where Kg % 16 != 0). So the GEMM from Cg >= 16 and Kg
+// >= 16 (a quarter of the tile, full slices), the gather below that (LeNet-5's C2 with
+// Cg = 6, depthwise layers with Cg = 1).
+ConvVariant conv2d_bwd_data_auto_variant(const Conv2dParams& p) {
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+    return Cg >= 16 && Kg >= 16 ? ConvVariant::ImplicitGemm : ConvVariant::Direct;
+}
+
+void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
                      float* dx, cudaStream_t stream) {
-    const int64_t count = p.N * p.C * p.H * p.W;
-    if (count <= 0) return;
-    with_index_type(conv_extent(p), [&](auto index) {
-        using I = decltype(index);
-        bwd_data_gather<I><<<blocks_for(count, kThreads), kThreads, 0, stream>>>(
-            p, Unravel4<I>(p.layout, p.C, p.H, p.W), DivMod<I>(p.C / p.groups), dy, w, dx);
-    });
-    FC_CUDA_CHECK_LAUNCH();
+    if (p.N * p.C * p.H * p.W <= 0) return;
+    if (v == ConvVariant::Auto) v = conv2d_bwd_data_auto_variant(p);
+    switch (v) {
+        case ConvVariant::ImplicitGemm: return launch_bwd_data_gemm(p, dy, w, dx, stream);
+        default: return launch_bwd_data_gather(p, dy, w, dx, stream);  // Direct, Depthwise
+    }
 }
 
 // Auto: the GEMM once a group's weight has 4096 elements (a 64 x 64 tile's worth);

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Each original must occur exactly once in its file.
 SOBEL, FWD, BWD, POOL = 'csrc/cuda/sobel.cu', 'csrc/cuda/conv2d_fwd.cu', 'csrc/cuda/conv2d_bwd.cu', 'csrc/cuda/pool.cu'
 COMMON, CONV1D, DW = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu', 'csrc/cuda/depthwise.cu'
+IGEMM = 'csrc/cuda/implicit_gemm.cuh'
 DEV, WMMA = 'tools/cuda_emu/selftest_device.cu', 'tools/cuda_emu/selftest_wmma.cu'
 MUTANTS = [
     ('filter2d-barrier-deleted', 'deleted barrier', SOBEL,
@@ -45,6 +46,21 @@ MUTANTS = [
     ('grad-weight-barrier-deleted', 'deleted barrier', BWD,
      [('            __syncthreads();\n#pragma unroll\n            for (int q = 0; q < kFBK; ++q) {',
        '#pragma unroll\n            for (int q = 0; q < kFBK; ++q) {')], '0.1'),
+    # The grad-input GEMM (conv2d_bwd.cu's bwd_data_gemm, implicit_gemm.cuh's dgrad_*).
+    ('dgrad-barrier-deleted', 'deleted barrier', BWD,
+     [('                    __syncthreads();\n#pragma unroll\n                    for (int kk = 0; kk < kDBK; ++kk) {',
+       '#pragma unroll\n                    for (int kk = 0; kk < kDBK; ++kk) {')], '0.1'),
+    ('dgrad-reuse-barrier-deleted', 'deleted barrier', BWD,
+     [('                    __syncthreads();  // the tiles are overwritten by the next slice\n', '')], '0.1'),
+    # (The taps of the next phase for a phase's pixels. A permutation of whole phases
+    # among the tiles would be no bug: every phase would still be computed once.)
+    ('dgrad-phase-off-by-one', 'phase index off by one', IGEMM,
+     [('const I num = a + pad - r * dil;', 'const I num = a + 1 + pad - r * dil;')], '0.1'),
+    ('dgrad-tap-stride-off-by-one', 'stride index off by one', IGEMM,
+     [('return {ph.h.r0 + tr * I(ds.rstep),', 'return {ph.h.r0 + tr * I(ds.rstep + 1),')], '0.1'),
+    ('dgrad-divisor-off-by-one', 'wrong division constant', BWD,
+     [('        const DgradDiv<I> dv(ds);\n',
+       '        DgradDiv<I> dv(ds);\n        dv.w = DivMod<I>(ds.Ws > 1 ? ds.Ws - 1 : 2);\n')], '0.1'),
     ('block-sum-barrier-deleted', 'deleted barrier', COMMON,
      [('    __syncthreads();  // sh is free again', '    // sh is free again')], '0'),
     ('conv1d-load-off-by-one', 'off-by-one global load', CONV1D,

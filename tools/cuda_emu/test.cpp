@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -121,9 +122,13 @@ static void test_conv(int iters, bool depthwise, bool big) {
         cpu::conv2d_bwd_filter<double>(p, cpu::ConvVariant::Direct, dyd.data(), xd.data(), dwr.data());
         cpu::conv2d_bwd_bias<double>(p, dyd.data(), dbr.data());
         std::vector<float> dx(x.size(), NAN), dw(w.size(), NAN), db(p.K, NAN);
-        cuda::conv2d_bwd_data(p, cuda::ConvVariant::Auto, dy.data(), w.data(), dx.data(), nullptr);
+        for (auto v : {cuda::ConvVariant::Auto, cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm}) {
+            std::fill(dx.begin(), dx.end(), NAN);
+            cuda::conv2d_bwd_data(p, v, dy.data(), w.data(), dx.data(), nullptr);
+            compare(v == cuda::ConvVariant::ImplicitGemm ? "bwd-data-gemm" : "bwd-data", cfg, dx,
+                    dxr, integer, 5e-6);
+        }
         cuda::conv2d_bwd_bias(p, dy.data(), db.data(), nullptr);
-        compare("bwd-data", cfg, dx, dxr, integer, 5e-6);
         for (auto v : {cuda::ConvVariant::Auto, cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm}) {
             std::fill(dw.begin(), dw.end(), NAN);
             cuda::conv2d_bwd_filter(p, v, dy.data(), x.data(), dw.data(), nullptr);
@@ -164,6 +169,80 @@ static void test_bwd_filter_splits() {
         compare("bwd-filter-splits", conv_str(p), dw, dwr, integer, 5e-6);
         ++checks;
         if (dw != dw2) ++failures, printf("FAIL bwd-filter-splits not deterministic %s\n", conv_str(p).c_str());
+    }
+}
+
+// The grad-input GEMM (and the gather beside it) on shapes that fill several tiles:
+// more than 64 pixels a phase and more than 64 channels a group (ragged last tiles),
+// Kg not a multiple of the 16-deep slice, strides 1-4 (phases without taps when the
+// stride exceeds the dilated kernel or shares a factor with the dilation), dilation,
+// padding up to beyond the kernel with a bottom / right one more or less, groups, both
+// layouts; exact on small integers, within 5e-6 on random floats; dx NaN-filled before
+// each call; and the bits of two calls identical.
+static bool draw_bwd_data(Conv2dParams& p, int it) {
+    p = Conv2dParams{};
+    p.layout = it % 2 ? Layout::NCHW : Layout::NHWC;
+    p.groups = ri(0, 2) ? 1 : 2;
+    const int64_t Cg = ri(0, 1) ? ri(1, 20) : ri(60, 75), Kg = ri(1, 40);
+    p.N = ri(1, 3), p.C = Cg * p.groups, p.K = Kg * p.groups;
+    p.H = ri(1, 19), p.W = ri(1, 19), p.R = ri(1, 4), p.S = ri(1, 4);
+    p.stride_h = ri(1, 4), p.stride_w = ri(0, 1) ? p.stride_h : ri(1, 4);
+    p.dil_h = ri(1, 3), p.dil_w = ri(1, 3);
+    p.pad_h = ri(0, 3), p.pad_w = ri(0, 3);
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, max64(0, p.pad_h + ri(-1, 1)), p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, max64(0, p.pad_w + ri(-1, 1)), p.dil_w);
+    return p.P >= 1 && p.Q >= 1;
+}
+
+// it -2 and -1: ResNet's strided 3x3 (stride 2, pad 1) and grouped 1x1 (stride 2)
+// downsampling shapes at a small size, the fixed cases (SCALE 0 runs them).
+static void fixed_bwd_data(Conv2dParams& p, int it) {
+    const bool three = it == -2;  // both Auto's GEMM (Cg 70 / 33, Kg 20 / 17)
+    p = Conv2dParams{};
+    p.layout = three ? Layout::NCHW : Layout::NHWC, p.groups = three ? 1 : 2;
+    p.N = 2, p.C = (three ? 70 : 33) * p.groups, p.K = (three ? 20 : 17) * p.groups;
+    p.H = 13, p.W = three ? 14 : 9, p.R = p.S = three ? 3 : 1;
+    p.stride_h = p.stride_w = 2, p.dil_h = p.dil_w = 1, p.pad_h = p.pad_w = three ? 1 : 0;
+    p.P = conv_out_size(p.H, p.R, 2, p.pad_h, p.pad_h, 1);
+    p.Q = conv_out_size(p.W, p.S, 2, p.pad_w, p.pad_w, 1);
+}
+
+static void test_bwd_data_gemm(int iters) {
+    for (int it = -2; it < iters; ++it) {
+        Conv2dParams p;
+        if (it < 0)
+            fixed_bwd_data(p, it);
+        else if (!draw_bwd_data(p, it)) {
+            --it;
+            continue;
+        }
+        const int64_t Cg = p.C / p.groups;
+        const bool integer = (it + 2) % 4 < 2;
+        auto dy = fill<float>(p.N * p.K * p.P * p.Q, integer);
+        auto w = fill<float>(p.K * Cg * p.R * p.S, integer);
+        const int64_t nx = p.N * p.C * p.H * p.W;
+        std::vector<double> dxr(nx);
+        auto dyd = to_d(dy), wd = to_d(w);
+        cpu::conv2d_bwd_data<double>(p, cpu::ConvVariant::Direct, dyd.data(), wd.data(), dxr.data());
+        const std::string cfg = conv_str(p);
+        ++checks;
+        if (it < 0 && cuda::conv2d_bwd_data_auto_variant(p) != cuda::ConvVariant::ImplicitGemm)
+            ++failures, printf("FAIL bwd-data auto does not take the GEMM %s\n", cfg.c_str());
+        for (auto v : {cuda::ConvVariant::ImplicitGemm, cuda::ConvVariant::Direct, cuda::ConvVariant::Auto}) {
+            std::vector<float> dx(nx, NAN), dx2(nx, NAN);
+            cuda::conv2d_bwd_data(p, v, dy.data(), w.data(), dx.data(), nullptr);
+            const bool gemm = (v == cuda::ConvVariant::Auto ? cuda::conv2d_bwd_data_auto_variant(p) : v) ==
+                              cuda::ConvVariant::ImplicitGemm;
+            compare(v == cuda::ConvVariant::Auto ? "bwd-data-auto-tiles"
+                    : gemm                        ? "bwd-data-gemm-tiles"
+                                                  : "bwd-data-gather-tiles",
+                    cfg, dx, dxr, integer, 5e-6);
+            cuda::conv2d_bwd_data(p, v, dy.data(), w.data(), dx2.data(), nullptr);
+            ++checks;
+            if (std::memcmp(dx.data(), dx2.data(), nx * sizeof(float)) != 0)
+                ++failures, printf("FAIL bwd-data not deterministic (%s) %s\n", gemm ? "gemm" : "gather",
+                                   cfg.c_str());
+        }
     }
 }
 
@@ -541,6 +620,7 @@ int main(int argc, char** argv) {
     test_pool2x2(scale(80));
     test_conv_special();
     test_bwd_filter_splits();
+    test_bwd_data_gemm(scale(40));
     test_block(scale(60));
     test_conv(scale(150), false, false);
     test_conv(scale(100), true, false);
