@@ -47,6 +47,7 @@
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "implicit_gemm.cuh"
+#include "winograd.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -426,8 +427,10 @@ void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a,
     FC_CUDA_CHECK_LAUNCH();
 }
 
-void conv2d_bwd_data(const Conv2dParams& p, ConvVariant, const float* dy, const float* w,
+void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
                      float* dx, cudaStream_t stream) {
+    if (v == ConvVariant::Winograd2 || v == ConvVariant::Winograd4)  // winograd.cu
+        return winograd_conv2d_bwd_data(p, v == ConvVariant::Winograd2 ? 2 : 4, dy, w, dx, stream);
     const int64_t count = p.N * p.C * p.H * p.W;
     if (count <= 0) return;
     with_index_type(conv_extent(p), [&](auto index) {
