@@ -1,4 +1,4 @@
-"""Winograd's accuracy: where F(4x4, 3x3)'s points come from, and what the CPU variants'
+"""Winograd's accuracy: where F(4x4, 3x3)'s points come from, and what the winograd variants'
 float32 rounding costs against the float64 reference.
 
     python benchmarks/winograd_accuracy.py points   candidate points for F(4, 3), each
@@ -7,6 +7,8 @@ float32 rounding costs against the float64 reference.
                                                     float32 against fastconv.reference, by
                                                     channels, input distribution and scale,
                                                     and on ResNet-50's 3x3 layers
+    python benchmarks/winograd_accuracy.py cuda     the same for the GPU's variants (CuPy
+                                                    arrays; implicit_gemm in gemm's column)
 
 derive() builds the transform matrices from the points exactly (fractions.Fraction);
 tests/test_winograd.py checks csrc/common/winograd.h's tables against it. Errors are
@@ -116,12 +118,21 @@ def _errors(out, ref):
     return np.linalg.norm(out - ref) / np.linalg.norm(ref), np.abs(out - ref).max() / np.abs(ref).max()
 
 
-def fastconv_table():
+def fastconv_table(device="cpu"):
     sys.path.insert(0, str(ROOT))  # this checkout's fastconv, not an installed one
     import fastconv
     from fastconv import reference
 
-    variants = ("gemm", "winograd2", "winograd4")
+    variants = ("gemm" if device == "cpu" else "implicit_gemm", "winograd2", "winograd4")
+    if device == "cuda":
+        import cupy
+
+        def conv(x, w, variant):
+            return cupy.asnumpy(fastconv.conv2d(cupy.asarray(x), cupy.asarray(w), padding=1,
+                                                variant=variant))
+    else:
+        def conv(x, w, variant):
+            return fastconv.conv2d(x, w, padding=1, variant=variant)
     rng = np.random.default_rng(0)
     dists = {"normal": lambda s: rng.standard_normal(s),
              "relu(normal)": lambda s: np.maximum(rng.standard_normal(s), 0),
@@ -138,7 +149,7 @@ def fastconv_table():
                 scale = 2.0 ** int(label[2:]) if label.startswith("2^") else float(label)
                 x = (base * scale).astype(np.float32)
                 ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
-                errs = [_errors(fastconv.conv2d(x, w, padding=1, variant=v), ref) for v in variants]
+                errs = [_errors(conv(x, w, v), ref) for v in variants]
                 print(f"{c:5d}  {dist:14s} {label:>6s}  " +
                       "  ".join(f"{e[0]:.2e} / {e[1]:.2e}" for e in errs), flush=True)
     print("\nResNet-50's 3x3 layers, batch 1, relu(normal) inputs, He-scaled filters, padding 1")
@@ -146,10 +157,13 @@ def fastconv_table():
         x = np.maximum(rng.standard_normal((1, c, hw, hw)), 0).astype(np.float32)
         w = (rng.standard_normal((c, c, 3, 3)) * np.sqrt(2 / (9 * c))).astype(np.float32)
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
-        errs = [_errors(fastconv.conv2d(x, w, padding=1, variant=v), ref) for v in variants]
+        errs = [_errors(conv(x, w, v), ref) for v in variants]
         print(f"{c:4d} x {hw:2d}x{hw:<2d}  " + "  ".join(f"{v} {e[0]:.2e} / {e[1]:.2e}"
                                                        for v, e in zip(variants, errs)), flush=True)
 
 
 if __name__ == "__main__":
-    points_table() if sys.argv[1:] == ["points"] else fastconv_table()
+    if sys.argv[1:] == ["points"]:
+        points_table()
+    else:
+        fastconv_table("cuda" if sys.argv[1:] == ["cuda"] else "cpu")

@@ -64,7 +64,8 @@ void launch(int device, const std::string& dtype, F&& f) {
 PYBIND11_MODULE(_cuda, m) {
     m.doc() = "fastconv GPU backend (CUDA)";
     bind::register_params(m);
-    m.attr("conv2d_variants") = py::make_tuple("direct", "implicit_gemm", "depthwise");
+    m.attr("conv2d_variants") =
+        py::make_tuple("direct", "implicit_gemm", "depthwise", "winograd2", "winograd4");
     m.attr("conv2d_avgpool_variants") =
         py::make_tuple("fused", "direct", "implicit_gemm", "depthwise");
 

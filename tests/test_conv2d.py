@@ -20,7 +20,7 @@ def _cases():
     for b in BACKENDS:
         name = b.values[0]
         vs = (("direct", "gemm", "depthwise", "blocked", "winograd2", "winograd4") if name == "cpu"
-              else ("direct", "implicit_gemm", "depthwise"))
+              else ("direct", "implicit_gemm", "depthwise", "winograd2", "winograd4"))
         for v in vs:
             for dt in dtypes_for(name):
                 out.append(pytest.param(name, v, dt, id=f"{name}-{v}-{dt}", marks=b.marks))

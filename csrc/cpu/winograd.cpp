@@ -1,7 +1,7 @@
 // winograd.cpp: 3x3, stride-1 conv2d forward and grad input on the CPU by Winograd's minimal
 // filtering. The matrices, the 2-D transforms of one tile and the tile math are
-// csrc/common/winograd.h's (shared with a future CUDA twin); this file cuts the work into
-// chunks of tiles and runs the alpha^2 GEMMs through gemm.h.
+// csrc/common/winograd.h's (shared with the CUDA twin, csrc/cuda/winograd.cu); this file
+// cuts the work into chunks of tiles and runs the alpha^2 GEMMs through gemm.h.
 //
 // Variants (dispatched from conv2d_fwd.cpp, and from conv2d_bwd.cpp for grad input):
 //   winograd2  F(2x2, 3x3): 4x4 patches, 16 products per 2x2 outputs, 2.25x fewer
@@ -417,15 +417,9 @@ void run(const Conv2dParams& q, const Conv2dParams& p, bool grad_input, const T*
     tiles_conv<m>(q, U.get(), x, y);
 }
 
-// Float F(4x4, 3x3) on outputs of fewer elements than this runs in double. One output
-// element of F(4x4) carries ~100x the rounding of a direct sum (its transforms cancel
-// terms of size |w| |x| down to y), so where y is small against them one element's
-// relative error reaches 1e-5 and beyond: measured on 1 x 1 x 3 x 3 -> 1 x 1 outputs
-// (float32 against float64, 300 random draws) up to 3.2e-5, up to 6.6e-4 on a 1 x 1 image
-// with padding 1, 2.3e-5 on 1 x 2 outputs; over 4 elements or more the norm-wise error
-// stayed <= 4.2e-6, over 16 or more <= 3.7e-6, and ~1e-6 on ResNet-50's layers. Below 64
-// elements the whole call in double costs microseconds.
-constexpr int64_t kFloatF4MinOutputs = 64;
+// Float F(4x4) on fewer than winograd::kFloatF4MinOutputs outputs runs in double (winograd.h
+// says why; the GPU twin follows the same rule).
+using winograd::kFloatF4MinOutputs;
 
 template <int m, typename T>
 void run_accurate(const Conv2dParams& q, const Conv2dParams& p, bool grad_input, const T* x,

@@ -62,6 +62,7 @@
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "implicit_gemm.cuh"
+#include "winograd.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -611,6 +612,8 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, cons
     if (v == ConvVariant::Auto) v = conv2d_bwd_data_auto_variant(p);
     switch (v) {
         case ConvVariant::ImplicitGemm: return launch_bwd_data_gemm(p, dy, w, dx, stream);
+        case ConvVariant::Winograd2: return winograd_conv2d_bwd_data(p, 2, dy, w, dx, stream);
+        case ConvVariant::Winograd4: return winograd_conv2d_bwd_data(p, 4, dy, w, dx, stream);
         default: return launch_bwd_data_gather(p, dy, w, dx, stream);  // Direct, Depthwise
     }
 }
@@ -619,8 +622,10 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, cons
 // below that the per-element reduction has blocks enough. Both need outputs.
 static bool bwd_filter_uses_gemm(const Conv2dParams& p, ConvVariant v) {
     const int64_t count = p.K * (p.C / p.groups) * p.R * p.S;
-    const bool gemm = v == ConvVariant::ImplicitGemm ||
-                      (v == ConvVariant::Auto && count / p.groups >= 4096);
+    // Winograd has no grad weight of its own: a layer run with it takes Auto's kernel.
+    const bool automatic = v == ConvVariant::Auto || v == ConvVariant::Winograd2 ||
+                           v == ConvVariant::Winograd4;
+    const bool gemm = v == ConvVariant::ImplicitGemm || (automatic && count / p.groups >= 4096);
     return gemm && count > 0 && p.N * p.P * p.Q > 0;
 }
 

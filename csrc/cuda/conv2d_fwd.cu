@@ -36,6 +36,7 @@
 #include "cuda_ops.h"
 #include "depthwise.cuh"
 #include "implicit_gemm.cuh"
+#include "winograd.cuh"
 
 namespace fastconv {
 namespace cuda {
@@ -321,8 +322,9 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const floa
     FC_CHECK(v != ConvVariant::Depthwise || p.C == p.groups,
              "the depthwise variant needs groups == channels");
     FC_CHECK(v != ConvVariant::Fused, "the fused variant is conv2d_avgpool's alone");
-    FC_CHECK(v != ConvVariant::Winograd2 && v != ConvVariant::Winograd4,
-             "the GPU Winograd variants are not built yet");
+    if (v == ConvVariant::Winograd2 || v == ConvVariant::Winograd4)
+        return winograd_conv2d_fwd(p, v == ConvVariant::Winograd2 ? 2 : 4, x, w, b, residual, y,
+                                   stream);
     FC_CHECK(residual == nullptr, "the GPU residual add is not built yet");
     if (p.N * p.K * p.P * p.Q <= 0) return;
     if (v == ConvVariant::Auto) v = conv2d_auto_variant(p);

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOBEL, FWD, BWD, POOL = 'csrc/cuda/sobel.cu', 'csrc/cuda/conv2d_fwd.cu', 'csrc/cuda/conv2d_bwd.cu', 'csrc/cuda/pool.cu'
 COMMON, CONV1D, DW = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu', 'csrc/cuda/depthwise.cu'
 IGEMM = 'csrc/cuda/implicit_gemm.cuh'
+WINO, WINO_H = 'csrc/cuda/winograd.cu', 'csrc/common/winograd.h'
 DEV, WMMA = 'tools/cuda_emu/selftest_device.cu', 'tools/cuda_emu/selftest_wmma.cu'
 MUTANTS = [
     ('filter2d-barrier-deleted', 'deleted barrier', SOBEL,
@@ -106,6 +107,15 @@ MUTANTS = [
      [('            async_wait<1>();  // this thread', '            async_wait<2>();  // this thread')], '0'),
     ('async-refill-barrier-deleted', 'deleted barrier', DEV,
      [('            __syncthreads();  // buf[k % 2] is refilled by tile k + 2\n', '')], '0'),
+    # Winograd (winograd.cu, and the transform tables it shares with the CPU: the emulator's
+    # reference is the CPU's direct convolution, so a table error shows on both backends).
+    ('winograd-transform-coefficient', 'wrong transform coefficient', WINO_H,
+     [('{0, 1, 1, 4, 1.0 / 4, 0},', '{0, 1, 1, 4, 1.0 / 2, 0},')], '0.1'),
+    ('winograd-tile-edge-off-by-one', 'off-by-one tile edge', WINO,
+     [('col_in[j] = w0 + j >= 0 && w0 + j < W;', 'col_in[j] = w0 + j >= 0 && w0 + j <= W;')], '0.1'),
+    ('winograd-gemm-barrier-deleted', 'deleted barrier', WINO,
+     [('            __syncthreads();\n#pragma unroll\n            for (int cc = 0; cc < kWC; ++cc) {',
+       '#pragma unroll\n            for (int cc = 0; cc < kWC; ++cc) {')], '0.1'),
     ('wmma-lane-missing', 'warp collective with a lane missing', WMMA,
      [('            wmma::mma_sync(acc, fa, fb, acc);', '            if (threadIdx.x % 32 != 9) wmma::mma_sync(acc, fa, fb, acc);')], '0'),
     ('wmma-pointer-not-uniform', 'warp collective, arguments not uniform', WMMA,

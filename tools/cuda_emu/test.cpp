@@ -1,6 +1,7 @@
 // The CUDA kernels, translated by translate.py and run on the CPU by emu.cpp, against
 // their CPU twins on random shapes and parameters (see README.md). Exit status 1 on
 // any mismatch; the last line says how many checks ran.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/shapes.h"
 #include "cpu/cpu_ops.h"
 #include "cuda/cuda_ops.h"
@@ -592,6 +594,192 @@ static void test_conv1d() {
     }
 }
 
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) (winograd.cu), forward and grad input, against the
+// CPU twin's direct convolution in double on the same inputs: 3x3, stride 1, padding 0-2 on
+// each side independently (ragged tiles: H, W, P, Q anything), groups, both layouts, bias,
+// every activation, and a y-shaped residual added before it. F(2x2)'s matrices are binary
+// fractions: exact on small integers. F(4x4)'s G holds 1/6, 1/15, 1/30: on small integers
+// each output must round to the exact integer (off by < 0.1, as tests/test_conv2d.py's
+// INEXACT_ON_INTEGERS); on random floats both within tests/conftest.py's float32 bound.
+static void compare_wino(const char* what, int m, const std::string& cfg, const std::vector<float>& got,
+                         const std::vector<double>& ref, bool integer) {
+    if (m == 2 || !integer) return compare(what, cfg, got, ref, integer, 1e-5);
+    std::vector<float> rounded(got);
+    bool near = true;
+    for (size_t i = 0; i < got.size(); ++i) {
+        near = near && std::fabs(double(got[i]) - ref[i]) < 0.1;
+        rounded[i] = std::rint(got[i]);
+    }
+    if (!near) {
+        ++checks, ++failures;
+        printf("FAIL %s %s off the integers by 0.1 or more\n", what, cfg.c_str());
+        return;
+    }
+    compare(what, cfg, rounded, ref, true);
+}
+
+// One draw: the forward (with a residual on half of them) and the grad input, both m.
+static void check_winograd(const Conv2dParams& p, bool integer, bool with_residual) {
+    const int64_t Cg = p.C / p.groups, ny = p.N * p.K * p.P * p.Q;
+    auto x = fill<float>(p.N * p.C * p.H * p.W, integer);
+    auto w = fill<float>(p.K * Cg * 9, integer);
+    auto b = fill<float>(p.K, integer);
+    auto r = fill<float>(ny, integer);
+    auto dy = fill<float>(ny, integer);
+    auto xd = to_d(x), wd = to_d(w), bd = to_d(b), dyd = to_d(dy);
+    // act(conv + b + residual), the activation applied in double to the twin's sum.
+    Conv2dParams linear = p;
+    linear.act = Activation::None;
+    std::vector<double> yref(ny), dxref(x.size());
+    cpu::conv2d_fwd<double>(linear, cpu::ConvVariant::Direct, xd.data(), wd.data(),
+                            p.has_bias ? bd.data() : nullptr, yref.data());
+    for (int64_t i = 0; i < ny; ++i)
+        yref[i] = activate(p.act, yref[i] + (with_residual ? double(r[i]) : 0.0));
+    cpu::conv2d_bwd_data<double>(p, cpu::ConvVariant::Direct, dyd.data(), wd.data(), dxref.data());
+    const std::string cfg = conv_str(p) + (with_residual ? " residual" : "");
+    for (int m : {2, 4}) {
+        const auto v = m == 2 ? cuda::ConvVariant::Winograd2 : cuda::ConvVariant::Winograd4;
+        std::vector<float> y(ny, NAN), dx(x.size(), NAN);
+        cuda::conv2d_fwd(p, v, x.data(), w.data(), p.has_bias ? b.data() : nullptr, y.data(), nullptr,
+                         with_residual ? r.data() : nullptr);
+        compare_wino(m == 2 ? "fwd-winograd2" : "fwd-winograd4", m, cfg, y, yref, integer);
+        cuda::conv2d_bwd_data(p, v, dy.data(), w.data(), dx.data(), nullptr);
+        compare_wino(m == 2 ? "bwd-data-winograd2" : "bwd-data-winograd4", m, cfg, dx, dxref, integer);
+    }
+}
+
+static Conv2dParams wino_params(int64_t N, int64_t C, int64_t K, int64_t groups, int64_t H, int64_t W,
+                                int64_t pad_h, int64_t pad_w, int64_t pad_h_end, int64_t pad_w_end,
+                                Layout L) {
+    Conv2dParams p{};
+    p.N = N, p.C = C, p.K = K, p.groups = groups, p.H = H, p.W = W, p.R = p.S = 3;
+    p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1, p.pad_h = pad_h, p.pad_w = pad_w;
+    p.P = conv_out_size(H, 3, 1, pad_h, pad_h_end, 1), p.Q = conv_out_size(W, 3, 1, pad_w, pad_w_end, 1);
+    p.layout = L;
+    return p;
+}
+
+static void test_winograd(int iters, bool big) {
+    const int64_t sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13};
+    for (int it = 0; it < iters; ++it) {
+        const int64_t groups = ri(0, 3) == 0 ? ri(2, 3) : 1;
+        // big: more than one 16-channel slice and one 64-filter or 64-tile GEMM block.
+        const int64_t Cg = big ? ri(17, 40) : ri(1, 5), Kg = big ? ri(1, 2) * ri(20, 70) : ri(1, 5);
+        const int64_t H = big ? ri(9, 20) : sizes[ri(0, 10)], W = big ? ri(9, 20) : sizes[ri(0, 10)];
+        Conv2dParams p = wino_params(ri(1, big ? 2 : 3), Cg * groups, Kg * groups, groups, H, W, ri(0, 2),
+                                     ri(0, 2), ri(0, 2), ri(0, 2), ri(0, 1) ? Layout::NCHW : Layout::NHWC);
+        if (p.P < 1 || p.Q < 1) { --it; continue; }
+        const bool integer = it % 2 == 1;
+        p.act = integer ? (ri(0, 1) ? Activation::None : Activation::Relu) : Activation(ri(0, 3));
+        p.has_bias = ri(0, 1);
+        check_winograd(p, integer, ri(0, 1));
+    }
+}
+
+// Fixed cases: a variant refused where it does not apply; a patch of padding around one
+// pixel; padding 3 above (the grad input's convolution pads -1: it crops); and the float32
+// accuracy of tests/test_winograd.py's ResNet-like case (2 x 256 x 14 x 14 -> 32 filters,
+// He-scaled, relu'd normal inputs, padding 1): within the bounds that test holds the CPU to,
+// 2e-6 (F(2x2)) and 5e-6 (F(4x4)). The emulator does not contract a * b + c into an FMA as
+// nvcc does, so the GPU's figures differ in the last bits.
+static void test_winograd_fixed() {
+    Conv2dParams bad = wino_params(1, 2, 2, 1, 5, 5, 1, 1, 1, 1, Layout::NCHW);
+    bad.stride_w = 2, bad.Q = 3;
+    for (auto v : {cuda::ConvVariant::Winograd2, cuda::ConvVariant::Winograd4}) {
+        bool threw = false;
+        try {
+            cuda::conv2d_fwd(bad, v, (const float*)nullptr, nullptr, nullptr, nullptr, nullptr);
+        } catch (const std::invalid_argument&) { threw = true; }
+        ++checks;
+        if (!threw) ++failures, printf("FAIL winograd with stride 2 did not throw\n");
+    }
+    for (Layout L : {Layout::NCHW, Layout::NHWC}) {
+        Conv2dParams p = wino_params(2, 3, 4, 1, 1, 1, 1, 1, 1, 1, L);
+        p.act = Activation::Tanh, p.has_bias = true;
+        check_winograd(p, false, false);
+        p = wino_params(2, 4, 6, 2, 5, 10, 3, 0, 3, 0, L);
+        check_winograd(p, true, true);
+    }
+    std::normal_distribution<double> normal(0, 1);
+    Conv2dParams p = wino_params(2, 256, 32, 1, 14, 14, 1, 1, 1, 1, Layout::NCHW);
+    std::vector<float> x(p.N * p.C * p.H * p.W), w(p.K * p.C * 9);
+    for (auto& e : x) e = float(std::max(0.0, normal(rng)));
+    for (auto& e : w) e = float(normal(rng) * std::sqrt(2.0 / (9 * 256)));
+    std::vector<double> ref(p.N * p.K * p.P * p.Q);
+    auto xd = to_d(x), wd = to_d(w);
+    cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(), nullptr, ref.data());
+    for (int m : {2, 4}) {
+        std::vector<float> y(ref.size(), NAN);
+        cuda::conv2d_fwd(p, m == 2 ? cuda::ConvVariant::Winograd2 : cuda::ConvVariant::Winograd4, x.data(),
+                         w.data(), nullptr, y.data(), nullptr);
+        compare(m == 2 ? "winograd2-resnet-accuracy" : "winograd4-resnet-accuracy", conv_str(p), y, ref,
+                false, m == 2 ? 2e-6 : 5e-6);
+    }
+}
+
+// `emu_test winograd-accuracy`: the float32 error of the emulated winograd2 / winograd4 and
+// implicit GEMM against the twin's direct convolution in double, as
+// benchmarks/winograd_accuracy.py prints it for the CPU (1 x C x 14 x 14 -> 32 He-scaled
+// filters, padding 1; norm-wise relative error / largest element error over the largest
+// reference element), then tiny outputs (1 x C x 1 x 1 -> 1, padding 1: F(4x4) runs in
+// double there) as the largest norm-wise error over 300 draws. No FMA contraction here
+// (README.md): the card's last bits differ. Prints; checks nothing.
+static void winograd_accuracy() {
+    std::normal_distribution<double> normal(0, 1);
+    const auto errors = [](const std::vector<float>& y, const std::vector<double>& ref, double& norm, double& mx) {
+        double num = 0, den = 0, emax = 0, rmax = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+            const double d = y[i] - ref[i];
+            num += d * d, den += ref[i] * ref[i];
+            emax = std::max(emax, std::fabs(d)), rmax = std::max(rmax, std::fabs(ref[i]));
+        }
+        norm = std::sqrt(num / den), mx = emax / rmax;
+    };
+    const cuda::ConvVariant vs[] = {cuda::ConvVariant::ImplicitGemm, cuda::ConvVariant::Winograd2,
+                                    cuda::ConvVariant::Winograd4};
+    printf("%5s  %-13s %19s  %19s  %19s\n", "C", "input", "implicit_gemm", "winograd2", "winograd4");
+    for (int64_t C : {64, 256, 512, 2048})
+        for (int relu = 0; relu < 2; ++relu) {
+            Conv2dParams p = wino_params(1, C, 32, 1, 14, 14, 1, 1, 1, 1, Layout::NCHW);
+            std::vector<float> x(C * 196), w(32 * C * 9);
+            for (auto& e : x) e = float(relu ? std::max(0.0, normal(rng)) : normal(rng));
+            for (auto& e : w) e = float(normal(rng) * std::sqrt(2.0 / (9 * C)));
+            auto xd = to_d(x), wd = to_d(w);
+            std::vector<double> ref(32 * 196);
+            cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(), nullptr, ref.data());
+            printf("%5ld  %-13s", long(C), relu ? "relu(normal)" : "normal");
+            for (auto v : vs) {
+                std::vector<float> y(ref.size(), NAN);
+                cuda::conv2d_fwd(p, v, x.data(), w.data(), nullptr, y.data(), nullptr);
+                double norm, mx;
+                errors(y, ref, norm, mx);
+                printf("  %.2e / %.2e", norm, mx);
+            }
+            printf("\n");
+        }
+    for (int64_t C : {1, 16, 256}) {
+        double worst[3] = {0, 0, 0};
+        for (int it = 0; it < 300; ++it) {
+            Conv2dParams p = wino_params(1, C, 1, 1, 1, 1, 1, 1, 1, 1, Layout::NCHW);
+            std::vector<float> x(C), w(C * 9);
+            for (auto& e : x) e = float(normal(rng));
+            for (auto& e : w) e = float(normal(rng));
+            auto xd = to_d(x), wd = to_d(w);
+            std::vector<double> ref(1);
+            cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(), nullptr, ref.data());
+            for (int j = 0; j < 3; ++j) {
+                std::vector<float> y(1, NAN);
+                cuda::conv2d_fwd(p, vs[j], x.data(), w.data(), nullptr, y.data(), nullptr);
+                double norm, mx;
+                errors(y, ref, norm, mx);
+                worst[j] = std::max(worst[j], norm);
+            }
+        }
+        printf("1 x %ld x 1 x 1 -> 1, padding 1, worst of 300: %.2e  %.2e  %.2e\n", long(C), worst[0],
+               worst[1], worst[2]);
+    }
+}
+
 // block_sum's total in every thread, over consecutive calls (sums of small integers:
 // exact in float).
 static void test_block_sum() {
@@ -609,6 +797,10 @@ static void test_block_sum() {
 int main(int argc, char** argv) {
     // SCALE multiplies the random draws of each family (0.25: a quarter; 0: the fixed
     // cases alone).
+    if (argc > 1 && std::string(argv[1]) == "winograd-accuracy") {
+        winograd_accuracy();
+        return 0;
+    }
     const double scale_arg = argc > 1 ? atof(argv[1]) : 1;
     const auto scale = [&](int n) { return int(std::ceil(n * scale_arg)); };
     test_block_sum();
@@ -625,6 +817,9 @@ int main(int argc, char** argv) {
     test_conv(scale(150), false, false);
     test_conv(scale(100), true, false);
     test_conv(scale(12), false, true);
+    test_winograd_fixed();
+    test_winograd(scale(120), false);
+    test_winograd(scale(8), true);
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
