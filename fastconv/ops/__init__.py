@@ -13,8 +13,8 @@ gathers their names, public and those fastconv.torch calls.
 """
 
 from ._common import _channels_last, _nchw_weight_grad, add_batch, drop_batch  # noqa: F401
-from .conv import (_conv2d, _conv2d_avgpool, conv2d, conv2d_avgpool,  # noqa: F401
-                   conv2d_avgpool_backward, conv2d_backward)
+from .conv import (_activation_backward, _conv2d, _conv2d_avgpool, conv2d,  # noqa: F401
+                   conv2d_avgpool, conv2d_avgpool_backward, conv2d_backward)
 from .filters import IMAGE_CPU_DTYPES, IMAGE_GPU_DTYPES, conv1d, filter2d, sobel  # noqa: F401
 from .pool import (_avg_pool2d, _global_avg_pool2d, _max_pool2d,  # noqa: F401
                    _max_pool2d_backward, avg_pool2d, avg_pool2d_backward, global_avg_pool2d,

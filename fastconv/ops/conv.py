@@ -2,7 +2,7 @@
 
 import math
 
-from .. import _args
+from .. import _args, _arrays
 from ._common import (_autograd_op, _channels_last, _nchw, _nchw_weight_grad, _needs_autograd,
                       _nhwc, _nhwc_weight, _planned, _prepare, _unbatched, add_batch, drop_batch)
 
@@ -15,7 +15,7 @@ def _conv_variants(backend):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           activation=None, layout="NCHW", variant="auto"):
+           activation=None, residual=None, precision=None, layout="NCHW", variant="auto"):
     """2-D cross-correlation, as torch.nn.functional.conv2d, with a fused activation.
 
     input   (N, C, H, W) for layout "NCHW", (N, H, W, C) for "NHWC" (Keras' channels_last).
@@ -27,58 +27,103 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             does it for any stride: output = ceil(in / stride), the odd pixel of padding
             at the bottom / right.
     activation: None, "relu", "tanh" or "sigmoid", applied in the same kernel.
+    residual: None, or an array of the output's shape, layout, library, device and dtype,
+            added before the activation: act(conv + bias + residual), a ResNet block's
+            last convolution and its skip add in one kernel. Its gradient (autograd) is
+            the gradient before the activation.
+    precision: the GPU's float32 arithmetic, as torch.backends.cudnn.allow_tf32 chooses
+            PyTorch's: "strict" (float32 FMAs), "tf32" (tensor cores on inputs rounded to
+            TF32, 10 mantissa bits: ~1e-3 relative error), "3xtf32" (tensor cores on a
+            split of each input into two TF32 parts: float32's ~1e-6), or None (default):
+            PyTorch's default, "tf32" while torch.backends.cudnn.allow_tf32 is True (or
+            torch is not imported), "strict" once it is False. A kernel without a
+            tensor-core path computes strict float32 whatever is asked; the CPU always
+            computes strict float32 (or float64), as PyTorch's CPU convolutions do.
+            float16 / bfloat16 arrays (GPU only, variant "auto" or "implicit_gemm") run on
+            tensor cores in their own type with float32 accumulation, whatever it says.
     variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()). The
             CPU's "winograd2" / "winograd4" (Winograd F(2x2, 3x3) / F(4x4, 3x3)) take 3x3
             kernels with stride 1 and dilation 1 only; winograd4 rounds more than the others
             (float32: ~1e-6 relative, documented in benchmarks/NOTES.md).
 
-    Output (N, K, P, Q) or (N, P, Q, K), P = (H + pads - dilation * (R - 1) - 1) // stride + 1.
+    Output (N, K, P, Q) or (N, P, Q, K), P = (H + pads - dilation * (R - 1) - 1) // stride + 1,
+    in the inputs' dtype: float32 or float64 on the CPU; float32, float16 or bfloat16 on the
+    GPU (bias and residual in that dtype too).
     An unbatched input, (C, H, W) or (H, W, C), gives an unbatched output, as in torch;
     N = 0 gives an empty output without running a kernel.
     PyTorch tensors that require grad go through fastconv.torch.conv2d, with autograd.
     """
     if _unbatched(input):
+        if _unbatched(residual):
+            residual = add_batch(residual)
         return drop_batch(conv2d(add_batch(input), weight, bias, stride, padding, dilation,
-                                 groups, activation=activation, layout=layout, variant=variant))
-    if _needs_autograd(input, weight, bias):
+                                 groups, activation=activation, residual=residual,
+                                 precision=precision, layout=layout, variant=variant))
+    if _needs_autograd(input, weight, bias, residual):
         return _autograd_op("conv2d", layout, variant)(
-            input, weight, bias, stride, padding, dilation, groups, activation=activation)
+            input, weight, bias, stride, padding, dilation, groups, activation=activation,
+            residual=residual, precision=precision)
     return _conv2d(input, weight, bias, stride, padding, dilation, groups,
-                   activation=activation, layout=layout, variant=variant)
+                   activation=activation, residual=residual, precision=precision,
+                   layout=layout, variant=variant)
 
 
 def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-            activation=None, layout="NCHW", variant="auto"):
+            activation=None, residual=None, precision=None, layout="NCHW", variant="auto"):
     if _channels_last(input, layout):
         return _nchw(_conv2d(_nhwc(input), _nhwc_weight(weight), bias, stride, padding, dilation,
-                             groups, activation=activation, layout="NHWC", variant=variant))
+                             groups, activation=activation, residual=_nhwc(residual),
+                             precision=precision, layout="NHWC", variant=variant))
+    # Resolved at every call: torch's flag may change between two calls of one plan.
+    precision = _args.precision("conv2d", precision)
+
     def build():
         op = "conv2d"
-        a = _prepare(op, input=input, weight=weight, bias=bias)
+        a = _prepare(op, input=input, weight=weight, bias=bias, residual=residual)
         params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"),
                                          a.shape("bias"), stride, padding, dilation, groups,
-                                         activation, layout)
-        be = a.select_backend()
-        plan = (be, be.params(params), _args.variant(op, variant, _conv_variants(be), params),
-                out_shape)
-        return plan, a.values("input", "weight", "bias")
+                                         activation, layout, precision)
+        _args.residual(op, a.shape("residual"), out_shape, layout)
+        be = a.select_backend(_arrays.GPU_CONV_DTYPES)
+        variant_ = _args.half_variant(op, _args.variant(op, variant, _conv_variants(be), params),
+                                      a.dtype)
+        plan = (be, be.params(params), variant_, out_shape)
+        return plan, a.values("input", "weight", "bias", "residual")
 
-    (be, params, variant, out_shape), (x, w, b) = _planned(
-        "conv2d", (input, weight, bias),
-        (stride, padding, dilation, groups, activation, layout, variant), build)
+    (be, params, variant, out_shape), (x, w, b, r) = _planned(
+        "conv2d", (input, weight, bias, residual),
+        (stride, padding, dilation, groups, activation, layout, variant, precision), build)
     x = be.ready(x)
     y = be.empty(out_shape, x)
     if out_shape[0]:  # N = 0: the empty result, as torch gives it
-        be.call("conv2d_fwd", params, variant, arrays=(x, be.ready(w), be.ready(b), y))
+        be.call("conv2d_fwd", params, variant,
+                arrays=(x, be.ready(w), be.ready(b), y, be.ready(r)))
     return y
 
 
+def _activation_backward(grad_output, output, activation):
+    """dz = dy * act'(z), taken from the activation's output y (conv2d's result): the
+    gradient before the activation, which a residual receives (fastconv.torch's
+    autograd). activation is not None."""
+    op = "activation_backward"
+    a = _prepare(op, grad_output=grad_output, output=output)
+    _args.expect_shape(op, "output", a.shape("output"), a.shape("grad_output"))
+    act = _args.activation(op, activation)
+    be = a.select_backend()
+    shape = a.shape("grad_output")
+    dz = a.empty(shape)
+    if math.prod(shape):
+        be.call("activation_bwd", act, math.prod(shape),
+                arrays=(a.contiguous("output"), a.contiguous("grad_output"), dz))
+    return dz
+
+
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    activation=None, output=None, layout="NCHW", output_mask=(True, True, True),
-                    variant="auto"):
+                    activation=None, output=None, precision=None, layout="NCHW",
+                    output_mask=(True, True, True), variant="auto"):
     """Gradients of conv2d: (grad_input, grad_weight, grad_bias).
 
-    Arguments as conv2d's. With an activation, `output` must be conv2d's result: the
+    Arguments as conv2d's (precision too: what the GPU's gradient kernels may use). With an activation, `output` must be conv2d's result: the
     gradient goes through the activation's derivative, taken from it. output_mask
     says which of the three to compute (the others are returned as None).
     grad_bias is the sum of the (pre-activation) gradient over N, H and W, shape (K,).
@@ -87,15 +132,17 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     if _channels_last(input, layout):
         gx, gw, gb = conv2d_backward(
             _nhwc(grad_output), _nhwc(input), _nhwc_weight(weight), stride, padding, dilation,
-            groups, activation=activation, output=_nhwc(output), layout="NHWC",
-            output_mask=output_mask, variant=variant)
+            groups, activation=activation, output=_nhwc(output), precision=precision,
+            layout="NHWC", output_mask=output_mask, variant=variant)
         return _nchw(gx), _nchw_weight_grad(gw, weight), gb
+    precision = _args.precision("conv2d_backward", precision)
 
     def build():
         op = "conv2d_backward"
         a = _prepare(op, grad_output=grad_output, input=input, weight=weight, output=output)
         params, out_shape = _args.conv2d(op, a.shape("input"), a.shape("weight"), None, stride,
-                                         padding, dilation, groups, activation, layout)
+                                         padding, dilation, groups, activation, layout,
+                                         precision)
         _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
         be = a.select_backend()
         if activation is not None:
@@ -110,7 +157,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 
     (be, variant, act, out_shape, grads), (dy, x, w, y) = _planned(
         "conv2d_backward", (grad_output, input, weight, output),
-        (stride, padding, dilation, groups, activation, layout, variant), build)
+        (stride, padding, dilation, groups, activation, layout, variant, precision), build)
     dy = be.ready(dy)
     if act and out_shape[0]:
         dz = be.empty(out_shape, dy)
@@ -163,11 +210,11 @@ class _ConvGrads:
 
 
 def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                   activation=None, pool=2, layout="NCHW", variant="auto",
+                   activation=None, pool=2, precision=None, layout="NCHW", variant="auto",
                    return_activation=False):
     """The LeNet-5 block in one call: avg_pool2d(conv2d(input, ..., activation), pool).
 
-    Arguments as conv2d's; pool (int or (h, w)) is the average pool's window and stride,
+    Arguments as conv2d's (no residual); pool (int or (h, w)) is the average pool's window and stride,
     with no padding and rows / columns that do not fill a window dropped (floor), as
     torch.nn.AvgPool2d(pool) and Keras' AveragePooling2D(pool).
     variant: "auto", or one of the backend's conv2d_avgpool variants: on the GPU "fused"
@@ -182,29 +229,31 @@ def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, gr
     if _unbatched(input):
         return drop_batch(conv2d_avgpool(
             add_batch(input), weight, bias, stride, padding, dilation, groups,
-            activation=activation, pool=pool, layout=layout, variant=variant,
-            return_activation=return_activation))
+            activation=activation, pool=pool, precision=precision, layout=layout,
+            variant=variant, return_activation=return_activation))
     if _needs_autograd(input, weight, bias):
         if return_activation:
             raise ValueError("conv2d_avgpool: return_activation=True is for tensors that do not "
                              "require grad (autograd keeps the activation itself)")
         return _autograd_op("conv2d_avgpool", layout, variant)(
             input, weight, bias, stride, padding, dilation, groups, activation=activation,
-            pool=pool)
+            pool=pool, precision=precision)
     return _conv2d_avgpool(input, weight, bias, stride, padding, dilation, groups,
-                           activation=activation, pool=pool, layout=layout, variant=variant,
-                           return_activation=return_activation)
+                           activation=activation, pool=pool, precision=precision, layout=layout,
+                           variant=variant, return_activation=return_activation)
 
 
 def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                    activation=None, pool=2, layout="NCHW", variant="auto",
+                    activation=None, pool=2, precision=None, layout="NCHW", variant="auto",
                     return_activation=False):
+    precision = _args.precision("conv2d_avgpool", precision)
+
     def build():
         op = "conv2d_avgpool"
         a = _prepare(op, input=input, weight=weight, bias=bias)
         params, conv_shape, out_shape = _args.conv2d_avgpool(
             op, a.shape("input"), a.shape("weight"), a.shape("bias"), stride, padding, dilation,
-            groups, activation, layout, pool)
+            groups, activation, layout, pool, precision)
         be = a.select_backend()
         variant_ = _args.variant(op, variant, be.module.conv2d_avgpool_variants, params)
         params["save_activation"] = bool(return_activation)
@@ -214,7 +263,7 @@ def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, g
     (be, params, variant, conv_shape, out_shape), (x, w, b) = _planned(
         "conv2d_avgpool", (input, weight, bias),
         (stride, padding, dilation, groups, activation, pool, layout, variant,
-         bool(return_activation)), build)
+         bool(return_activation), precision), build)
     x = be.ready(x)
     # The composed variants always write the activation; the fused one when asked.
     act = be.empty(conv_shape, x)
@@ -227,20 +276,23 @@ def _conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, g
 
 def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
                             groups=1, *, activation=None, pool=2, activation_output=None,
-                            layout="NCHW", output_mask=(True, True, True), variant="auto"):
+                            precision=None, layout="NCHW", output_mask=(True, True, True),
+                            variant="auto"):
     """Gradients of conv2d_avgpool: (grad_input, grad_weight, grad_bias).
 
     Arguments as conv2d_avgpool's. With an activation, activation_output must be the
     full-resolution activation that conv2d_avgpool(..., return_activation=True) returned.
     variant: a conv2d variant for the convolution's gradients. Deterministic.
     """
+    precision = _args.precision("conv2d_avgpool_backward", precision)
+
     def build():
         op = "conv2d_avgpool_backward"
         a = _prepare(op, grad_output=grad_output, input=input, weight=weight,
                      activation_output=activation_output)
         params, conv_shape, out_shape = _args.conv2d_avgpool(
             op, a.shape("input"), a.shape("weight"), None, stride, padding, dilation, groups,
-            activation, layout, pool)
+            activation, layout, pool, precision)
         _args.expect_shape(op, "grad_output", a.shape("grad_output"), out_shape)
         be = a.select_backend()
         if activation is not None:
@@ -257,7 +309,8 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
 
     (be, params, variant, conv_shape, grads), (dy, x, w, act) = _planned(
         "conv2d_avgpool_backward", (grad_output, input, weight, activation_output),
-        (stride, padding, dilation, groups, activation, pool, layout, variant), build)
+        (stride, padding, dilation, groups, activation, pool, layout, variant, precision),
+        build)
     dy = be.ready(dy)
     dz = be.empty(conv_shape, dy)
     if conv_shape[0]:
