@@ -120,6 +120,8 @@ def test_residual_on_channels_last_tensors():
                               activation="sigmoid", residual=rt)
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert_close(out, expect, "float32", "channels_last")
+    with pytest.raises(TypeError, match="residual is a numpy array but input is a torch array"):
+        fastconv.conv2d(xt, torch.from_numpy(w), residual=r)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid"])

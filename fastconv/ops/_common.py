@@ -87,8 +87,9 @@ def _channels_last(input, layout):
 
 
 def _nhwc(t):
-    """(N, C, H, W) -> the (N, H, W, C) view (contiguous when t is channels_last)."""
-    return None if t is None else t.permute(0, 2, 3, 1)
+    """(N, C, H, W) -> the (N, H, W, C) view (contiguous when t is channels_last). Not a
+    torch tensor (a residual from another library): t, for Arrays to refuse by name."""
+    return t if t is None or not hasattr(t, "permute") else t.permute(0, 2, 3, 1)
 
 
 def _nchw(t):
