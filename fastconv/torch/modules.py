@@ -21,6 +21,8 @@ class Conv2d(nn.Conv2d):
     forward(input, residual=None): residual, of the output's shape, is added before the
     activation (a ResNet block's last convolution and its skip add)."""
 
+    precision = None  # what a module pickled before precision= existed reads
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
                  dtype=None, *, activation=None, precision=None):
