@@ -40,7 +40,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
             tensor-core path computes strict float32 whatever is asked; the CPU always
             computes strict float32 (or float64), as PyTorch's CPU convolutions do.
             float16 / bfloat16 arrays (GPU only, variant "auto" or "implicit_gemm") run on
-            tensor cores in their own type with float32 accumulation, whatever it says.
+            tensor cores in their own type with float32 accumulation, whatever precision
+            says.
     variant: "auto", or one kernel variant of the backend (fastconv.conv2d_variants()). The
             CPU's "winograd2" / "winograd4" (Winograd F(2x2, 3x3) / F(4x4, 3x3)) take 3x3
             kernels with stride 1 and dilation 1 only; winograd4 rounds more than the others
@@ -123,9 +124,10 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
                     output_mask=(True, True, True), variant="auto"):
     """Gradients of conv2d: (grad_input, grad_weight, grad_bias).
 
-    Arguments as conv2d's (precision too: what the GPU's gradient kernels may use). With an activation, `output` must be conv2d's result: the
-    gradient goes through the activation's derivative, taken from it. output_mask
-    says which of the three to compute (the others are returned as None).
+    Arguments as conv2d's (precision too: what the GPU's gradient kernels may use). With
+    an activation, `output` must be conv2d's result: the gradient goes through the
+    activation's derivative, taken from it. output_mask says which of the three to
+    compute (the others are returned as None).
     grad_bias is the sum of the (pre-activation) gradient over N, H and W, shape (K,).
     Deterministic: bitwise identical from run to run.
     """
