@@ -82,11 +82,13 @@ PYBIND11_MODULE(_cpu, m) {
     m.attr("conv2d_avgpool_variants") = m.attr("conv2d_variants");
     m.def("num_threads", [] { return omp_get_max_threads(); });
 
-    m.def("conv2d_fwd", [](const Conv2dParams& p, std::string variant, std::string dtype, U x, U w, U b, U y) {
+    // r: the residual added before the activation, or 0 for none.
+    m.def("conv2d_fwd", [](const Conv2dParams& p, std::string variant, std::string dtype, U x, U w, U b, U y,
+                           U r) {
         const cpu::ConvVariant v = conv_variant(variant);
         with_dtype(dtype, [&](auto t) {
             using T = decltype(t);
-            cpu::conv2d_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y));
+            cpu::conv2d_fwd<T>(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y), ptr<T>(r));
         });
     });
     m.def("conv2d_avgpool_fwd", [](const Conv2dPoolParams& p, std::string variant, std::string dtype, U x, U w,

@@ -2,7 +2,8 @@
 // pointers arrive as integers, params as the dicts fastconv/_shapes.py builds, plus
 // the device the arrays live on and the caller's stream (a cudaStream_t as an
 // integer; 0 is the legacy default stream). Outputs are allocated by the Python layer
-// through the caller's array library. float32 only.
+// through the caller's array library. float32, and float16 / bfloat16 for conv2d's
+// forward (the Python layer refuses them elsewhere, with the op's name, before any call).
 #include <cstdint>
 #include <string>
 
@@ -59,6 +60,25 @@ void launch(int device, const std::string& dtype, F&& f) {
     f();
 }
 
+template <typename T>
+struct Type {
+    using type = T;
+};
+
+// Runs f(Type<T>{}) with the GIL released on `device`, T the element type dtype names:
+// float, __half or __nv_bfloat16 (the ops with half-precision kernels).
+template <typename F>
+void launch_any_float(int device, const std::string& dtype, F&& f) {
+    if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16")
+        throw std::invalid_argument("fastconv._cuda: the GPU backend takes float32, float16 or "
+                                    "bfloat16 here, got " + dtype);
+    py::gil_scoped_release release;
+    DeviceGuard guard(device);
+    if (dtype == "float32") return f(Type<float>{});
+    if (dtype == "float16") return f(Type<__half>{});
+    f(Type<__nv_bfloat16>{});
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -113,12 +133,14 @@ PYBIND11_MODULE(_cuda, m) {
         FC_CUDA_CHECK(cudaDeviceSynchronize());
     });
 
+    // r: the residual added before the activation, or 0 for none.
     m.def("conv2d_fwd", [](const Conv2dParams& p, std::string variant, std::string dtype, int device, U stream,
-                           U x, U w, U b, U y) {
+                           U x, U w, U b, U y, U r) {
         const cuda::ConvVariant v = conv_variant(variant);
-        launch(device, dtype, [&] {
-            cuda::conv2d_fwd(p, v, ptr<float>(x), ptr<float>(w), ptr<float>(b), ptr<float>(y),
-                             stream_of(stream));
+        launch_any_float(device, dtype, [&](auto t) {
+            using T = typename decltype(t)::type;
+            cuda::conv2d_fwd(p, v, ptr<T>(x), ptr<T>(w), ptr<T>(b), ptr<T>(y), stream_of(stream),
+                             ptr<T>(r));
         });
     });
     m.def("conv2d_avgpool_fwd", [](const Conv2dPoolParams& p, std::string variant, std::string dtype, int device,

@@ -8,11 +8,14 @@ csrc/common/shapes.h).
 """
 
 import numbers
+import sys
 
 from . import _shapes
+from ._arrays import HALF_DTYPES
 
 LAYOUTS = ("NCHW", "NHWC")
 ACTIVATIONS = (None, "relu", "tanh", "sigmoid")  # Activation enum order
+PRECISIONS = ("strict", "tf32", "3xtf32")  # Precision enum order (csrc/common/params.h)
 
 
 # ----------------------------------------------------------------------- scalars
@@ -84,6 +87,25 @@ def activation(op, v):
     return ACTIVATIONS.index(activation_name(op, v))
 
 
+def default_precision():
+    """What precision=None means: PyTorch's default for its own convolutions. "tf32"
+    while torch.backends.cudnn.allow_tf32 is True (PyTorch's default), "strict" once the
+    user has turned it off; "tf32" where torch is not imported (it is looked up in
+    sys.modules, never imported for this). Read at every call, as PyTorch reads it."""
+    torch = sys.modules.get("torch")
+    cudnn = getattr(getattr(torch, "backends", None), "cudnn", None)
+    return "strict" if cudnn is not None and not cudnn.allow_tf32 else "tf32"
+
+
+def precision(op, v):
+    """The Precision enum's index for precision=v, None resolved by default_precision()."""
+    if v is None:
+        v = default_precision()
+    if not isinstance(v, str) or v not in PRECISIONS:
+        raise ValueError(f"{op}: precision must be None, 'strict', 'tf32' or '3xtf32', got {v!r}")
+    return PRECISIONS.index(v)
+
+
 def border_mode(op, v):
     if v not in _shapes.BORDER_MODES:
         names = ", ".join(repr(m) for m in _shapes.BORDER_MODES)
@@ -92,6 +114,7 @@ def border_mode(op, v):
 
 
 WINOGRAD_VARIANTS = ("winograd2", "winograd4")
+HALF_VARIANTS = ("auto", "implicit_gemm")  # the GPU's tensor-core implicit GEMM
 
 
 def variant(op, v, available, params=None):
@@ -108,6 +131,15 @@ def variant(op, v, available, params=None):
                              f"dilation 1, got a {p['R']}x{p['S']} kernel, stride "
                              f"({p['stride_h']}, {p['stride_w']}) and dilation ({p['dil_h']}, "
                              f"{p['dil_w']})")
+    return v
+
+
+def half_variant(op, v, dtype):
+    """v, if it has a kernel for dtype: float16 / bfloat16 run on the GPU's tensor-core
+    implicit GEMM only."""
+    if dtype in HALF_DTYPES and v not in HALF_VARIANTS:
+        raise ValueError(f"{op}: variant {v!r} has no {dtype} kernel; {dtype} arrays take variant "
+                         f"'auto' or 'implicit_gemm' (the tensor-core implicit GEMM)")
     return v
 
 
@@ -157,8 +189,9 @@ def explicit_padding(op, padding, size, k, stride, dil):
 # ----------------------------------------------------------------------- conv2d
 
 
-def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay):
-    """Params and output shape of conv2d; x, w, b are shapes (b may be None)."""
+def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay, precision=0):
+    """Params and output shape of conv2d; x, w, b are shapes (b may be None); precision
+    the Precision index (precision() resolves the argument)."""
     lay_i = layout(op, lay)
     act_i = activation(op, act)
     require_shape(op, "input", x, (4,), _batched_image(lay_i),
@@ -190,14 +223,23 @@ def conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay):
     Q = _shapes.conv_out_size(W, S, sw, pl, pr, dw)
     params = dict(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, stride_h=sh, stride_w=sw,
                   pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw, groups=groups, layout=lay_i, act=act_i,
-                  has_bias=b is not None, precision=0)
+                  has_bias=b is not None, precision=precision)
     return params, _out4(lay_i, N, K, P, Q)
 
 
-def conv2d_avgpool(op, x, w, b, stride, padding, dilation, groups, act, lay, pool):
+def residual(op, shape, out_shape, lay):
+    """A residual (None: none) must be of the output's shape in its layout."""
+    if shape is not None and tuple(shape) != tuple(out_shape):
+        dims = "(N, K, P, Q)" if layout(op, lay) == 0 else "(N, P, Q, K)"
+        raise ValueError(f"{op}: residual must have the output's shape {dims} = "
+                         f"{tuple(out_shape)} for layout={lay!r}, got {tuple(shape)}")
+
+
+def conv2d_avgpool(op, x, w, b, stride, padding, dilation, groups, act, lay, pool, precision=0):
     """Params, the convolution's output shape and the pooled output shape of the LeNet-5
     block: conv2d's arguments plus pool, the average pool's window and stride."""
-    params, conv_shape = conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay)
+    params, conv_shape = conv2d(op, x, w, b, stride, padding, dilation, groups, act, lay,
+                                precision)
     ph, pw = pair(op, "pool", pool, 1)
     P, Q = params["P"], params["Q"]
     if P < ph or Q < pw:

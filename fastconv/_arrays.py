@@ -18,6 +18,10 @@ import numpy as np
 
 CPU_DTYPES = ("float32", "float64")
 GPU_DTYPES = ("float32",)
+# conv2d's forward on the GPU also takes half precision (its tensor-core implicit GEMM):
+# float16 (CuPy, torch) and bfloat16 (torch; CuPy has none).
+GPU_CONV_DTYPES = ("float32", "float16", "bfloat16")
+HALF_DTYPES = ("float16", "bfloat16")
 
 # Tests turn this on so every output starts as NaN (integer outputs as -7): an element
 # a kernel forgets to write then fails the comparison instead of passing as a zero.
@@ -346,9 +350,14 @@ class Arrays:
             module = _cuda_module(self.op)
             allowed = gpu_dtypes
         if self.dtype not in allowed:
+            op, dtype = self.op, self.dtype
+            if self.device != "cpu" and dtype in HALF_DTYPES:
+                raise ValueError(f"{op}: the GPU backend has no {dtype} kernel for {op} ({dtype} "
+                                 f"arrays run conv2d's forward only); pass float32 arrays")
             where = "the CPU backend" if self.device == "cpu" else "the GPU backend"
-            raise TypeError(f"{self.op}: {where} takes {' or '.join(allowed)} arrays, got "
-                            f"{self.dtype}")
+            gpu = (f"; the GPU backend takes {dtype} arrays"
+                   if self.device == "cpu" and dtype in gpu_dtypes else "")
+            raise TypeError(f"{op}: {where} takes {' or '.join(allowed)} arrays, got {dtype}{gpu}")
         self.backend = Backend(module, self.lib, self.dtype, self.device)
         return self.backend
 

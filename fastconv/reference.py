@@ -118,7 +118,9 @@ def _weights_from_oihw(w, layout):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
-           activation=None, layout="NCHW"):
+           activation=None, layout="NCHW", residual=None):
+    """act(x (*) w + bias + residual); residual (the output's shape, in `layout`) is a
+    ResNet block's skip connection, added before the activation."""
     x = _to_nchw(np.asarray(input, dtype=np.float64), layout)
     w = _weights_oihw(weight, layout)
     strides, dils, (pt, pb, pl, pr), (P, Q) = _conv_geometry(x, w, stride, padding, dilation)
@@ -135,6 +137,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 z[:, ks] += np.einsum("ncpq,kc->nkpq", patch, w[ks, :, r, s])
     if bias is not None:
         z += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    if residual is not None:
+        z += _to_nchw(np.asarray(residual, dtype=np.float64), layout)
     return _from_nchw(_activate(z, activation), layout)
 
 

@@ -138,3 +138,37 @@ def misaligned(a, backend):
     a = np.asarray(a)
     padded = to_backend(np.concatenate([a.ravel()[:1], a.ravel()]), backend)
     return padded[1:].reshape(a.shape)
+
+
+class FakeGpuBinding:
+    """A stand-in for fastconv._cuda that records each call (name, arguments) and runs
+    nothing: with fake_gpu, NumPy arrays and torch CPU tensors pass for GPU arrays, so the
+    Python layer's GPU dispatch (its dtype and variant checks, the params, pointers and
+    dtype names it hands the binding) is tested on machines without a GPU. Outputs stay
+    as allocated (NaN-poisoned): never compare their values."""
+
+    conv2d_variants = ("direct", "implicit_gemm", "depthwise")
+    conv2d_avgpool_variants = ("fused", "direct", "implicit_gemm", "depthwise")
+    Conv2dParams = Conv2dPoolParams = Pool2dParams = dict  # the params, as dicts
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def conv2d_bwd_filter_workspace(params, variant):
+        return 0
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, args))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    fake = FakeGpuBinding()
+    monkeypatch.setattr(_arrays, "_cuda_module", lambda op: fake)
+    for lib in (_arrays._NumPy, _arrays._Torch):
+        monkeypatch.setattr(lib, "device", staticmethod(lambda a: ("cuda", 0)))
+        monkeypatch.setattr(lib, "stream", staticmethod(lambda device: 0))
+    # Plans key NumPy arrays by shape and dtype, not device: keep these calls' apart.
+    monkeypatch.setattr(_arrays, "_PLANS", {})
+    return fake

@@ -117,11 +117,18 @@ def conv_args(cfg):
 
 
 def run_forward(backend, variant, layout, dtype, cfg, rng, integer=False):
-    x, w, b = make_inputs(cfg, layout, dtype, rng, integer)
+    return conv_and_reference(backend, variant, layout, cfg,
+                              *make_inputs(cfg, layout, dtype, rng, integer))
+
+
+def conv_and_reference(backend, variant, layout, cfg, x, w, b, residual=None):
+    """(conv2d's output on the backend, the reference's) for these NumPy inputs."""
     out = fastconv.conv2d(to_backend(x, backend), to_backend(w, backend), to_backend(b, backend),
-                          **conv_args(cfg), activation=cfg["activation"], layout=layout,
+                          **conv_args(cfg), activation=cfg["activation"],
+                          residual=to_backend(residual, backend), layout=layout,
                           variant=variant)
-    expect = ref.conv2d(x, w, b, **conv_args(cfg), activation=cfg["activation"], layout=layout)
+    expect = ref.conv2d(x, w, b, **conv_args(cfg), activation=cfg["activation"], layout=layout,
+                        residual=residual)
     return out, expect
 
 
@@ -172,18 +179,20 @@ def test_backward_matches_reference(backend, variant, dtype, layout, data, seed)
         assert_close(g, e, dtype, f"{name} {cfg}")
 
 
-def assume_forward_conditioned(x, w, b, cfg, layout, pool=None, limit=50):
+def assume_forward_conditioned(x, w, b, cfg, layout, pool=None, limit=50, residual=None):
     """Skip draws whose outputs cancel to under 1/limit of their terms' magnitude.
 
     A float32 sum errs by about eps * sum |terms|; a draw with one or two outputs whose
     terms cancel (seen in CI: a single pooled output of conv2d_avgpool, 1.04e-5
     relative) tests the data's conditioning, not the kernel, against a 1e-5 bound. The
     exact small-integer tests check the indexing of every draw. pool: the average pool
-    after the convolution (conv2d_avgpool), if any.
+    after the convolution (conv2d_avgpool), if any; residual: conv2d's, if any (one more
+    term of each sum).
     """
     args = dict(**conv_args(cfg), layout=layout)
-    z = ref.conv2d(x, w, b, **args)
-    terms = ref.conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), **args)
+    z = ref.conv2d(x, w, b, **args, residual=residual)
+    terms = ref.conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), **args,
+                       residual=None if residual is None else np.abs(residual))
     if cfg["activation"] == "relu":
         terms = terms * (z > 0)  # relu passes the error of positive sums only
     out = ref._activate(z, cfg["activation"])

@@ -54,6 +54,24 @@ CONV_BAD = [
     (dict(dilation=4), ValueError, ["larger than the padded input"]),
     (dict(bias=np.zeros(5, np.float32)), ValueError, ["bias", "(4,)", "(5,)"]),
     (dict(input=X.astype(np.float16)), TypeError, ["float16"]),
+    (dict(input=X.astype(np.float16), weight=W.astype(np.float16)), TypeError,
+     ["CPU backend takes float32 or float64", "got float16", "the GPU backend takes float16"]),
+    # residual: the output's (N, K, P, Q) = (2, 4, 6, 6), in the layout, library and dtype
+    (dict(residual=np.zeros((2, 4, 6, 5), np.float32)), ValueError,
+     ["residual must have the output's shape (N, K, P, Q) = (2, 4, 6, 6)", "layout='NCHW'",
+      "got (2, 4, 6, 5)"]),
+    (dict(residual=np.zeros((2, 6, 6, 4), np.float32)), ValueError,
+     ["residual", "(2, 4, 6, 6)", "got (2, 6, 6, 4)"]),
+    (dict(input=X.transpose(0, 2, 3, 1), weight=W.transpose(2, 3, 1, 0), layout="NHWC",
+          residual=np.zeros((2, 4, 6, 6), np.float32)), ValueError,
+     ["residual must have the output's shape (N, P, Q, K) = (2, 6, 6, 4)", "layout='NHWC'",
+      "got (2, 4, 6, 6)"]),
+    (dict(residual=np.zeros((2, 4, 6, 6))), TypeError,
+     ["residual has dtype float64", "input has dtype float32"]),
+    (dict(residual="skip"), TypeError, ["residual", "NumPy, CuPy or PyTorch", "str"]),
+    (dict(precision="fp32"), ValueError,
+     ["precision", "None, 'strict', 'tf32' or '3xtf32'", "got 'fp32'"]),
+    (dict(precision=0), ValueError, ["precision", "'3xtf32'", "got 0"]),
     (dict(input=X.astype(np.int32), weight=W.astype(np.int32)), TypeError, ["int32", "float32 or float64"]),
     (dict(weight=W.astype(np.float64)), TypeError, ["weight", "float64", "float32"]),
     (dict(input=np.zeros((2, 3, 0, 8), np.float32)), ValueError, ["input", "zero-size", "(2, 3, 0, 8)"]),
@@ -178,6 +196,21 @@ def test_arrays_from_different_libraries():
     torch = pytest.importorskip("torch")
     with raises(TypeError, "conv2d", "weight", "torch", "numpy"):
         fastconv.conv2d(X, torch.from_numpy(W))
+
+
+def test_residual_from_another_library():
+    torch = pytest.importorskip("torch")
+    with raises(TypeError, "conv2d", "residual is a torch array", "input is a numpy array"):
+        fastconv.conv2d(X, W, residual=torch.zeros(2, 4, 6, 6))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not fastconv.cuda_available(), reason="no CUDA GPU")
+def test_residual_on_another_device():
+    torch = pytest.importorskip("torch")
+    x, w = torch.from_numpy(X).cuda(), torch.from_numpy(W).cuda()
+    with raises(ValueError, "conv2d", "residual is on the CPU", "input is on cuda:0"):
+        fastconv.conv2d(x, w, residual=torch.zeros(2, 4, 6, 6))
 
 
 def test_torch_cpu_tensors_run_on_the_cpu_backend():

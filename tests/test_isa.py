@@ -4,8 +4,8 @@ FASTCONV_CPU_ISA is read once, when fastconv._cpu loads, so each path runs in a 
 process of its own (python -c "import test_isa; test_isa.child(...)") that checks
 _cpu.isa() names it, then runs everything with ISA-specific code on that path against the
 float64 reference: the GEMM (csrc/cpu/gemm.cpp) on ragged shapes around each path's tile
-and blocks, the gemm and blocked convolution variants forward and backward with the
-fused tanh / sigmoid epilogue, and NCHW max / average / global average pooling. A path
+and blocks, the gemm and blocked convolution variants forward (with a residual) and
+backward with the fused tanh / sigmoid epilogue, and NCHW max / average / global average pooling. A path
 this CPU lacks is skipped by name. The rest of the suite runs on whichever path the
 environment gives: `FASTCONV_CPU_ISA=avx2 python -m pytest` reruns it all on avx2.
 """
@@ -120,8 +120,10 @@ def check_conv(rng, dtype, layout, variant, cfg, activation):
     if layout == "NHWC":
         x, w = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(w.transpose(2, 3, 1, 0))
     what = f"conv2d {variant} {layout} {dtype} {activation} {cfg}"
-    y = fastconv.conv2d(x, w, b, **args, activation=activation, layout=layout, variant=variant)
-    want = ref.conv2d(x, w, b, **args, activation=activation, layout=layout)
+    r = rng.standard_normal(ref.conv2d(x, w, **args, layout=layout).shape).astype(dtype)
+    y = fastconv.conv2d(x, w, b, **args, activation=activation, residual=r, layout=layout,
+                        variant=variant)
+    want = ref.conv2d(x, w, b, **args, activation=activation, layout=layout, residual=r)
     assert_close(y, want, dtype, what)
     y = want.astype(dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)

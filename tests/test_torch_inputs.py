@@ -149,7 +149,7 @@ def test_one_int_tuples_broadcast_and_empty_stride_means_the_kernel():
         for ours, theirs in ((fastconv.max_pool2d, F.max_pool2d), (fct.max_pool2d, F.max_pool2d),
                              (fastconv.avg_pool2d, F.avg_pool2d), (fct.avg_pool2d, F.avg_pool2d)):
             want = theirs(x, (3,), stride, (1,))
-            if ours.__module__ == "fastconv.ops":  # the plain path takes NumPy arrays too
+            if ours.__module__.startswith("fastconv.ops."):  # the plain path takes NumPy arrays too
                 assert rel_error(ours(x.numpy(), (3,), stride, (1,)), want) < 1e-12
             assert rel_error(ours(x, (3,), stride, (1,)), want) < 1e-12
             assert_matches_torch(lambda t: ours(t, (3,), stride, (1,)),

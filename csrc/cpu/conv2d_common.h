@@ -193,20 +193,33 @@ void col2im_nhwc(const Conv2dParams& p, const T* col, int64_t n, int64_t g, int6
     }
 }
 
-// y = act(y + bias), in place over the whole output.
+// y[j] += residual[j] for j < n (the skip add of conv2d_fwd); nothing where residual is
+// null. Called on a span of y just before activate_span, while the span is in cache (by
+// bias_activation and the depthwise variant; direct adds each element itself).
 template <typename T>
-void bias_activation(const Conv2dParams& p, const T* b, T* y) {
-    if (!p.has_bias && p.act == Activation::None) return;
+inline void add_residual(T* y, const T* residual, int64_t n) {
+    if (residual == nullptr) return;
+    for (int64_t j = 0; j < n; ++j) y[j] += residual[j];
+}
+
+// y = act(y + bias + residual), in place over the whole output; residual (y's shape and
+// layout) may be null.
+template <typename T>
+void bias_activation(const Conv2dParams& p, const T* b, T* y, const T* residual = nullptr) {
+    if (!p.has_bias && p.act == Activation::None && residual == nullptr) return;
     const int64_t PQ = p.P * p.Q;
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t n = 0; n < p.N; ++n)
             for (int64_t k = 0; k < p.K; ++k) {
-                activate_span(p.act, y + (n * p.K + k) * PQ, PQ, p.has_bias ? b[k] : T(0));
+                const int64_t at = (n * p.K + k) * PQ;
+                add_residual(y + at, residual ? residual + at : nullptr, PQ);
+                activate_span(p.act, y + at, PQ, p.has_bias ? b[k] : T(0));
             }
     } else {
 #pragma omp parallel for schedule(static)
         for (int64_t j = 0; j < p.N * PQ; ++j) {
+            add_residual(y + j * p.K, residual ? residual + j * p.K : nullptr, p.K);
             if (p.has_bias)
                 activate_span(p.act, y + j * p.K, p.K, b);
             else
@@ -276,10 +289,12 @@ inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float*
 // ----------------------------------------------------------------------- winograd
 // winograd.cpp: the winograd2 (F(2x2, 3x3)) and winograd4 (F(4x4, 3x3)) variants, m = 2 or 4,
 // for 3x3 kernels, stride 1, dilation 1 (winograd::applies; anything else throws
-// std::invalid_argument). Forward with bias and activation; grad input of the same layer.
+// std::invalid_argument). Forward with bias, residual and activation; grad input of the
+// same layer.
 
 template <typename T>
-void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y);
+void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y,
+                  const T* residual);
 template <typename T>
 void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T* dx);
 

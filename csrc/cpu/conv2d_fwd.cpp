@@ -1,7 +1,8 @@
 // conv2d_fwd.cpp: conv2d forward on the CPU, NCHW and NHWC, float and double.
 // The CUDA twin is csrc/cuda/conv2d_fwd.cu.
 //
-//   y = act(bias + x (*) w)   (cross-correlation; see params.h for the index formula)
+//   y = act(bias + x (*) w + residual)   (cross-correlation; see params.h for the index
+//                                          formula; residual, y's shape, may be null)
 //
 // Variants:
 //   direct     one output at a time, every tap bounds-checked: the readable spec.
@@ -29,6 +30,11 @@
 // layer's few channels (blocked_auto in conv2d_common.h), winograd or gemm otherwise
 // (auto_winograd).
 //
+// The epilogue, act(. + bias + residual), is conv2d_common.h's bias_activation for gemm,
+// blocked and winograd (a pass over the output after the products); direct and depthwise
+// apply it to each output, or span of outputs, as they finish it (add_residual, then
+// activate_span).
+//
 // conv2d_avgpool (the LeNet-5 block: conv + bias + activation + average pool) runs the
 // chosen variant into the full-resolution activation, then pool.cpp's average pool over
 // it: one call from Python, two passes here. (The GPU fuses the two into one kernel.)
@@ -55,7 +61,7 @@ namespace cpu {
 namespace {
 
 template <typename T>
-void direct(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
+void direct(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y, const T* residual) {
     const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < p.N; ++n)
@@ -75,7 +81,9 @@ void direct(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
                                        w[weight_offset(p.layout, k, c, r, s, p.K, Cg, p.R, p.S)];
                             }
                         }
-                    y[offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q)] = activate(p.act, acc);
+                    const int64_t at = offset4(p.layout, n, k, oh, ow, p.K, p.P, p.Q);
+                    if (residual) acc += residual[at];
+                    y[at] = activate(p.act, acc);
                 }
         }
 }
@@ -114,7 +122,8 @@ void small_images(const Conv2dParams& p, const ConvGemmShape& s, int64_t batch, 
 }
 
 template <typename T>
-void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
+void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
+                  const T* residual) {
     const ConvGemmShape s(p, sizeof(T));
     const bool nchw = p.layout == Layout::NCHW;
 
@@ -154,11 +163,12 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
                 }
             });
     }
-    bias_activation(p, b, y);
+    bias_activation(p, b, y, residual);
 }
 
 template <typename T>
-void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) {
+void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
+               const T* residual) {
     const int64_t Kg = p.K / p.groups;  // channel multiplier
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for collapse(2) schedule(static)
@@ -188,6 +198,7 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
                             }
                         }
                     }
+                    add_residual(row, residual ? residual + (row - y) : nullptr, p.Q);
                     activate_span(p.act, row, p.Q, T(0));
                 }
             }
@@ -214,6 +225,7 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y) 
                                 for (int64_t k = 0; k < p.K; ++k) out[k] += wt[k] * in[k / Kg];
                         }
                     }
+                    add_residual(out, residual ? residual + (out - y) : nullptr, p.K);
                     activate_span(p.act, out, p.K, T(0));
                 }
     }
@@ -483,7 +495,8 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
 }
 #endif
 
-void blocked(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
+void blocked(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y,
+             const float* residual) {
 #if FC_BLOCKED
     if (blocked_applies(p)) {
         // K <= 8 stays on ymm under avx512 too: a zmm would hold 8 or more zero channels.
@@ -523,34 +536,36 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         } else {
             blocked_vk<24>(p, blocked_image_avx2<3, 4>, 4, x, w, y);
         }
-        bias_activation(p, b, y);
+        bias_activation(p, b, y, residual);
         return;
     }
 #endif
-    gemm_variant(p, x, w, b, y);
+    gemm_variant(p, x, w, b, y, residual);
 }
 
-void blocked(const Conv2dParams& p, const double* x, const double* w, const double* b, double* y) {
-    gemm_variant(p, x, w, b, y);
+void blocked(const Conv2dParams& p, const double* x, const double* w, const double* b, double* y,
+             const double* residual) {
+    gemm_variant(p, x, w, b, y, residual);
 }
 
 }  // namespace
 
 template <typename T>
-void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y) {
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y,
+                const T* residual) {
     if (v == ConvVariant::Auto)
         v = (p.C == p.groups && p.groups > 1) ? ConvVariant::Depthwise
             : (std::is_same<T, float>::value && blocked_auto(p)) ? ConvVariant::Blocked
                                                                     : auto_winograd(p);
     switch (v) {
-        case ConvVariant::Direct: return direct(p, x, w, b, y);
-        case ConvVariant::Blocked: return blocked(p, x, w, b, y);
+        case ConvVariant::Direct: return direct(p, x, w, b, y, residual);
+        case ConvVariant::Blocked: return blocked(p, x, w, b, y, residual);
         case ConvVariant::Depthwise:
             FC_CHECK(p.C == p.groups, "the depthwise variant needs groups == channels");
-            return depthwise(p, x, w, b, y);
-        case ConvVariant::Winograd2: return winograd_fwd(p, 2, x, w, b, y);
-        case ConvVariant::Winograd4: return winograd_fwd(p, 4, x, w, b, y);
-        default: return gemm_variant(p, x, w, b, y);
+            return depthwise(p, x, w, b, y, residual);
+        case ConvVariant::Winograd2: return winograd_fwd(p, 2, x, w, b, y, residual);
+        case ConvVariant::Winograd4: return winograd_fwd(p, 4, x, w, b, y, residual);
+        default: return gemm_variant(p, x, w, b, y, residual);
     }
 }
 
@@ -563,7 +578,7 @@ void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const T* x, co
 
 #define FC_INSTANTIATE(T)                                                                     \
     template void conv2d_fwd<T>(const Conv2dParams&, ConvVariant, const T*, const T*, const T*, \
-                                T*);                                                          \
+                                T*, const T*);                                                \
     template void conv2d_avgpool_fwd<T>(const Conv2dPoolParams&, ConvVariant, const T*,        \
                                         const T*, const T*, T*, T*);
 FC_INSTANTIATE(float)

@@ -17,9 +17,12 @@ enum class ConvVariant : int {
     Auto = 0, Direct = 1, Gemm = 2, Depthwise = 3, Blocked = 4, Winograd2 = 5, Winograd4 = 6
 };
 
-// conv2d_fwd.cpp. bias may be null (p.has_bias false).
+// conv2d_fwd.cpp. bias may be null (p.has_bias false). residual, of y's shape and layout,
+// may be null; it is added before the activation (a ResNet block's last convolution and
+// its skip add): y = act(conv2d(x, w) + b + residual), in every variant's epilogue.
 template <typename T>
-void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y);
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const T* x, const T* w, const T* b, T* y,
+                const T* residual = nullptr);
 // The LeNet-5 block: y = avg_pool(a), a = act(conv2d(x)) written in full (N, K, P, Q).
 template <typename T>
 void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const T* x, const T* w,

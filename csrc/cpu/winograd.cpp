@@ -9,8 +9,8 @@
 //   winograd4  F(4x4, 3x3): 6x6 patches, 36 products per 4x4 outputs, 4x fewer; more
 //              rounding (winograd.h; figures in benchmarks/NOTES.md).
 // Both take a 3x3 kernel, stride 1, dilation 1, any padding and any groups (each group runs
-// its own GEMMs), NCHW or NHWC, float or double; bias and activation follow through
-// bias_activation, as in the gemm variant. Grad input of such a layer is the forward
+// its own GEMMs), NCHW or NHWC, float or double; bias, residual and activation follow
+// through bias_activation, as in the gemm variant. Grad input of such a layer is the forward
 // convolution of dy with the flipped, channel-transposed filters, padded by 2 - pad
 // (winograd.h, bwd_data_as_forward), and runs the same code. Grad weight runs as gemm.
 //
@@ -436,13 +436,14 @@ void run_accurate(const Conv2dParams& q, const Conv2dParams& p, bool grad_input,
 }  // namespace
 
 template <typename T>
-void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y) {
+void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y,
+                  const T* residual) {
     check_applies(p);
     if (m == 2)
         run<2>(p, p, false, x, w, y);
     else
         run_accurate<4>(p, p, false, x, w, y);
-    bias_activation(p, b, y);
+    bias_activation(p, b, y, residual);
 }
 
 template <typename T>
@@ -456,9 +457,9 @@ void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T*
 }
 
 template void winograd_fwd<float>(const Conv2dParams&, int, const float*, const float*,
-                                  const float*, float*);
+                                  const float*, float*, const float*);
 template void winograd_fwd<double>(const Conv2dParams&, int, const double*, const double*,
-                                   const double*, double*);
+                                   const double*, double*, const double*);
 template void winograd_bwd_data<float>(const Conv2dParams&, int, const float*, const float*, float*);
 template void winograd_bwd_data<double>(const Conv2dParams&, int, const double*, const double*,
                                         double*);

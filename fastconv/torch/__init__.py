@@ -5,13 +5,16 @@
                           fct.AvgPool2d(2), ...)
 
 The ops are registered with torch.library (namespace `fastconv`: conv2d, conv2d_backward,
-conv2d_avgpool, conv2d_avgpool_backward, max_pool2d, max_pool2d_backward, avg_pool2d,
-avg_pool2d_backward, sobel, filter2d), each with a
+activation_backward, conv2d_avgpool, conv2d_avgpool_backward, max_pool2d,
+max_pool2d_backward, avg_pool2d, avg_pool2d_backward, sobel, filter2d), each with a
 fake (meta) implementation for torch.compile and an autograd formula that calls
 fastconv's backward kernels. CPU tensors run on the C++ backend, CUDA tensors on the GPU
-backend, on PyTorch's current stream. float32 everywhere, float64 on the CPU. Under
-torch.autocast, float16 / bfloat16 inputs are computed in float32 and give float32
-results (no half-precision kernels yet); outside it they are refused (TypeError).
+backend, on PyTorch's current stream. float32 everywhere, float64 on the CPU; conv2d's
+forward also float16 / bfloat16 on the GPU. Under torch.autocast, float16 / bfloat16
+inputs are computed in float32 and give float32 results (there are no half-precision
+backward kernels); outside it the other ops refuse them. conv2d, conv2d_avgpool and
+Conv2d take precision= (fastconv.conv2d's: None follows torch.backends.cudnn.allow_tf32,
+read at each call); conv2d and Conv2d.forward a residual added before the activation.
 
 The modules subclass their torch.nn namesakes: the constructor arguments, parameters,
 initialisation and state_dict are torch.nn's, so a model swaps them in and loads the

@@ -13,13 +13,24 @@ from torch import Tensor
 from .. import _args, ops
 
 _NS = "fastconv"
-_NONE = "none"  # the activation string meaning None (schemas take no Optional[str])
-
-
+_NONE = "none"  # the activation or precision string meaning None (schemas take no Optional[str])
 
 
 def _act(activation: str):
     return None if activation == _NONE else activation
+
+
+def _prec(precision: str):
+    return None if precision == _NONE else precision
+
+
+def _precision_conf(op, precision):
+    """precision as the schemas take it, checked: None travels as "none" and is resolved
+    by the op at run time (ops reads torch's flag then, under torch.compile too)."""
+    if precision is None:
+        return _NONE
+    _args.precision(op, precision)
+    return precision
 
 
 def _conv_padding(padding: Sequence[int], same: bool):
@@ -75,13 +86,14 @@ def _call(op, eager, *args):
 
 # ----------------------------------------------------------------------- autocast
 #
-# Mixed precision: fastconv's kernels compute float32 (float64 on the CPU); there are no
-# float16 / bfloat16 kernels yet (the GPU's tensor-core kernels will bring them). Under
-# torch.autocast (CPU or CUDA), every fastconv op takes its float16 / bfloat16 inputs as
-# float32, computes in float32 and returns float32, as torch's own float32-policy ops
-# do (autocast's "cast_inputs=float32"); float32 and float64 inputs are left as they
-# are. Outside autocast a float16 / bfloat16 tensor is refused with a TypeError naming
-# its dtype (fastconv/_args.py), never converted silently.
+# Mixed precision: fastconv's kernels compute float32 (float64 on the CPU); only conv2d's
+# GPU forward has float16 / bfloat16 kernels, and no backward has. Under torch.autocast
+# (CPU or CUDA), every fastconv op takes its float16 / bfloat16 inputs as float32,
+# computes in float32 and returns float32, as torch's own float32-policy ops do
+# (autocast's "cast_inputs=float32"), so that a model under autocast trains; float32
+# and float64 inputs are left as they are. Outside autocast a float16 / bfloat16 tensor
+# runs conv2d's GPU forward in its own type and is refused elsewhere with an error
+# naming its dtype (fastconv/_arrays.py), never converted silently.
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _AUTOCAST_DEVICES = ("cpu", "cuda")
@@ -109,33 +121,38 @@ def _register_autocast(op):
 
 def _conv2d_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
                  padding: List[int], same: bool, dilation: List[int], groups: int,
-                 activation: str) -> Tensor:
+                 activation: str, residual: Optional[Tensor] = None,
+                 precision: str = _NONE) -> Tensor:
     return ops._conv2d(input, weight, bias, tuple(stride), _conv_padding(padding, same),
-                      tuple(dilation), groups, activation=_act(activation))
+                      tuple(dilation), groups, activation=_act(activation), residual=residual,
+                      precision=_prec(precision))
 
 
 _conv2d = torch.library.custom_op(f"{_NS}::conv2d", mutates_args=())(_conv2d_impl)
 
 
 @_conv2d.register_fake
-def _(input, weight, bias, stride, padding, same, dilation, groups, activation):
+def _(input, weight, bias, stride, padding, same, dilation, groups, activation, residual=None,
+      precision=_NONE):
     _, shape = _args.conv2d("conv2d", tuple(input.shape), tuple(weight.shape),
                             None if bias is None else tuple(bias.shape), tuple(stride),
                             _conv_padding(padding, same), tuple(dilation), groups,
                             _act(activation), "NCHW")
+    _args.residual("conv2d", None if residual is None else tuple(residual.shape), shape, "NCHW")
     return _empty(input, shape)
 
 
 def _conv2d_backward_impl(grad_output: Tensor, input: Tensor, weight: Tensor,
                           output: Optional[Tensor], stride: List[int], padding: List[int],
                           same: bool, dilation: List[int], groups: int, activation: str,
-                          output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+                          output_mask: List[bool],
+                          precision: str = _NONE) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias); a gradient not asked for by output_mask is
     an empty tensor (a custom op returns no None)."""
     grads = ops.conv2d_backward(grad_output, input, weight, tuple(stride),
                                 _conv_padding(padding, same), tuple(dilation), groups,
                                 activation=_act(activation), output=output,
-                                output_mask=tuple(output_mask))
+                                precision=_prec(precision), output_mask=tuple(output_mask))
     return tuple(g if g is not None else input.new_empty(0) for g in grads)
 
 
@@ -145,7 +162,7 @@ _conv2d_backward = torch.library.custom_op(f"{_NS}::conv2d_backward",
 
 @_conv2d_backward.register_fake
 def _(grad_output, input, weight, output, stride, padding, same, dilation, groups,
-      activation, output_mask):
+      activation, output_mask, precision=_NONE):
     if not any(output_mask):
         return tuple(input.new_empty(0) for _ in range(3))
     # The weight's gradient comes back in the weight's format on the channels_last path
@@ -158,10 +175,29 @@ def _(grad_output, input, weight, output, stride, padding, same, dilation, group
             input.new_empty((weight.shape[0],) if output_mask[2] else (0,)))
 
 
+def _activation_backward_impl(grad_output: Tensor, output: Tensor, activation: str) -> Tensor:
+    """dz = dy * act'(z), from the activation's output: the gradient a residual receives."""
+    return ops._activation_backward(grad_output, output, _act(activation))
+
+
+_activation_backward = torch.library.custom_op(f"{_NS}::activation_backward",
+                       mutates_args=())(_activation_backward_impl)
+
+
+@_activation_backward.register_fake
+def _(grad_output, output, activation):
+    return grad_output.new_empty(grad_output.shape)
+
+
+_RESIDUAL = 9  # the residual's place among conv2d's inputs
+
+
 def _conv2d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, same, dilation, groups, activation = inputs
+    input, weight, bias, stride, padding, same, dilation, groups, activation, residual, \
+        precision = inputs
     ctx.conf = (stride, padding, same, dilation, groups, activation)
-    ctx.has_bias = bias is not None
+    ctx.precision = precision
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
     ctx.save_for_backward(input, weight, output if activation != _NONE else None)
 
 
@@ -171,10 +207,18 @@ def _conv2d_grad(ctx, grad_output, eager=False):
     stride, padding, same, dilation, groups, activation = ctx.conf
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
-    gx, gw, gb = backward(_dense(grad_output, input), input, weight, output, stride, padding,
-                          same, dilation, groups, activation, mask)
+    dy, grad_residual = _dense(grad_output, input), None
+    if ctx.has_residual and need[_RESIDUAL]:
+        # The residual's gradient is dz, the gradient before the activation: taken once
+        # here, and the convolution's gradients from it.
+        if activation != _NONE:
+            dy = (_activation_backward_impl if eager else _activation_backward)(
+                dy, output, activation)
+        grad_residual, activation, output = dy, _NONE, None
+    gx, gw, gb = backward(dy, input, weight, output, stride, padding, same, dilation, groups,
+                          activation, mask, ctx.precision)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, grad_residual, None)
 
 
 _conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
@@ -183,16 +227,20 @@ _register_autocast(_conv2d)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           activation=None):
+           activation=None, residual=None, precision=None):
     """torch.nn.functional.conv2d with a fused activation, differentiable; padding also
-    "same" with any stride (Keras' rule). input (N, C, H, W) or unbatched (C, H, W)."""
+    "same" with any stride (Keras' rule). input (N, C, H, W) or unbatched (C, H, W).
+    residual and precision as fastconv.conv2d's: act(conv + bias + residual), whose
+    gradient with respect to residual is the gradient before the activation."""
     if input.dim() == 3:
+        if residual is not None and residual.dim() == 3:
+            residual = residual.unsqueeze(0)
         return _unbatched(conv2d, input, weight, bias, stride, padding, dilation, groups,
-                          activation=activation)
+                          activation=activation, residual=residual, precision=precision)
     stride, padding, same, dilation, activation = _conv_conf(
         "conv2d", stride, padding, dilation, activation)
     return _call(_conv2d, _conv2d_eager, input, weight, bias, stride, padding, same, dilation,
-                 groups, activation)
+                 groups, activation, residual, _precision_conf("conv2d", precision))
 
 
 # ----------------------------------------------------------------------- the LeNet-5 block
@@ -200,11 +248,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 def _conv2d_avgpool_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
                          padding: List[int], same: bool, dilation: List[int], groups: int,
-                         activation: str, pool: List[int], save: bool) -> Tuple[Tensor, Tensor]:
+                         activation: str, pool: List[int], save: bool,
+                         precision: str = _NONE) -> Tuple[Tensor, Tensor]:
     """(pooled output, full-resolution activation); the second is empty unless `save`."""
     out = ops._conv2d_avgpool(input, weight, bias, tuple(stride), _conv_padding(padding, same),
                               tuple(dilation), groups, activation=_act(activation),
-                              pool=tuple(pool), return_activation=save)
+                              pool=tuple(pool), precision=_prec(precision),
+                              return_activation=save)
     return out if save else (out, input.new_empty(0))
 
 
@@ -213,7 +263,8 @@ _conv2d_avgpool = torch.library.custom_op(f"{_NS}::conv2d_avgpool",
 
 
 @_conv2d_avgpool.register_fake
-def _(input, weight, bias, stride, padding, same, dilation, groups, activation, pool, save):
+def _(input, weight, bias, stride, padding, same, dilation, groups, activation, pool, save,
+      precision=_NONE):
     _, conv_shape, shape = _args.conv2d_avgpool(
         "conv2d_avgpool", tuple(input.shape), tuple(weight.shape),
         None if bias is None else tuple(bias.shape), tuple(stride),
@@ -225,12 +276,13 @@ def _(input, weight, bias, stride, padding, same, dilation, groups, activation, 
 def _conv2d_avgpool_backward_impl(grad_output: Tensor, input: Tensor, weight: Tensor,
                                   activation_output: Optional[Tensor], stride: List[int],
                                   padding: List[int], same: bool, dilation: List[int], groups: int,
-                                  activation: str, pool: List[int],
-                                  output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+                                  activation: str, pool: List[int], output_mask: List[bool],
+                                  precision: str = _NONE) -> Tuple[Tensor, Tensor, Tensor]:
     grads = ops.conv2d_avgpool_backward(
         grad_output, input, weight, tuple(stride), _conv_padding(padding, same),
         tuple(dilation), groups, activation=_act(activation), pool=tuple(pool),
-        activation_output=activation_output, output_mask=tuple(output_mask))
+        activation_output=activation_output, precision=_prec(precision),
+        output_mask=tuple(output_mask))
     return tuple(g if g is not None else input.new_empty(0) for g in grads)
 
 
@@ -240,14 +292,16 @@ _conv2d_avgpool_backward = torch.library.custom_op(f"{_NS}::conv2d_avgpool_backw
 
 @_conv2d_avgpool_backward.register_fake
 def _(grad_output, input, weight, activation_output, stride, padding, same, dilation, groups,
-      activation, pool, output_mask):
+      activation, pool, output_mask, precision=_NONE):
     shapes = (input.shape, weight.shape, (weight.shape[0],))
     return tuple(input.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
 
 
 def _conv2d_avgpool_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, same, dilation, groups, activation, pool, save = inputs
+    input, weight, bias, stride, padding, same, dilation, groups, activation, pool, save, \
+        precision = inputs
     ctx.conf = (stride, padding, same, dilation, groups, activation, pool)
+    ctx.precision = precision
     ctx.has_bias = bias is not None
     keep = activation != _NONE and save
     ctx.save_for_backward(input, weight, bias if activation != _NONE and not save else None,
@@ -263,13 +317,14 @@ def _conv2d_avgpool_grad(ctx, grad_output, grad_activation, eager=False):
     if activation != _NONE and act is None:
         # The forward was told no gradient would be asked for (save=False) and kept no
         # activation: recompute it.
-        act = conv(input, weight, bias, stride, padding, same, dilation, groups, activation)
+        act = conv(input, weight, bias, stride, padding, same, dilation, groups, activation,
+                   None, ctx.precision)
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
     gx, gw, gb = backward(grad_output.contiguous(), input, weight, act, stride, padding, same,
-                          dilation, groups, activation, pool, mask)
+                          dilation, groups, activation, pool, mask, ctx.precision)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-            None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None)
 
 
 _conv2d_avgpool.register_autograd(_conv2d_avgpool_grad, setup_context=_conv2d_avgpool_setup)
@@ -294,19 +349,20 @@ def _conv_conf(op, stride, padding, dilation, activation):
 
 
 def conv2d_avgpool(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                   activation=None, pool=2):
+                   activation=None, pool=2, precision=None):
     """The LeNet-5 block, avg_pool2d(conv2d(..., activation), pool) in one op,
     differentiable (fastconv.conv2d_avgpool's semantics); input batched or not."""
     if input.dim() == 3:
         return _unbatched(conv2d_avgpool, input, weight, bias, stride, padding, dilation,
-                          groups, activation=activation, pool=pool)
+                          groups, activation=activation, pool=pool, precision=precision)
     stride, padding, same, dilation, activation = _conv_conf(
         "conv2d_avgpool", stride, padding, dilation, activation)
     pool = list(_args.pair("conv2d_avgpool", "pool", pool, 1))
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias))
     return _call(_conv2d_avgpool, _conv2d_avgpool_eager, input, weight, bias, stride, padding,
-                 same, dilation, groups, activation, pool, save)[0]
+                 same, dilation, groups, activation, pool, save,
+                 _precision_conf("conv2d_avgpool", precision))[0]
 
 
 # ----------------------------------------------------------------------- pooling

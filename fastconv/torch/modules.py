@@ -15,12 +15,19 @@ class Conv2d(nn.Conv2d):
     padding_mode "reflect", "replicate" or "circular" pads the input with torch's
     F.pad, as torch.nn.Conv2d does, then runs a convolution without padding: the same
     values and, through F.pad's own backward, the same gradients. padding may then also
-    be "same" with any stride (the Keras split, computed for each input's size)."""
+    be "same" with any stride (the Keras split, computed for each input's size).
+
+    precision: fastconv.conv2d's (None: PyTorch's default, read at each call).
+    forward(input, residual=None): residual, of the output's shape, is added before the
+    activation (a ResNet block's last convolution and its skip add)."""
+
+    precision = None  # what a module pickled before precision= existed reads
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, *, activation=None):
+                 dtype=None, *, activation=None, precision=None):
         activation = _args.activation_name("Conv2d", activation)
+        _args.precision("Conv2d", precision)
         if isinstance(padding, str):
             padding = _args.padding_string("Conv2d", padding)
         strided_same = padding == "same" and _args.pair("Conv2d", "stride", stride, 1) != (1, 1)
@@ -29,11 +36,13 @@ class Conv2d(nn.Conv2d):
                          device, dtype)
         if strided_same:
             self.padding = "same"
-        self.activation = activation
+        self.activation, self.precision = activation, precision
 
     def extra_repr(self):
         s = super().extra_repr()
-        return s if self.activation is None else f"{s}, activation={self.activation!r}"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
+        return s if self.precision is None else f"{s}, precision={self.precision!r}"
 
     def _border(self, input):
         """F.pad's (left, right, top, bottom) for this input under padding_mode."""
@@ -43,13 +52,13 @@ class Conv2d(nn.Conv2d):
             _args.pair("Conv2d", "dilation", self.dilation, 1))
         return left, right, top, bottom
 
-    def forward(self, input):
+    def forward(self, input, residual=None):
+        padding = self.padding
         if self.padding_mode != "zeros":
-            input = F.pad(input, self._border(input), mode=self.padding_mode)
-            return conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation,
-                          self.groups, activation=self.activation)
-        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                      self.groups, activation=self.activation)
+            input, padding = F.pad(input, self._border(input), mode=self.padding_mode), 0
+        return conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation,
+                      self.groups, activation=self.activation, residual=residual,
+                      precision=self.precision)
 
 
 class Conv2dAvgPool2d(Conv2d):
@@ -59,12 +68,13 @@ class Conv2dAvgPool2d(Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, *, activation=None, pool=2):
+                 dtype=None, *, activation=None, pool=2, precision=None):
         if padding_mode != "zeros":
             raise ValueError(f"Conv2dAvgPool2d: padding_mode must be 'zeros' (the block pads "
                              f"with zeros inside its kernel), got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype, activation=activation)
+                         groups, bias, padding_mode, device, dtype, activation=activation,
+                         precision=precision)
         self.pool = _args.pair("Conv2dAvgPool2d", "pool", pool, 1)
 
     @classmethod
@@ -74,7 +84,7 @@ class Conv2dAvgPool2d(Conv2d):
         block = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                     device="meta", activation=activation or getattr(conv, "activation", None),
-                    pool=pool_size)
+                    pool=pool_size, precision=getattr(conv, "precision", None))
         block.weight, block.bias = conv.weight, conv.bias
         return block
 
@@ -84,7 +94,7 @@ class Conv2dAvgPool2d(Conv2d):
     def forward(self, input):
         return conv2d_avgpool(input, self.weight, self.bias, self.stride, self.padding,
                               self.dilation, self.groups, activation=self.activation,
-                              pool=self.pool)
+                              pool=self.pool, precision=self.precision)
 
 
 class MaxPool2d(nn.MaxPool2d):

@@ -63,7 +63,7 @@ def _swapped(m):
     for name in ("_parameters", "_buffers", "_modules"):
         new.__dict__[name] = dict(m.__dict__[name])
     if isinstance(new, Conv2d):
-        new.activation = None
+        new.activation = new.precision = None
     return new
 
 
