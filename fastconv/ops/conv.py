@@ -2,7 +2,7 @@
 
 import math
 
-from .. import _args, _arrays
+from .. import _args, _arrays, _autotable
 from ._common import (_autograd_op, _channels_last, _nchw, _nchw_weight_grad, _needs_autograd,
                       _nhwc, _nhwc_weight, _planned, _prepare, _unbatched, add_batch, drop_batch)
 
@@ -88,6 +88,7 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         be = a.select_backend(_arrays.GPU_CONV_DTYPES)
         variant_ = _args.half_variant(op, _args.variant(op, variant, _conv_variants(be), params),
                                       a.dtype)
+        variant_ = _autotable.choose(be, "fwd", variant_, params, precision)  # auto, measured
         plan = (be, be.params(params), variant_, out_shape)
         return plan, a.values("input", "weight", "bias", "residual")
 
@@ -154,10 +155,11 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
             _args.expect_shape(op, "output", a.shape("output"), out_shape)
         variant_ = _args.variant(op, variant, _conv_variants(be), params)
         plan = (be, variant_, params["act"], out_shape,
-                _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_))
+                _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_,
+                           precision))
         return plan, a.values("grad_output", "input", "weight", "output")
 
-    (be, variant, act, out_shape, grads), (dy, x, w, y) = _planned(
+    (be, _, act, out_shape, grads), (dy, x, w, y) = _planned(
         "conv2d_backward", (grad_output, input, weight, output),
         (stride, padding, dilation, groups, activation, layout, variant, precision), build)
     dy = be.ready(dy)
@@ -165,19 +167,23 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
         dz = be.empty(out_shape, dy)
         be.call("activation_bwd", act, math.prod(out_shape), arrays=(be.ready(y), dy, dz))
         dy = dz
-    return grads(variant, dy, x, w, output_mask)
+    return grads(dy, x, w, output_mask)
 
 
 class _ConvGrads:
     """The three gradients of a convolution from dz, its pre-activation gradient."""
 
-    def __init__(self, be, params, x_shape, w_shape, variant):
+    def __init__(self, be, params, x_shape, w_shape, variant, precision):
         self.be, self.x_shape, self.w_shape = be, x_shape, w_shape
         self.params = be.params(dict(params, act=0))
         self.K = params["K"]
+        # auto's measured choice per gradient on the GPU (the card's table), else variant.
+        self.data_variant = _autotable.choose(be, "bwd_data", variant, params, precision)
+        self.filter_variant = _autotable.choose(be, "bwd_filter", variant, params, precision)
         # The GPU's split-K grad weight keeps its partials in scratch from the caller's
         # allocator (torch's and CuPy's cache it): float32 elements, 0 where none is needed.
-        self.scratch = (-(-be.module.conv2d_bwd_filter_workspace(self.params, variant) // 4)
+        self.scratch = (-(-be.module.conv2d_bwd_filter_workspace(self.params,
+                                                                 self.filter_variant) // 4)
                         if be.is_cuda else 0)
 
     def _grad_weight_scratch(self, like):
@@ -185,7 +191,7 @@ class _ConvGrads:
             return ()
         return (self.be.empty((self.scratch,), like, "float32") if self.scratch else None,)
 
-    def __call__(self, variant, dz, input, weight, output_mask):
+    def __call__(self, dz, input, weight, output_mask):
         be, params = self.be, self.params
         want_x, want_w, want_b = (bool(m) for m in output_mask)
         if self.x_shape[0] == 0:  # N = 0: no gradient flows; the parameters' are zeros
@@ -195,11 +201,11 @@ class _ConvGrads:
         grad_input = grad_weight = grad_bias = None
         if want_x:
             grad_input = be.empty(self.x_shape, dz)
-            be.call("conv2d_bwd_data", params, variant,
+            be.call("conv2d_bwd_data", params, self.data_variant,
                     arrays=(dz, be.ready(weight), grad_input))
         if want_w:
             grad_weight = be.empty(self.w_shape, dz)
-            be.call("conv2d_bwd_filter", params, variant,
+            be.call("conv2d_bwd_filter", params, self.filter_variant,
                     arrays=(dz, be.ready(input), grad_weight,
                             *self._grad_weight_scratch(dz)))
         if want_b:
@@ -306,10 +312,11 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
                                conv_shape)
         variant_ = _args.variant(op, variant, _conv_variants(be), params)
         plan = (be, be.params(params, "conv2d_avgpool"), variant_, conv_shape,
-                _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_))
+                _ConvGrads(be, params, a.shape("input"), a.shape("weight"), variant_,
+                           precision))
         return plan, a.values("grad_output", "input", "weight", "activation_output")
 
-    (be, params, variant, conv_shape, grads), (dy, x, w, act) = _planned(
+    (be, params, _, conv_shape, grads), (dy, x, w, act) = _planned(
         "conv2d_avgpool_backward", (grad_output, input, weight, activation_output),
         (stride, padding, dilation, groups, activation, pool, layout, variant, precision),
         build)
@@ -317,4 +324,4 @@ def conv2d_avgpool_backward(grad_output, input, weight, stride=1, padding=0, dil
     dz = be.empty(conv_shape, dy)
     if conv_shape[0]:
         be.call("avgpool_act_bwd", params, arrays=(dy, be.ready(act) if activation else None, dz))
-    return grads(variant, dz, x, w, output_mask)
+    return grads(dz, x, w, output_mask)
