@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/shapes.h"
 #include "cpu/cpu_ops.h"
 #include "cuda/cuda_ops.h"
@@ -67,6 +68,19 @@ static std::string conv_str(const Conv2dParams& p) {
     return buf;
 }
 
+// The window (dilation, padding, output size) and the epilogue (layout, activation, bias)
+// of a drawn convolution; false when the output is empty.
+static bool draw_window(Conv2dParams& p) {
+    p.dil_h = ri(1, 2), p.dil_w = ri(1, 2);
+    p.pad_h = ri(0, 2), p.pad_w = ri(0, 2);
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h + ri(0, 1), p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w + ri(0, 1), p.dil_w);
+    p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
+    p.act = Activation(ri(0, 3));
+    p.has_bias = ri(0, 1);
+    return p.P >= 1 && p.Q >= 1;
+}
+
 static bool make_conv(Conv2dParams& p, bool depthwise, bool big) {
     p = Conv2dParams{};
     p.groups = depthwise ? ri(1, 6) : (ri(0, 4) < 3 ? 1 : ri(2, 3));
@@ -78,14 +92,21 @@ static bool make_conv(Conv2dParams& p, bool depthwise, bool big) {
     p.R = ri(1, 5), p.S = ri(1, 5);
     p.stride_h = ri(1, 4), p.stride_w = ri(0, 1) ? p.stride_h : ri(1, 4);
     if (big) p.stride_h = ri(1, 2), p.stride_w = ri(1, 2);
-    p.dil_h = ri(1, 2), p.dil_w = ri(1, 2);
-    p.pad_h = ri(0, 2), p.pad_w = ri(0, 2);
-    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h + ri(0, 1), p.dil_h);
-    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w + ri(0, 1), p.dil_w);
-    p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
-    p.act = Activation(ri(0, 3));
-    p.has_bias = ri(0, 1);
-    return p.P >= 1 && p.Q >= 1;
+    return draw_window(p);
+}
+
+// The forward's reference in double: the CPU twin without the activation, then
+// + residual (y-shaped, or empty), then the activation, as the kernels order them.
+static std::vector<double> conv_ref(Conv2dParams p, const std::vector<double>& x,
+                                    const std::vector<double>& w, const std::vector<double>& b,
+                                    const std::vector<double>& res) {
+    const Activation act = p.act;
+    p.act = Activation::None;
+    std::vector<double> y(p.N * p.K * p.P * p.Q);
+    cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, x.data(), w.data(), p.has_bias ? b.data() : nullptr,
+                            y.data());
+    for (size_t i = 0; i < y.size(); ++i) y[i] = activate(act, res.empty() ? y[i] : y[i] + res[i]);
+    return y;
 }
 
 static void test_conv(int iters, bool depthwise, bool big) {
@@ -99,17 +120,19 @@ static void test_conv(int iters, bool depthwise, bool big) {
         auto w = fill<float>(p.K * Cg * p.R * p.S, integer);
         auto b = fill<float>(p.K, integer);
         const int64_t ny = p.N * p.K * p.P * p.Q;
-        std::vector<double> yref(ny);
+        // A residual on every third draw (y-shaped, added before the activation).
+        const bool with_res = it % 3 == 2;
+        const auto res = with_res ? fill<float>(ny, integer) : std::vector<float>();
         auto xd = to_d(x), wd = to_d(w), bd = to_d(b);
-        cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(),
-                                p.has_bias ? bd.data() : nullptr, yref.data());
-        const std::string cfg = conv_str(p);
+        const std::vector<double> yref = conv_ref(p, xd, wd, bd, to_d(res));
+        const std::string cfg = conv_str(p) + (with_res ? " +res" : "");
         std::vector<cuda::ConvVariant> vs = {cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm,
                                              cuda::ConvVariant::Auto};
         if (p.C == p.groups) vs.push_back(cuda::ConvVariant::Depthwise);
         for (auto v : vs) {
             std::vector<float> y(ny, NAN);
-            cuda::conv2d_fwd(p, v, x.data(), w.data(), p.has_bias ? b.data() : nullptr, y.data(), nullptr);
+            cuda::conv2d_fwd(p, v, x.data(), w.data(), p.has_bias ? b.data() : nullptr, y.data(), nullptr,
+                             with_res ? res.data() : nullptr);
             const char* names[] = {"fwd-auto", "fwd-direct", "fwd-igemm", "fwd-depthwise"};
             compare(names[int(v)], cfg, y, yref, integer);
         }
