@@ -1,5 +1,5 @@
-// conv2d_fwd.cu: conv2d forward on the GPU, float32, NCHW and NHWC. The CPU twin is
-// csrc/cpu/conv2d_fwd.cpp.
+// conv2d_fwd.cu: conv2d forward on the GPU, float32 (and float16 / bfloat16 through the
+// tensor-core GEMM), NCHW and NHWC. The CPU twin is csrc/cpu/conv2d_fwd.cpp.
 //
 //   y = act(bias + x (*) w + residual)   (cross-correlation; see params.h for the index
 //                                         formula; residual, y-shaped, is optional)
@@ -18,6 +18,10 @@
 //                  the 16 x 64 slice of w_g, and each thread accumulates a 4 x 4 block of
 //                  outputs from them, so every loaded value feeds 64 multiply-adds instead
 //                  of one. Bias, residual and activation are fused into the store.
+//                  The float32 SIMT kernel for p.precision Strict.
+//   implicit_gemm (tensor cores)  p.precision TF32 / TF32x3, and every float16 / bfloat16
+//                  call: conv2d_fwd_tc.cu, the same GEMM in 128 x 64 tiles through WMMA
+//                  with a 3-stage cp.async pipeline (see its header for its variants).
 //   depthwise      groups == C: depthwise.cu, one thread per output with the channel's taps
 //                  staged in shared memory (NCHW) or read coalesced along k (NHWC).
 // Auto picks depthwise when C == groups > 1, direct for LeNet-sized layers (see
@@ -33,6 +37,7 @@
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
+#include "conv2d_fwd_tc.cuh"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "depthwise.cuh"
@@ -327,18 +332,50 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const floa
     switch (v) {
         case ConvVariant::Direct: return launch_direct(p, x, w, b, residual, y, stream);
         case ConvVariant::Depthwise: return depthwise_conv2d_fwd(p, x, w, b, residual, y, stream);
-        default: return launch_implicit_gemm(p, x, w, b, residual, y, stream);
+        default:
+            if (p.precision != Precision::Strict)
+                return implicit_gemm_tc_fwd(p, x, w, b, residual, y, stream);
+            return launch_implicit_gemm(p, x, w, b, residual, y, stream);
     }
 }
 
-void conv2d_fwd(const Conv2dParams&, ConvVariant, const __half*, const __half*, const __half*,
-                __half*, cudaStream_t, const __half*) {
-    FC_CHECK(false, "float16 convolution on the GPU is not built yet");
+namespace {
+
+const char* variant_name(ConvVariant v) {
+    switch (v) {
+        case ConvVariant::Auto: return "auto";
+        case ConvVariant::Direct: return "direct";
+        case ConvVariant::ImplicitGemm: return "implicit_gemm";
+        case ConvVariant::Depthwise: return "depthwise";
+        case ConvVariant::Fused: return "fused";
+        case ConvVariant::Winograd2: return "winograd2";
+        case ConvVariant::Winograd4: return "winograd4";
+    }
+    return "unknown";
 }
 
-void conv2d_fwd(const Conv2dParams&, ConvVariant, const __nv_bfloat16*, const __nv_bfloat16*,
-                const __nv_bfloat16*, __nv_bfloat16*, cudaStream_t, const __nv_bfloat16*) {
-    FC_CHECK(false, "bfloat16 convolution on the GPU is not built yet");
+// float16 / bfloat16: the tensor-core implicit GEMM is the only kernel (Auto picks it).
+template <typename T>
+void conv2d_fwd_16(const Conv2dParams& p, ConvVariant v, const char* type, const T* x, const T* w,
+                   const T* b, T* y, cudaStream_t stream, const T* residual) {
+    FC_CHECK(v == ConvVariant::Auto || v == ConvVariant::ImplicitGemm,
+             std::string("conv2d forward has no ") + variant_name(v) + " variant for " + type +
+                 " (auto and implicit_gemm run it on tensor cores)");
+    if (p.N * p.K * p.P * p.Q <= 0) return;
+    implicit_gemm_tc_fwd(p, x, w, b, residual, y, stream);
+}
+
+}  // namespace
+
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const __half* x, const __half* w,
+                const __half* b, __half* y, cudaStream_t stream, const __half* residual) {
+    conv2d_fwd_16(p, v, "float16", x, w, b, y, stream, residual);
+}
+
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const __nv_bfloat16* x,
+                const __nv_bfloat16* w, const __nv_bfloat16* b, __nv_bfloat16* y,
+                cudaStream_t stream, const __nv_bfloat16* residual) {
+    conv2d_fwd_16(p, v, "bfloat16", x, w, b, y, stream, residual);
 }
 
 void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x,
