@@ -720,7 +720,7 @@ int main(int argc, char** argv) {
     test_conv(scale(150), false, false);
     test_conv(scale(100), true, false);
     test_conv(scale(12), false, true);
-    test_conv_tc(scale(40));
+    test_conv_tc(scale(80));
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
