@@ -212,14 +212,15 @@ struct LoadB {
 };
 
 // ------------------------------------------------------------------------ the kernel
-// One block per output tile (kTcBM pixels x kTcBN filters of one group) in a grid-stride
-// loop, pixels fastest (neighbouring blocks share the weight tile in L2). vec_a / vec_b:
-// the tile loads may use 16-byte copies (see the loaders).
 // Blocks per SM that __launch_bounds__ asks ptxas to fit (its register cap): shared memory
-// allows 2 float blocks (79.5 KiB each) and 5 half ones (43.5 KiB); see benchmarks/NOTES.md.
+// allows 2 float blocks (76.5-79.5 KiB each) and 5 half ones (40.5-43.5 KiB), registers
+// 3 of those at 80 (benchmarks/NOTES.md, "Tensor-core implicit GEMM forward").
 template <class Policy>
 constexpr int kTcMinBlocks = sizeof(typename Policy::T) == 4 ? 2 : 3;
 
+// One block per output tile (kTcBM pixels x kTcBN filters of one group) in a grid-stride
+// loop, pixels fastest (neighbouring blocks share the weight tile in L2). vec_a / vec_b:
+// the tile loads may use 16-byte copies (see the loaders).
 template <class Policy, Layout L, typename I>
 __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks<Policy>)
     conv2d_implicit_gemm_tc(Conv2dParams p, GemmShape gs, GemmDiv<I> dv, bool vec_a, bool vec_b,
@@ -295,7 +296,9 @@ void launch_tc(const Conv2dParams& p, const GemmShape& gs, bool vec_a, bool vec_
                const typename Policy::T* x, const typename Policy::T* w, const typename Policy::T* b,
                const typename Policy::T* residual, typename Policy::T* y, cudaStream_t stream) {
     constexpr int smem = TcTile<Policy, L == Layout::NCHW, L == Layout::NCHW>::kSmemBytes;
-    // Above 48 KiB of dynamic shared memory a kernel must opt in (float: 3 stages, 79 KiB).
+    // Above 48 KiB of dynamic shared memory a kernel must opt in (float's 3 stages take
+    // 76.5-79.5 KiB). Set at every launch: the attribute is per device (a flag set once
+    // would miss a second GPU).
     FC_CUDA_CHECK(cudaFuncSetAttribute(conv2d_implicit_gemm_tc<Policy, L, I>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     conv2d_implicit_gemm_tc<Policy, L, I><<<blocks_for(gs.tiles, 1), kTcThreads, smem, stream>>>(
