@@ -1,7 +1,8 @@
-// conv2d_fwd.cu: conv2d forward on the GPU, float32, NCHW and NHWC. The CPU twin is
-// csrc/cpu/conv2d_fwd.cpp.
+// conv2d_fwd.cu: conv2d forward on the GPU, float32 (and float16 / bfloat16 through the
+// tensor-core GEMM), NCHW and NHWC. The CPU twin is csrc/cpu/conv2d_fwd.cpp.
 //
-//   y = act(bias + x (*) w)   (cross-correlation; see params.h for the index formula)
+//   y = act(bias + x (*) w + residual)   (cross-correlation; see params.h for the index
+//                                         formula; residual, y-shaped, is optional)
 //
 // Weight layouts: NCHW -> (K, Cg, R, S), NHWC -> (R, S, Cg, K). Any stride, padding,
 // dilation and group count.
@@ -16,7 +17,11 @@
 //                  gathered from x straight into shared memory (zeros for padding), next to
 //                  the 16 x 64 slice of w_g, and each thread accumulates a 4 x 4 block of
 //                  outputs from them, so every loaded value feeds 64 multiply-adds instead
-//                  of one. Bias and activation are fused into the store.
+//                  of one. Bias, residual and activation are fused into the store.
+//                  The float32 SIMT kernel for p.precision Strict.
+//   implicit_gemm (tensor cores)  p.precision TF32 / TF32x3, and every float16 / bfloat16
+//                  call: conv2d_fwd_tc.cu, the same GEMM in 128 x 64 tiles through WMMA
+//                  with a 3-stage cp.async pipeline (see its header for its variants).
 //   depthwise      groups == C: depthwise.cu, one thread per output with the channel's taps
 //                  staged in shared memory (NCHW) or read coalesced along k (NHWC).
 // Auto picks depthwise when C == groups > 1, direct for LeNet-sized layers (see
@@ -32,6 +37,7 @@
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
+#include "conv2d_fwd_tc.cuh"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "depthwise.cuh"
@@ -85,16 +91,19 @@ __device__ __forceinline__ float direct_output(const Conv2dParams& p,
     return acc;
 }
 
-// One thread per output, in y's memory order; un unravels (K, P, Q).
+// One thread per output, in y's memory order; un unravels (K, P, Q). residual (y's
+// shape, or null) is added before the activation.
 template <typename I>
 __global__ void __launch_bounds__(kThreads)
     conv2d_direct(Conv2dParams p, Unravel4<I> un, const float* __restrict__ x,
                   const float* __restrict__ w, const float* __restrict__ b,
-                  float* __restrict__ y) {
+                  const float* __restrict__ residual, float* __restrict__ y) {
     const I count = I(p.N * p.K * p.P * p.Q);
     for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
         const Coord4I<I> o = un(i);  // (n, k, oh, ow)
-        y[i] = activate(p.act, direct_output(p, x, w, b, o.n, o.c, o.h, o.w));
+        float z = direct_output(p, x, w, b, o.n, o.c, o.h, o.w);
+        if (residual != nullptr) z += residual[i];
+        y[i] = activate(p.act, z);
     }
 }
 
@@ -163,7 +172,7 @@ template <Layout L, typename I>
 __global__ void __launch_bounds__(kGemmThreads, kGemmMinBlocks<L, I>)
     conv2d_implicit_gemm(Conv2dParams p, GemmShape gs, GemmDiv<I> dv, const float* __restrict__ x,
                          const float* __restrict__ w, const float* __restrict__ b,
-                         float* __restrict__ y) {
+                         const float* __restrict__ residual, float* __restrict__ y) {
     constexpr bool nchw = L == Layout::NCHW;
     // NCHW: the A tile is loaded by threads along pixels (contiguous in x), so each
     // thread keeps one pixel across the whole reduction. NHWC: along kk (contiguous c),
@@ -252,7 +261,8 @@ __global__ void __launch_bounds__(kGemmThreads, kGemmMinBlocks<L, I>)
             __syncthreads();  // the tiles are overwritten by the next slice
         }
 
-        // Epilogue: y = act(acc + bias), as the CPU's bias_activation after its GEMM.
+        // Epilogue: y = act(acc + bias + residual), as the CPU's bias_activation after its
+        // GEMM.
 #pragma unroll
         for (int i = 0; i < kPerThread; ++i) {
             const I m = m0 + tm + kGrid * i;
@@ -264,43 +274,37 @@ __global__ void __launch_bounds__(kGemmThreads, kGemmMinBlocks<L, I>)
                 const I jj = j0 + tn + kGrid * j;
                 if (jj >= Kg) continue;
                 const I k = g * Kg + jj;
-                const float z = acc[i][j] + (p.has_bias ? b[k] : 0.f);
-                y[nchw ? (n * K + k) * PQ + pq : m * K + k] = activate(p.act, z);
+                const I o = nchw ? (n * K + k) * PQ + pq : m * K + k;
+                float z = acc[i][j] + (p.has_bias ? b[k] : 0.f);
+                if (residual != nullptr) z += residual[o];
+                y[o] = activate(p.act, z);
             }
         }
     }
 }
 
 void launch_direct(const Conv2dParams& p, const float* x, const float* w, const float* b,
-                   float* y, cudaStream_t stream) {
+                   const float* residual, float* y, cudaStream_t stream) {
     with_index_type(conv_extent(p), [&](auto index) {
         using I = decltype(index);
         conv2d_direct<I><<<blocks_for(p.N * p.K * p.P * p.Q, kThreads), kThreads, 0, stream>>>(
-            p, Unravel4<I>(p.layout, p.K, p.P, p.Q), x, w, b, y);
+            p, Unravel4<I>(p.layout, p.K, p.P, p.Q), x, w, b, residual, y);
     });
     FC_CUDA_CHECK_LAUNCH();
 }
 
 void launch_implicit_gemm(const Conv2dParams& p, const float* x, const float* w, const float* b,
-                          float* y, cudaStream_t stream) {
-    GemmShape gs;
-    gs.PQ = p.P * p.Q;
-    gs.M = p.N * gs.PQ;
-    gs.Cg = p.C / p.groups;
-    gs.Kg = p.K / p.groups;
-    gs.red = gs.Cg * p.R * p.S;
-    gs.m_tiles = ceil_div(gs.M, kBM);
-    gs.n_tiles = ceil_div(gs.Kg, kBN);
-    gs.tiles = gs.m_tiles * gs.n_tiles * p.groups;
+                          const float* residual, float* y, cudaStream_t stream) {
+    const GemmShape gs = gemm_shape(p, kBM, kBN);
     const unsigned int blocks = blocks_for(gs.tiles, 1);
     // + the tiles' overhang (kBM pixels, kBK reduction indices) past M and red.
     with_index_type(max64(conv_extent(p), gs.tiles + gs.M + gs.red + kBM + kBK), [&](auto index) {
         using I = decltype(index);
         const GemmDiv<I> dv(p, gs);
         if (p.layout == Layout::NCHW)
-            conv2d_implicit_gemm<Layout::NCHW, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, y);
+            conv2d_implicit_gemm<Layout::NCHW, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, residual, y);
         else
-            conv2d_implicit_gemm<Layout::NHWC, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, y);
+            conv2d_implicit_gemm<Layout::NHWC, I><<<blocks, kGemmThreads, 0, stream>>>(p, gs, dv, x, w, b, residual, y);
     });
     FC_CUDA_CHECK_LAUNCH();
 }
@@ -325,24 +329,55 @@ void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const float* x, const floa
     if (v == ConvVariant::Winograd2 || v == ConvVariant::Winograd4)
         return winograd_conv2d_fwd(p, v == ConvVariant::Winograd2 ? 2 : 4, x, w, b, residual, y,
                                    stream);
-    FC_CHECK(residual == nullptr, "the GPU residual add is not built yet");
     if (p.N * p.K * p.P * p.Q <= 0) return;
     if (v == ConvVariant::Auto) v = conv2d_auto_variant(p);
     switch (v) {
-        case ConvVariant::Direct: return launch_direct(p, x, w, b, y, stream);
-        case ConvVariant::Depthwise: return depthwise_conv2d_fwd(p, x, w, b, y, stream);
-        default: return launch_implicit_gemm(p, x, w, b, y, stream);
+        case ConvVariant::Direct: return launch_direct(p, x, w, b, residual, y, stream);
+        case ConvVariant::Depthwise: return depthwise_conv2d_fwd(p, x, w, b, residual, y, stream);
+        default:
+            if (p.precision != Precision::Strict)
+                return implicit_gemm_tc_fwd(p, x, w, b, residual, y, stream);
+            return launch_implicit_gemm(p, x, w, b, residual, y, stream);
     }
 }
 
-void conv2d_fwd(const Conv2dParams&, ConvVariant, const __half*, const __half*, const __half*,
-                __half*, cudaStream_t, const __half*) {
-    FC_CHECK(false, "float16 convolution on the GPU is not built yet");
+namespace {
+
+const char* variant_name(ConvVariant v) {
+    switch (v) {
+        case ConvVariant::Auto: return "auto";
+        case ConvVariant::Direct: return "direct";
+        case ConvVariant::ImplicitGemm: return "implicit_gemm";
+        case ConvVariant::Depthwise: return "depthwise";
+        case ConvVariant::Fused: return "fused";
+        case ConvVariant::Winograd2: return "winograd2";
+        case ConvVariant::Winograd4: return "winograd4";
+    }
+    return "unknown";
 }
 
-void conv2d_fwd(const Conv2dParams&, ConvVariant, const __nv_bfloat16*, const __nv_bfloat16*,
-                const __nv_bfloat16*, __nv_bfloat16*, cudaStream_t, const __nv_bfloat16*) {
-    FC_CHECK(false, "bfloat16 convolution on the GPU is not built yet");
+// float16 / bfloat16: the tensor-core implicit GEMM is the only kernel (Auto picks it).
+template <typename T>
+void conv2d_fwd_16(const Conv2dParams& p, ConvVariant v, const char* type, const T* x, const T* w,
+                   const T* b, T* y, cudaStream_t stream, const T* residual) {
+    FC_CHECK(v == ConvVariant::Auto || v == ConvVariant::ImplicitGemm,
+             std::string("conv2d forward has no ") + variant_name(v) + " variant for " + type +
+                 " (auto and implicit_gemm run it on tensor cores)");
+    if (p.N * p.K * p.P * p.Q <= 0) return;
+    implicit_gemm_tc_fwd(p, x, w, b, residual, y, stream);
+}
+
+}  // namespace
+
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const __half* x, const __half* w,
+                const __half* b, __half* y, cudaStream_t stream, const __half* residual) {
+    conv2d_fwd_16(p, v, "float16", x, w, b, y, stream, residual);
+}
+
+void conv2d_fwd(const Conv2dParams& p, ConvVariant v, const __nv_bfloat16* x,
+                const __nv_bfloat16* w, const __nv_bfloat16* b, __nv_bfloat16* y,
+                cudaStream_t stream, const __nv_bfloat16* residual) {
+    conv2d_fwd_16(p, v, "bfloat16", x, w, b, y, stream, residual);
 }
 
 void conv2d_avgpool_fwd(const Conv2dPoolParams& p, ConvVariant v, const float* x,

@@ -2,13 +2,13 @@
 // twin of the depthwise variant in csrc/cpu/conv2d_fwd.cpp. Called from conv2d_fwd.cu.
 //
 //   y[n, k, p, q] = act(b[k] + sum_{r,s} x[n, k / Kg, p*sh - ph + r*dh, q*sw - pw + s*dw]
-//                                        * w[k, 0, r, s])
+//                                        * w[k, 0, r, s]  + residual[n, k, p, q])
 // with Kg = K / C the channel multiplier (1 for MobileNet, 2 for "depthwise-mult2").
 // Layouts: NCHW with weight (K, 1, R, S), NHWC with weight (R, S, 1, K).
 //
 // A GEMM of a one-channel reduction per group wastes its tiles, so depthwise gets its own
 // kernels, one thread per output, summing the taps in (r, s) order from the bias as the
-// CPU does:
+// CPU does (the residual, where given, added after them):
 //   nchw  a block covers a run of up to 256 pixels of one output plane (n, k): its
 //         threads read neighbouring input pixels, and the plane's R*S weights are staged
 //         once in shared memory (in chunks of kTapChunk taps, so any kernel size works)
@@ -41,7 +41,8 @@ template <typename I>
 __global__ void __launch_bounds__(kThreads)
     depthwise_nchw(Conv2dParams p, DivMod<I> by_runs, DivMod<I> by_k, DivMod<I> by_q,
                    DivMod<I> by_kg, const float* __restrict__ x, const float* __restrict__ w,
-                   const float* __restrict__ b, float* __restrict__ y) {
+                   const float* __restrict__ b, const float* __restrict__ residual,
+                   float* __restrict__ y) {
     __shared__ float taps[kTapChunk];
     const I S = I(p.S), H = I(p.H), W = I(p.W), RS = I(p.R) * S, PQ = I(p.P) * by_q.d;
     const I sh = I(p.stride_h), sw = I(p.stride_w), dh = I(p.dil_h), dw = I(p.dil_w);
@@ -70,7 +71,9 @@ __global__ void __launch_bounds__(kThreads)
                 if (++s == S) s = 0, ++r;
             }
         }
-        if (active) y[plane * PQ + pq] = activate(p.act, acc);
+        if (!active) continue;
+        if (residual != nullptr) acc += residual[plane * PQ + pq];
+        y[plane * PQ + pq] = activate(p.act, acc);
     }
 }
 
@@ -80,7 +83,7 @@ template <typename I>
 __global__ void __launch_bounds__(kThreads)
     depthwise_nhwc(Conv2dParams p, Unravel4<I> un, DivMod<I> by_kg, const float* __restrict__ x,
                    const float* __restrict__ w, const float* __restrict__ b,
-                   float* __restrict__ y) {
+                   const float* __restrict__ residual, float* __restrict__ y) {
     const I C = I(p.C), H = I(p.H), W = I(p.W), K = I(p.K), R = I(p.R), S = I(p.S);
     const I count = I(p.N * p.P * p.Q * p.K);
     for (I i = thread_index<I>(); i < count; i += thread_count<I>()) {
@@ -97,6 +100,7 @@ __global__ void __launch_bounds__(kThreads)
                 acc += w[(r * S + s) * K + o.c] * xn[(h * W + wi) * C];
             }
         }
+        if (residual != nullptr) acc += residual[i];
         y[i] = activate(p.act, acc);
     }
 }
@@ -110,7 +114,7 @@ int64_t depthwise_extent(const Conv2dParams& p, int64_t runs, int64_t threads) {
 }  // namespace
 
 void depthwise_conv2d_fwd(const Conv2dParams& p, const float* x, const float* w, const float* b,
-                          float* y, cudaStream_t stream) {
+                          const float* residual, float* y, cudaStream_t stream) {
     FC_CHECK(p.groups == p.C, "the depthwise kernel needs groups == channels");
     const int64_t PQ = p.P * p.Q;
     if (p.N * p.K * PQ <= 0) return;
@@ -122,14 +126,14 @@ void depthwise_conv2d_fwd(const Conv2dParams& p, const float* x, const float* w,
             using I = decltype(index);
             depthwise_nchw<I><<<blocks_for(p.N * p.K * runs, 1), threads, 0, stream>>>(
                 p, DivMod<I>(runs), DivMod<I>(p.K), DivMod<I>(p.Q), DivMod<I>(p.K / p.C), x, w,
-                b, y);
+                b, residual, y);
         });
         FC_CUDA_CHECK_LAUNCH();
     } else {
         with_index_type(depthwise_extent(p, 1, 1), [&](auto index) {
             using I = decltype(index);
             depthwise_nhwc<I><<<blocks_for(p.N * PQ * p.K, kThreads), kThreads, 0, stream>>>(
-                p, Unravel4<I>(Layout::NHWC, p.K, p.P, p.Q), DivMod<I>(p.K / p.C), x, w, b, y);
+                p, Unravel4<I>(Layout::NHWC, p.K, p.P, p.Q), DivMod<I>(p.K / p.C), x, w, b, residual, y);
         });
         FC_CUDA_CHECK_LAUNCH();
     }

@@ -9,9 +9,10 @@ namespace fastconv {
 namespace cuda {
 
 // conv2d forward for groups == C (one input channel per group, K / C filters each).
-// The caller has checked p.groups == p.C. b may be null when !p.has_bias.
+// The caller has checked p.groups == p.C. b may be null when !p.has_bias; residual (y's
+// shape) may be null.
 void depthwise_conv2d_fwd(const Conv2dParams& p, const float* x, const float* w, const float* b,
-                          float* y, cudaStream_t stream);
+                          const float* residual, float* y, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastconv

@@ -21,6 +21,20 @@ struct GemmShape {
     int64_t m_tiles, n_tiles, tiles;  // tiles = m_tiles * n_tiles * groups
 };
 
+// The shape of conv p's GEMM in tiles of bm pixels x bn filters.
+inline GemmShape gemm_shape(const Conv2dParams& p, int64_t bm, int64_t bn) {
+    GemmShape gs;
+    gs.PQ = p.P * p.Q;
+    gs.M = p.N * gs.PQ;
+    gs.Cg = p.C / p.groups;
+    gs.Kg = p.K / p.groups;
+    gs.red = gs.Cg * p.R * p.S;
+    gs.m_tiles = ceil_div(gs.M, bm);
+    gs.n_tiles = ceil_div(gs.Kg, bn);
+    gs.tiles = gs.m_tiles * gs.n_tiles * p.groups;
+    return gs;
+}
+
 // The kernels' index type I (cuda_common.cuh): int32_t where conv_extent fits. Their
 // divisions by P*Q, Q, S, R*S and Cg go through DivMod, built once on the host.
 template <typename I>

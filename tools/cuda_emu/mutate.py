@@ -31,6 +31,7 @@ COMMON, CONV1D, DW = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu', 'csrc/c
 IGEMM = 'csrc/cuda/implicit_gemm.cuh'
 WINO, WINO_H = 'csrc/cuda/winograd.cu', 'csrc/common/winograd.h'
 DEV, WMMA = 'tools/cuda_emu/selftest_device.cu', 'tools/cuda_emu/selftest_wmma.cu'
+TC, FWDTC = 'csrc/cuda/tc_gemm.cuh', 'csrc/cuda/conv2d_fwd_tc.cu'
 MUTANTS = [
     ('filter2d-barrier-deleted', 'deleted barrier', SOBEL,
      [('        __syncthreads();\n        float acc[kRowPixels]', '        float acc[kRowPixels]')], '0.1'),
@@ -123,13 +124,37 @@ MUTANTS = [
     ('wmma-staging-barrier-deleted', 'race between two threads of a warp', WMMA,
      [('    for (int i = threadIdx.x; i < 256; i += blockDim.x) tile[i] = c0[i];\n    __syncthreads();\n',
        '    for (int i = threadIdx.x; i < 256; i += blockDim.x) tile[i] = c0[i];\n')], '0'),
+    # The tensor-core implicit GEMM (tc_gemm.cuh's tile, conv2d_fwd_tc.cu's gathers).
+    ('tc-pipeline-barrier-deleted', 'deleted barrier', TC,
+     [('        __syncthreads();              // everyone\'s; and no warp still reads stage `write`\n', '')], '0'),
+    ('tc-async-wait-too-weak', 'missing async wait', TC,
+     [('async_wait<kTcStages - 2>();', 'async_wait<kTcStages - 1>();')], '0'),
+    ('tc-mma-k-step-skipped', 'wrong result (a k-step not multiplied)', TC,
+     [('            Policy::mma(acc, a, b);', '            if (ks != Policy::kK) Policy::mma(acc, a, b);')], '0'),
+    ('tc-fragment-offset', 'wrong result (fragment offset)', TC,
+     [('Bs + Tile::b_index(ks, wn + 16 * j)', 'Bs + Tile::b_index(ks, wn)')], '0'),
+    ('tc-staging-barrier-deleted', 'deleted barrier', TC,
+     [('    __syncthreads();  // the whole tile is staged', '    // the whole tile is staged')], '0'),
+    ('tc-tf32x3-correction-dropped', 'wrong result (precision)', TC,
+     [('                nvcuda::wmma::mma_sync(acc[i][j], a_lo[i], b[j], acc[i][j]);\n'
+       '                nvcuda::wmma::mma_sync(acc[i][j], a[i], b_lo[j], acc[i][j]);\n', '')], '0'),
+    ('tc-tile-reuse-barrier-deleted', 'deleted barrier', FWDTC,
+     [('        __syncthreads();  // the staging tile is the next tile\'s pipeline\n', '')], '0'),
+    # Each load path reached: the 16-byte copies' zero fill, the element loads' tap counter.
+    ('tc-copy-zero-fill-dropped', 'wrong result (padding)', FWDTC,
+     [('                                in ? xg + px[i].base + (h * W + w) * I(p.C) + c : xg, in ? 16 : 0);',
+       '                                in ? xg + px[i].base + (h * W + w) * I(p.C) + c : xg, 16);')], '0'),
+    ('tc-element-tap-counter', 'strength-reduced counter reset', FWDTC,
+     [('                if (++s == S) s = 0, ++r;', '                if (++s == S) s = 0;')], '0'),
+    ('tc-weight-copy-offset', 'wrong result (weight gather)', FWDTC,
+     [('in ? wg + (nchw ? j * ld + kk : kk * ld + j) : wg', 'in ? wg + (nchw ? j * ld + (kk ^ V) : kk * ld + j) : wg')], '0'),
 ]
 
 # --fast (tests/test_cuda_emulated.py): one mutant of each class that rebuilds a single
 # small file and runs the fixed cases only (SCALE 0).
 FAST = ['conv1d-load-off-by-one', 'conv1d-divisor-off-by-one', 'async-wait-missing',
         'warp-lane-missing', 'warp-race-syncwarp-deleted', 'shared-atomic-made-plain',
-        'wmma-lane-missing']
+        'wmma-lane-missing', 'tc-tile-reuse-barrier-deleted']
 
 
 def apply(text, edits, name):

@@ -3,6 +3,7 @@
 // any mismatch; the last line says how many checks ran.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -70,6 +71,19 @@ static std::string conv_str(const Conv2dParams& p) {
     return buf;
 }
 
+// The window (dilation, padding, output size) and the epilogue (layout, activation, bias)
+// of a drawn convolution; false when the output is empty.
+static bool draw_window(Conv2dParams& p) {
+    p.dil_h = ri(1, 2), p.dil_w = ri(1, 2);
+    p.pad_h = ri(0, 2), p.pad_w = ri(0, 2);
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h + ri(0, 1), p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w + ri(0, 1), p.dil_w);
+    p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
+    p.act = Activation(ri(0, 3));
+    p.has_bias = ri(0, 1);
+    return p.P >= 1 && p.Q >= 1;
+}
+
 static bool make_conv(Conv2dParams& p, bool depthwise, bool big) {
     p = Conv2dParams{};
     p.groups = depthwise ? ri(1, 6) : (ri(0, 4) < 3 ? 1 : ri(2, 3));
@@ -81,14 +95,21 @@ static bool make_conv(Conv2dParams& p, bool depthwise, bool big) {
     p.R = ri(1, 5), p.S = ri(1, 5);
     p.stride_h = ri(1, 4), p.stride_w = ri(0, 1) ? p.stride_h : ri(1, 4);
     if (big) p.stride_h = ri(1, 2), p.stride_w = ri(1, 2);
-    p.dil_h = ri(1, 2), p.dil_w = ri(1, 2);
-    p.pad_h = ri(0, 2), p.pad_w = ri(0, 2);
-    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h + ri(0, 1), p.dil_h);
-    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w + ri(0, 1), p.dil_w);
-    p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
-    p.act = Activation(ri(0, 3));
-    p.has_bias = ri(0, 1);
-    return p.P >= 1 && p.Q >= 1;
+    return draw_window(p);
+}
+
+// The forward's reference in double: the CPU twin without the activation, then
+// + residual (y-shaped, or empty), then the activation, as the kernels order them.
+static std::vector<double> conv_ref(Conv2dParams p, const std::vector<double>& x,
+                                    const std::vector<double>& w, const std::vector<double>& b,
+                                    const std::vector<double>& res) {
+    const Activation act = p.act;
+    p.act = Activation::None;
+    std::vector<double> y(p.N * p.K * p.P * p.Q);
+    cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, x.data(), w.data(), p.has_bias ? b.data() : nullptr,
+                            y.data());
+    for (size_t i = 0; i < y.size(); ++i) y[i] = activate(act, res.empty() ? y[i] : y[i] + res[i]);
+    return y;
 }
 
 static void test_conv(int iters, bool depthwise, bool big) {
@@ -102,17 +123,19 @@ static void test_conv(int iters, bool depthwise, bool big) {
         auto w = fill<float>(p.K * Cg * p.R * p.S, integer);
         auto b = fill<float>(p.K, integer);
         const int64_t ny = p.N * p.K * p.P * p.Q;
-        std::vector<double> yref(ny);
+        // A residual on every third draw (y-shaped, added before the activation).
+        const bool with_res = it % 3 == 2;
+        const auto res = with_res ? fill<float>(ny, integer) : std::vector<float>();
         auto xd = to_d(x), wd = to_d(w), bd = to_d(b);
-        cpu::conv2d_fwd<double>(p, cpu::ConvVariant::Direct, xd.data(), wd.data(),
-                                p.has_bias ? bd.data() : nullptr, yref.data());
-        const std::string cfg = conv_str(p);
+        const std::vector<double> yref = conv_ref(p, xd, wd, bd, to_d(res));
+        const std::string cfg = conv_str(p) + (with_res ? " +res" : "");
         std::vector<cuda::ConvVariant> vs = {cuda::ConvVariant::Direct, cuda::ConvVariant::ImplicitGemm,
                                              cuda::ConvVariant::Auto};
         if (p.C == p.groups) vs.push_back(cuda::ConvVariant::Depthwise);
         for (auto v : vs) {
             std::vector<float> y(ny, NAN);
-            cuda::conv2d_fwd(p, v, x.data(), w.data(), p.has_bias ? b.data() : nullptr, y.data(), nullptr);
+            cuda::conv2d_fwd(p, v, x.data(), w.data(), p.has_bias ? b.data() : nullptr, y.data(), nullptr,
+                             with_res ? res.data() : nullptr);
             const char* names[] = {"fwd-auto", "fwd-direct", "fwd-igemm", "fwd-depthwise"};
             compare(names[int(v)], cfg, y, yref, integer);
         }
@@ -138,6 +161,157 @@ static void test_conv(int iters, bool depthwise, bool big) {
                     dwr, integer, 5e-6);
         }
         compare("bwd-bias", cfg, db, dbr, integer, 5e-6);
+    }
+}
+
+// ------------------------------------------------------------------ tensor cores
+// The tensor-core implicit GEMM (conv2d_fwd_tc.cu): float32 in TF32 and TF32x3, float16
+// and bfloat16, against the double reference on the values the kernel multiplies.
+
+// __float_to_tf32's rounding: nearest, ties away from zero, 10 mantissa bits.
+static float tf32_round(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7F800000) != 0x7F800000) u = (u + 0x1000) & ~0x1FFFu;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+template <typename T>
+static std::vector<T> to_t(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+template <typename T>
+static std::vector<float> to_f(const std::vector<T>& v) {
+    std::vector<float> f(v.size());
+    for (size_t i = 0; i < v.size(); ++i) f[i] = float(v[i]);
+    return f;
+}
+
+// Shapes whose GEMM spans several tiles and leaves ragged ones (M, Kg and Cg*R*S not
+// multiples of 128, 64, 32), with channel counts that take the 16-byte copies (Cg, Kg
+// multiples of 8) and the element loads (odd ones).
+static bool make_conv_tc(Conv2dParams& p) {
+    p = Conv2dParams{};
+    p.groups = ri(0, 3) ? 1 : ri(2, 3);
+    const int64_t cgs[] = {1, 3, 4, 5, 8, 16, 24};
+    const int64_t Cg = cgs[ri(0, 6)];
+    const int64_t kgs[] = {ri(1, 7), 8, 16, ri(9, 40), 64, ri(65, 90)};
+    const int64_t Kg = kgs[ri(0, p.groups > 1 ? 3 : 5)];
+    p.N = ri(1, 2), p.C = Cg * p.groups, p.K = Kg * p.groups;
+    p.H = ri(3, 14), p.W = ri(3, 14);
+    p.R = ri(1, 3), p.S = ri(1, 3);
+    p.stride_h = ri(1, 2), p.stride_w = ri(1, 2);
+    return draw_window(p);
+}
+
+// Each draw runs TF32, TF32x3, float16 and bfloat16. Integer draws (x, w, b, residual in
+// [-8, 7]; sums far inside float's exact range, every value exact in TF32, fp16 and
+// bf16) compare bit for bit: float outputs with the exact sum, fp16 / bf16 outputs with
+// it rounded once to the type. Random draws: TF32 against the reference on inputs
+// rounded as __float_to_tf32 rounds (2e-6), TF32x3 against the float inputs' (1e-5: the
+// dropped small*small term is ~2^-22 relative), fp16 / bf16 against the reference on the
+// converted inputs within the output type's rounding (2^-11, 2^-8, plus 1e-5). Outputs
+// start as NaN. On one draw in three x or w is shifted one element off 16-byte
+// alignment: the element loads then run in place of the copies. The first four draws are
+// fixed (they run at SCALE 0 too, for mutate.py --fast): both layouts, the copies and the
+// element loads, several tiles in M, Kg and the reduction.
+static Conv2dParams fixed_conv_tc(int i) {
+    Conv2dParams p{};
+    // layout, N, C, H, W, K, R, S, stride, pad, dilation, groups, act
+    const int64_t f[4][15] = {{1, 2, 8, 11, 9, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+                              {0, 1, 6, 13, 12, 10, 2, 3, 2, 1, 1, 0, 2, 2, 2},
+                              {1, 1, 3, 12, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1, 0},
+                              {0, 2, 8, 10, 10, 69, 2, 2, 1, 1, 1, 1, 1, 1, 3}};
+    p.layout = Layout(f[i][0]), p.N = f[i][1], p.C = f[i][2], p.H = f[i][3], p.W = f[i][4];
+    p.K = f[i][5], p.R = f[i][6], p.S = f[i][7], p.stride_h = f[i][8], p.stride_w = f[i][9];
+    p.pad_h = f[i][10], p.pad_w = f[i][11], p.dil_h = f[i][12], p.dil_w = 1, p.groups = f[i][13];
+    p.act = Activation(f[i][14]), p.has_bias = true;
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h, p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w, p.dil_w);
+    return p;
+}
+
+static void test_conv_tc(int iters) {
+    constexpr int kFixed = 4;
+    for (int it = 0; it < kFixed + iters; ++it) {
+        Conv2dParams p;
+        if (it < kFixed) p = fixed_conv_tc(it);
+        else if (!make_conv_tc(p)) { --it; continue; }
+        const bool integer = it % 2 == 0;
+        if (integer && it >= kFixed) p.act = ri(0, 1) ? Activation::None : Activation::Relu;
+        const int64_t Cg = p.C / p.groups, nx = p.N * p.C * p.H * p.W, nw = p.K * Cg * p.R * p.S;
+        const int64_t ny = p.N * p.K * p.P * p.Q;
+        const bool with_res = it < kFixed ? it != 1 : ri(0, 2) != 0;
+        const int shift_x = it % 3 == 1 ? 1 : 0, shift_w = it % 3 == 2 ? 1 : 0;
+        std::vector<float> x(nx + shift_x), w(nw + shift_w), b(p.K), res(with_res ? ny : 0);
+        std::uniform_real_distribution<float> u(-1, 1);
+        for (auto* v : {&x, &w, &b, &res})
+            for (auto& e : *v) e = integer ? float(ri(-8, 7)) : u(rng);
+        const std::vector<double> resd = to_d(res), bd = to_d(b);
+        std::vector<double> xd(x.begin() + shift_x, x.end()), wd(w.begin() + shift_w, w.end());
+        char tag[64];
+        snprintf(tag, sizeof tag, "%s%s%s", with_res ? " +res" : "", shift_x ? " x+1" : "", shift_w ? " w+1" : "");
+        const std::string cfg = conv_str(p) + tag;
+        const float* bias = p.has_bias ? b.data() : nullptr;
+        const float* rp = with_res ? res.data() : nullptr;
+        // float32 on tensor cores: TF32, TF32x3.
+        // (Auto on a layer it gives to direct or depthwise runs that kernel in float32.)
+        const auto v = it % 4 < 2 ? cuda::ConvVariant::ImplicitGemm : cuda::ConvVariant::Auto;
+        const bool tc = cuda::conv2d_auto_variant(p) == cuda::ConvVariant::ImplicitGemm ||
+                        v == cuda::ConvVariant::ImplicitGemm;
+        for (Precision prec : {Precision::TF32, Precision::TF32x3}) {
+            p.precision = prec;
+            std::vector<double> xr = xd, wr = wd;
+            if (prec == Precision::TF32 && !integer && tc) {
+                for (auto& e : xr) e = tf32_round(float(e));
+                for (auto& e : wr) e = tf32_round(float(e));
+            }
+            const std::vector<double> ref = conv_ref(p, xr, wr, bd, resd);
+            std::vector<float> y(ny, NAN);
+            cuda::conv2d_fwd(p, v, x.data() + shift_x, w.data() + shift_w, bias, y.data(), nullptr, rp);
+            compare(!tc ? "fwd-tc-auto-simt" : prec == Precision::TF32 ? "fwd-tc-tf32" : "fwd-tc-tf32x3", cfg,
+                    y, ref, integer, prec == Precision::TF32 ? 2e-6 : 1e-5);
+        }
+        p.precision = Precision::Strict;
+        // float16 and bfloat16: the reference on the converted values; the output rounded
+        // once from the float result.
+        const auto run16 = [&](auto zero, const char* what, double unit) {
+            using T = decltype(zero);
+            const auto xt = to_t<T>(x), wt = to_t<T>(w), bt = to_t<T>(b), rt = to_t<T>(res);
+            std::vector<double> xr(xt.begin() + shift_x, xt.end()), wr(wt.begin() + shift_w, wt.end());
+            const std::vector<double> br(bt.begin(), bt.end()), rr(rt.begin(), rt.end());
+            std::vector<double> ref = conv_ref(p, xr, wr, br, rr);
+            if (integer)
+                for (auto& e : ref) e = float(T(float(e)));
+            std::vector<T> y(ny, T(NAN));
+            cuda::conv2d_fwd(p, v, xt.data() + shift_x, wt.data() + shift_w, p.has_bias ? bt.data() : nullptr,
+                             y.data(), nullptr, with_res ? rt.data() : nullptr);
+            compare(what, cfg, to_f(y), ref, integer, unit + 1e-5);
+        };
+        run16(__half(0.f), "fwd-tc-fp16", std::ldexp(1.0, -11));
+        run16(__nv_bfloat16(0.f), "fwd-tc-bf16", std::ldexp(1.0, -8));
+    }
+    // float16 / bfloat16 refuse every variant but auto and implicit_gemm, naming it.
+    Conv2dParams p{};
+    p.N = 1, p.C = 1, p.K = 1, p.groups = 1, p.H = p.W = 3, p.R = p.S = 1, p.P = p.Q = 3;
+    p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
+    const std::pair<cuda::ConvVariant, const char*> refused[] = {
+        {cuda::ConvVariant::Direct, "direct"}, {cuda::ConvVariant::Depthwise, "depthwise"},
+        {cuda::ConvVariant::Winograd2, "winograd2"}};
+    for (const auto& [v, name] : refused) {
+        std::string msg16, msgbf;
+        try {
+            const __half* none = nullptr;
+            cuda::conv2d_fwd(p, v, none, none, none, nullptr, nullptr);
+        } catch (const std::invalid_argument& e) { msg16 = e.what(); }
+        try {
+            const __nv_bfloat16* none = nullptr;
+            cuda::conv2d_fwd(p, v, none, none, none, nullptr, nullptr);
+        } catch (const std::invalid_argument& e) { msgbf = e.what(); }
+        ++checks;
+        if (msg16.find("float16") == std::string::npos || msg16.find(name) == std::string::npos ||
+            msgbf.find("bfloat16") == std::string::npos || msgbf.find(name) == std::string::npos)
+            ++failures, printf("FAIL fwd-tc variant %s not refused by name: '%s' '%s'\n", name, msg16.c_str(),
+                               msgbf.c_str());
     }
 }
 
@@ -820,6 +994,7 @@ int main(int argc, char** argv) {
     test_winograd_fixed();
     test_winograd(scale(120), false);
     test_winograd(scale(8), true);
+    test_conv_tc(scale(80));
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
