@@ -28,6 +28,10 @@ overall deadline (--deadline, 540 s by default) bounds the whole run: a step get
 is left, less a reserve for writing the results, and a step that cannot start in time
 is recorded as skipped. --steps / --skip choose steps for a rerun.
 
+The whole plan takes more than one device command (10 minutes): run it as two, the
+second with --resume and --steps, on the same commit; the JSON then holds both calls'
+steps and the verdict is over all of them (benchmarks/NOTES.md, "The GPU check's plan").
+
 --dry-run exercises all of it on a machine without a GPU: the build is skipped, the
 sanitizer steps run the subset on NumPy arrays under benchmarks/standin.py, which
 prints a recorded summary of each tool, and the bench step runs the GPU harness on CPU
@@ -146,13 +150,14 @@ class Check:
         if args.dry_run:  # never beside a real run's results
             self.results = Path(tempfile.mkdtemp(prefix="gpu-check-dry-"))
             self.out = self.out or self.results / "out"
+        if getattr(args, "results", None):
+            self.results = Path(args.results)
         self.results.mkdir(parents=True, exist_ok=True)
         if self.out:
             self.out.mkdir(parents=True, exist_ok=True)
         short = args.commit[:10]
         self.log = self.results / f"gpu-check-{short}.log"
         self.json = self.results / f"gpu-check-{short}.json"
-        self.log.write_text("")
         self.env = {**os.environ, "FASTCONV_COMMIT": args.commit, "PYTHONUNBUFFERED": "1"}
         self.files = []  # artifacts to bring back, besides the log and the JSON
         self.result = {
@@ -160,6 +165,25 @@ class Check:
             "deadline_s": args.deadline, "complete": False, "device": None,
             "tests": None, "sanitizer": {}, "steps": {},
         }
+        earlier = self.resumed() if getattr(args, "resume", False) else None
+        if earlier:  # an earlier call's steps stand; this call's replace the ones it reruns
+            for key in ("device", "tests", "sanitizer", "steps", "fastconv_info"):
+                if earlier.get(key) is not None:
+                    self.result[key] = earlier[key]
+            self.result["runs"] = earlier.get("runs", [earlier["date"]]) + [self.result["date"]]
+        else:
+            self.log.write_text("")
+
+    def resumed(self):
+        """The JSON an earlier call of --resume's commit left here (copied back into the
+        tree between two device commands), or None; another commit's is refused."""
+        if not self.json.exists():
+            return None
+        earlier = json.loads(self.json.read_text())
+        if earlier.get("commit") != self.args.commit:
+            sys.exit(f"--resume: {self.json} is of commit {earlier.get('commit')}, "
+                     f"not {self.args.commit}")
+        return earlier
 
     # --- running commands
 
@@ -372,6 +396,11 @@ def main(argv=None):
                     help="seconds for the whole run, results written included (default 540)")
     ap.add_argument("--steps", help=f"comma-separated steps to run, of: {', '.join(STEPS)}")
     ap.add_argument("--skip", help="comma-separated steps to leave out (e.g. build on a rerun)")
+    ap.add_argument("--results", help="where the log, the JSON and the suites' files go "
+                                      "(default benchmarks/results; a dry run: a scratch folder)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the steps an earlier call recorded for this commit in "
+                         "benchmarks/results/ (the run split over two device commands)")
     ap.add_argument("--examples", default="25", help="hypothesis examples per GPU test")
     ap.add_argument("--dry-run", action="store_true",
                     help="no GPU: stand-ins for the sanitizer and the CUDA timer, build skipped")

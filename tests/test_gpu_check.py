@@ -156,3 +156,32 @@ def test_dry_run_goes_end_to_end(tmp_path):
     assert any(r["side"] == "cudnn-strict" and "ms" in r for r in rows)
     (card,) = json.loads(tables[0].read_text())["cards"].values()
     assert card["commit"] == commit and card["classes"]
+
+
+def test_a_run_split_over_two_commands_keeps_both_halves(tmp_path):
+    """--resume: the second call keeps the first call's steps for the same commit and
+    judges them all; a JSON of another commit is refused."""
+    commit, results = "e" * 40, tmp_path / "results"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
+                               "--dry-run", "--commit", commit, "--results", str(results),
+                               "--out", str(tmp_path / "out"), *extra],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    first = run("--steps", "info,memcheck")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    second = run("--steps", "racecheck", "--resume")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    result = json.loads((results / f"gpu-check-{commit[:10]}.json").read_text())
+    assert set(result["steps"]) == {"info", "memcheck", "racecheck"} and result["complete"]
+    assert len(result["runs"]) == 2
+    assert result["sanitizer"]["memcheck_errors"] == 0 == result["sanitizer"]["racecheck_errors"]
+    log = (results / f"gpu-check-{commit[:10]}.log").read_text()
+    assert "memcheck" in log and "racecheck" in log  # the log is appended, not restarted
+    other_commit = "e" * 10 + "d" * 30  # the same short name, another commit
+    other = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
+                            "--dry-run", "--commit", other_commit, "--results", str(results),
+                            "--resume", "--steps", "info"], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert other.returncode != 0 and f"not {other_commit}" in other.stderr
