@@ -649,6 +649,7 @@ static bool bwd_filter_uses_gemm(const Conv2dParams& p, ConvVariant v) {
     return gemm && count > 0 && p.N * p.P * p.Q > 0;
 }
 
+// The same for every precision: the tensor-core GEMM uses the SIMT GEMM's chunks.
 int64_t conv2d_bwd_filter_workspace(const Conv2dParams& p, ConvVariant v) {
     if (!bwd_filter_uses_gemm(p, v)) return 0;
     return int64_t(sizeof(float)) * split_partials(filter_gemm_shape(p), p);
