@@ -164,6 +164,13 @@ MUTANTS = [
        'M - m_begin < split_pixels ? M : m_begin + split_pixels + I(kTcBK);')], '0'),
     ('tc-wgrad-chunk-index', 'wrong split chunk', BWDTC,
      [('const I m_begin = split * split_pixels;', 'const I m_begin = split / 2 * split_pixels;')], '0'),
+    # The 16-byte copies' zero fill, where a tap misses dy (grad input) or x (grad weight).
+    ('tc-dgrad-copy-zero-fill-dropped', 'wrong result (padding)', BWDTC,
+     [('async_copy_cg16(dst, in ? dyg + at + k : dyg, in ? 16 : 0);',
+       'async_copy_cg16(dst, in ? dyg + at + k : dyg, 16);')], '0'),
+    ('tc-wgrad-copy-zero-fill-dropped', 'wrong result (padding)', BWDTC,
+     [('in ? xg + px.base + (h * W + w) * I(p.C) + c : xg, in ? 16 : 0);',
+       'in ? xg + px.base + (h * W + w) * I(p.C) + c : xg, 16);')], '0'),
     ('tc-wgrad-tf32x3-correction-dropped', 'wrong result (precision)', BWDTC,
      [('launch_bwd_filter_tc<TcTf32x3>(p, split_pixels', 'launch_bwd_filter_tc<TcTf32>(p, split_pixels')], '0'),
 ]
