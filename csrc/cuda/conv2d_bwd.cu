@@ -33,6 +33,13 @@
 //                   one thread per dx element, taps and filters summed in a fixed order.
 //                   Auto: the GEMM from 16 channels and 16 filters a group
 //                   (conv2d_bwd_data_auto_variant; provisional until timed on a GPU).
+//                   implicit_gemm on tensor cores (p.precision TF32 / TF32x3;
+//                   conv2d_bwd_tc.cu): the same phase split and per-element contract
+//                   through tc_gemm.cuh's main loop, 128 pixels x 64 channels a tile,
+//                   the reduction padded to 32 filters a tap, dy and the weight moved by
+//                   16-byte async copies in NHWC (Kg a multiple of 4): each k-step of a
+//                   warp feeds 4 (TF32) or 12 (TF32x3) MMAs of 16 x 16 x 8 from 4 fragment
+//                   loads, where the SIMT tile does 16 FMAs a thread for 8 shared loads.
 //   bwd_filter      reduce: one block per weight element (k, c, r, s): its 256 threads
 //                   stride over the N*P*Q products dy * x, then block_sum. Every thread
 //                   re-reads dy for each weight element, so large layers crawl (ResNet's
@@ -49,6 +56,11 @@
 //                   torch's or CuPy's allocator, which keep it); without one it comes
 //                   from the stream-ordered pool, which hands memory back to the driver
 //                   at every synchronisation (7-10 MB re-mapped per ResNet call).
+//                   gemm on tensor cores (p.precision TF32 / TF32x3; conv2d_bwd_tc.cu):
+//                   the same chunks, partials and sum (so the same workspace), each
+//                   chunk's 128 filters x 64 columns through tc_gemm.cuh's main loop;
+//                   NHWC's dy^T and im2col tiles move by 16-byte async copies (Kg, Cg
+//                   multiples of 4), 3 tiles of 32 pixels in flight.
 //   bwd_bias        one block per filter k: the same over dy alone, in double (the CPU's).
 //
 // Every kernel comes in two index types (cuda_common.cuh): int32_t where conv_extent
@@ -59,6 +71,7 @@
 #include "../common/activation.h"
 #include "../common/check.h"
 #include "../common/shapes.h"
+#include "conv2d_bwd_tc.cuh"
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "implicit_gemm.cuh"
@@ -543,19 +556,24 @@ void launch_bwd_filter_gemm(const Conv2dParams& p, const float* dy, const float*
                                       sizeof(float) * split_partials(fg, p), stream));
         ws = own.dev;
     }
-    const unsigned int blocks = blocks_for(fg.tiles, 1);
-    // + the split partials and the tiles' overhang past Kg and red.
-    const int64_t extent = max64(max64(conv_extent(p), split_partials(fg, p) + kFBN),
-                                 fg.tiles + (p.K + kFBM) * (fg.gs.red + kFBN));
-    with_index_type(extent, [&](auto index) {
-        using I = decltype(index);
-        const GemmDiv<I> dv(p, fg.gs);
-        if (p.layout == Layout::NCHW)
-            bwd_filter_gemm<Layout::NCHW, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
-        else
-            bwd_filter_gemm<Layout::NHWC, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
-    });
-    FC_CUDA_CHECK_LAUNCH();
+    if (p.precision != Precision::Strict) {
+        // Tensor cores (conv2d_bwd_tc.cu): the same chunks, so the same workspace.
+        implicit_gemm_tc_bwd_filter(p, kSplitPixels, fg.splits, dy, x, ws, dw, stream);
+    } else {
+        // + the split partials and the tiles' overhang past Kg and red.
+        const int64_t extent = max64(max64(conv_extent(p), split_partials(fg, p) + kFBN),
+                                     fg.tiles + (p.K + kFBM) * (fg.gs.red + kFBN));
+        with_index_type(extent, [&](auto index) {
+            using I = decltype(index);
+            const GemmDiv<I> dv(p, fg.gs);
+            const unsigned int blocks = blocks_for(fg.tiles, 1);
+            if (p.layout == Layout::NCHW)
+                bwd_filter_gemm<Layout::NCHW, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
+            else
+                bwd_filter_gemm<Layout::NHWC, I><<<blocks, kThreads, 0, stream>>>(p, fg, dv, dy, x, ws, dw);
+        });
+        FC_CUDA_CHECK_LAUNCH();
+    }
     if (fg.splits > 1) {
         with_index_type(split_partials(fg, p), [&](auto index) {  // its largest offset
             using I = decltype(index);
@@ -611,7 +629,9 @@ void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, cons
     if (p.N * p.C * p.H * p.W <= 0) return;
     if (v == ConvVariant::Auto) v = conv2d_bwd_data_auto_variant(p);
     switch (v) {
-        case ConvVariant::ImplicitGemm: return launch_bwd_data_gemm(p, dy, w, dx, stream);
+        case ConvVariant::ImplicitGemm:
+            if (p.precision != Precision::Strict) return implicit_gemm_tc_bwd_data(p, dy, w, dx, stream);
+            return launch_bwd_data_gemm(p, dy, w, dx, stream);
         case ConvVariant::Winograd2: return winograd_conv2d_bwd_data(p, 2, dy, w, dx, stream);
         case ConvVariant::Winograd4: return winograd_conv2d_bwd_data(p, 4, dy, w, dx, stream);
         default: return launch_bwd_data_gather(p, dy, w, dx, stream);  // Direct, Depthwise
@@ -629,6 +649,7 @@ static bool bwd_filter_uses_gemm(const Conv2dParams& p, ConvVariant v) {
     return gemm && count > 0 && p.N * p.P * p.Q > 0;
 }
 
+// The same for every precision: the tensor-core GEMM uses the SIMT GEMM's chunks.
 int64_t conv2d_bwd_filter_workspace(const Conv2dParams& p, ConvVariant v) {
     if (!bwd_filter_uses_gemm(p, v)) return 0;
     return int64_t(sizeof(float)) * split_partials(filter_gemm_shape(p), p);

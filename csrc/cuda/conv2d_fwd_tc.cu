@@ -47,10 +47,6 @@ namespace cuda {
 
 namespace {
 
-// Elements in one 16-byte copy.
-template <typename T>
-constexpr int kVec = 16 / int(sizeof(T));
-
 // x[n, g*Cg + c, h0 + r*dh, w0 + s*dw] of pixel px (xg at channel g*Cg of image 0), 0 in
 // the padding and past the last pixel.
 template <Layout L, typename T, typename I>
@@ -288,8 +284,6 @@ __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks<Policy>)
         __syncthreads();  // the staging tile is the next tile's pipeline
     }
 }
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <class Policy, Layout L, typename I>
 void launch_tc(const Conv2dParams& p, const GemmShape& gs, bool vec_a, bool vec_b,

@@ -55,12 +55,14 @@ void activation_bwd(Activation act, int64_t count, const float* y, const float* 
 // the activation is None), as csrc/cpu's avgpool_act_bwd.
 void avgpool_act_bwd(const Conv2dPoolParams& p, const float* dy, const float* a, float* dz,
                      cudaStream_t stream);
-// v: ImplicitGemm the phase-split GEMM (the transposed convolution), Direct (or
-// Depthwise) the per-pixel gather, Auto as conv2d_bwd_data_auto_variant says.
+// v: ImplicitGemm the phase-split GEMM (the transposed convolution; on tensor cores where
+// p.precision is TF32 or TF32x3), Direct (or Depthwise) the per-pixel gather, Auto as
+// conv2d_bwd_data_auto_variant says.
 void conv2d_bwd_data(const Conv2dParams& p, ConvVariant v, const float* dy, const float* w,
                      float* dx, cudaStream_t stream);
 ConvVariant conv2d_bwd_data_auto_variant(const Conv2dParams& p);
-// v: ImplicitGemm the split-K GEMM, Direct (or Depthwise) the per-element reduction,
+// v: ImplicitGemm the split-K GEMM (on tensor cores where p.precision is TF32 or TF32x3,
+// with the same chunks and workspace), Direct (or Depthwise) the per-element reduction,
 // Auto the GEMM once a group's weight has 4096 elements. workspace: at least
 // conv2d_bwd_filter_workspace(p, v) bytes of device memory for the GEMM's split
 // partials (where that is 0, or workspace is null, none is needed or one is taken from

@@ -52,6 +52,11 @@ constexpr int kTcStages = 3;
 static_assert(kTcWarpsM * kTcWarpTile == kTcBM && (kTcThreads / 32 / kTcWarpsM) * kTcWarpTile == kTcBN,
               "the warps tile the block tile");
 
+// Elements in one 16-byte copy, and whether a pointer allows such copies.
+template <typename T>
+constexpr int kVec = 16 / int(sizeof(T));
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
 // Conversions between the storage types and float.
 __device__ __forceinline__ float tc_to_float(float v) { return v; }
 __device__ __forceinline__ float tc_to_float(__half v) { return __half2float(v); }
@@ -183,7 +188,9 @@ struct TcTile {
 // load_b(Bs, k0) fill one stage's tiles for reduction offset k0 (zeros past the
 // reduction's end and in padding), through asynchronous copies, element stores or both;
 // every thread of the block calls this, and each thread's copies are its own (it waits
-// for them here). Each iteration: wait for tile kt, one barrier (tile kt visible to all,
+// for them here). Each loader is called exactly once per tile, in the order k0 = 0,
+// kTcBK, 2 kTcBK, ..., so a loader may keep a cursor it advances per call instead of
+// dividing k0 (the grad input's tap walk, conv2d_bwd_tc.cu). Each iteration: wait for tile kt, one barrier (tile kt visible to all,
 // and the stage that held tile kt - 1 free), issue tile kt + kTcStages - 1 into that
 // stage, then the warp's fragments over tile kt. Returns after a barrier, with no copy in
 // flight: the pipeline's buffers are free for the staging tile.

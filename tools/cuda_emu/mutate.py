@@ -31,7 +31,7 @@ COMMON, CONV1D, DW = 'csrc/cuda/cuda_common.cuh', 'csrc/cuda/conv1d.cu', 'csrc/c
 IGEMM = 'csrc/cuda/implicit_gemm.cuh'
 WINO, WINO_H = 'csrc/cuda/winograd.cu', 'csrc/common/winograd.h'
 DEV, WMMA = 'tools/cuda_emu/selftest_device.cu', 'tools/cuda_emu/selftest_wmma.cu'
-TC, FWDTC = 'csrc/cuda/tc_gemm.cuh', 'csrc/cuda/conv2d_fwd_tc.cu'
+TC, FWDTC, BWDTC = 'csrc/cuda/tc_gemm.cuh', 'csrc/cuda/conv2d_fwd_tc.cu', 'csrc/cuda/conv2d_bwd_tc.cu'
 MUTANTS = [
     ('filter2d-barrier-deleted', 'deleted barrier', SOBEL,
      [('        __syncthreads();\n        float acc[kRowPixels]', '        float acc[kRowPixels]')], '0.1'),
@@ -148,6 +148,31 @@ MUTANTS = [
      [('                if (++s == S) s = 0, ++r;', '                if (++s == S) s = 0;')], '0'),
     ('tc-weight-copy-offset', 'wrong result (weight gather)', FWDTC,
      [('in ? wg + (nchw ? j * ld + kk : kk * ld + j) : wg', 'in ? wg + (nchw ? j * ld + (kk ^ V) : kk * ld + j) : wg')], '0'),
+    # The tensor-core grad input and grad weight (conv2d_bwd_tc.cu). (A permutation of the
+    # grad weight's chunks is no bug: each is still summed once, in a fixed order; the
+    # chunk rows below make a chunk summed twice or overlapping the next.)
+    ('tc-dgrad-tap-off-by-one', 'phase tap off by one', BWDTC,
+     [('        const DgradTap<I> tap = dgrad_tap(cx.ds, cx.ph, cur.tr, cur.ts);\n        const I k = cur.k + I(col * V);',
+       '        const DgradTap<I> tap = dgrad_tap(cx.ds, cx.ph, cur.tr, cur.ts + 1);\n        const I k = cur.k + I(col * V);')],
+     '0'),
+    ('tc-dgrad-tile-reuse-barrier-deleted', 'deleted barrier', BWDTC,
+     [('        __syncthreads();  // the next tile\'s stages overwrite the staging tile\n', '')], '0'),
+    ('tc-wgrad-tile-reuse-barrier-deleted', 'deleted barrier', BWDTC,
+     [('        __syncthreads();  // the staging tile is the next tile\'s pipeline\n', '')], '0'),
+    ('tc-wgrad-chunk-bound', 'wrong split chunk bound', BWDTC,
+     [('M - m_begin < split_pixels ? M : m_begin + split_pixels;',
+       'M - m_begin < split_pixels ? M : m_begin + split_pixels + I(kTcBK);')], '0'),
+    ('tc-wgrad-chunk-index', 'wrong split chunk', BWDTC,
+     [('const I m_begin = split * split_pixels;', 'const I m_begin = split / 2 * split_pixels;')], '0'),
+    # The 16-byte copies' zero fill, where a tap misses dy (grad input) or x (grad weight).
+    ('tc-dgrad-copy-zero-fill-dropped', 'wrong result (padding)', BWDTC,
+     [('async_copy_cg16(dst, in ? dyg + at + k : dyg, in ? 16 : 0);',
+       'async_copy_cg16(dst, in ? dyg + at + k : dyg, 16);')], '0'),
+    ('tc-wgrad-copy-zero-fill-dropped', 'wrong result (padding)', BWDTC,
+     [('in ? xg + px.base + (h * W + w) * I(p.C) + c : xg, in ? 16 : 0);',
+       'in ? xg + px.base + (h * W + w) * I(p.C) + c : xg, 16);')], '0'),
+    ('tc-wgrad-tf32x3-correction-dropped', 'wrong result (precision)', BWDTC,
+     [('launch_bwd_filter_tc<TcTf32x3>(p, split_pixels', 'launch_bwd_filter_tc<TcTf32>(p, split_pixels')], '0'),
 ]
 
 # --fast (tests/test_cuda_emulated.py): one mutant of each class that rebuilds a single

@@ -315,6 +315,118 @@ static void test_conv_tc(int iters) {
     }
 }
 
+// The tensor-core grad input and grad weight (conv2d_bwd_tc.cu), TF32 and TF32x3, against
+// the CPU twin in double: exact on integer draws (dy, w, x in [-8, 7]: every value exact
+// in TF32, every sum exact in float), on random ones TF32 against the reference on inputs
+// rounded as __float_to_tf32 rounds (5e-6, the SIMT backward's bound: the grad weight's
+// sums run over thousands of pixels) and TF32x3 against the float inputs' (1e-5); outputs
+// NaN-filled, and the bits of two calls identical (the grad weight's second call through
+// a NaN-filled workspace of conv2d_bwd_filter_workspace bytes). On one draw in three dy,
+// or x and w, sit one element off 16-byte alignment: the element loads then run in place
+// of the copies. The first five draws are fixed (SCALE 0 runs them): stride 2 with two
+// k-tiles a tap and the copies, stride 3 x 1 with dilation and two channel tiles (NCHW),
+// groups with odd channel counts, and two draws of over 2048 pixels (two split-K chunks).
+static Conv2dParams fixed_bwd_tc(int i) {
+    Conv2dParams p{};
+    // layout, N, C, H, W, K, R, S, stride h, w, pad h, w, dilation h, w, groups
+    const int64_t f[5][15] = {{1, 2, 24, 13, 12, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1},
+                              {0, 1, 70, 9, 11, 36, 3, 2, 3, 1, 2, 0, 2, 1, 1},
+                              {1, 2, 10, 11, 9, 138, 2, 3, 1, 2, 1, 1, 1, 2, 2},
+                              {0, 3, 4, 33, 32, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+                              {1, 3, 8, 32, 33, 132, 3, 3, 1, 1, 1, 1, 1, 1, 1}};
+    p.layout = Layout(f[i][0]), p.N = f[i][1], p.C = f[i][2], p.H = f[i][3], p.W = f[i][4];
+    p.K = f[i][5], p.R = f[i][6], p.S = f[i][7], p.stride_h = f[i][8], p.stride_w = f[i][9];
+    p.pad_h = f[i][10], p.pad_w = f[i][11], p.dil_h = f[i][12], p.dil_w = f[i][13], p.groups = f[i][14];
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h, p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w, p.dil_w);
+    return p;
+}
+
+// Several tiles and ragged ones each way (M of a phase past 128, Cg past 64, Kg past 32
+// and 128, Cg*R*S past 64), strides 1-3, dilation, padding, groups, both layouts; channel
+// counts that take the copies (multiples of 4) and the element loads.
+static bool draw_bwd_tc(Conv2dParams& p) {
+    p = Conv2dParams{};
+    p.layout = ri(0, 1) ? Layout::NCHW : Layout::NHWC;
+    p.groups = ri(0, 3) ? 1 : ri(2, 3);
+    const int64_t cgs[] = {1, 3, 4, 8, 16, 24, ri(60, 72)};
+    const int64_t Cg = cgs[ri(0, 6)];
+    const int64_t kgs[] = {ri(1, 7), 8, 16, ri(9, 40), 64, ri(65, 140)};
+    const int64_t Kg = kgs[ri(0, p.groups > 1 ? 3 : 5)];
+    p.N = ri(1, 2), p.C = Cg * p.groups, p.K = Kg * p.groups;
+    p.H = ri(3, 16), p.W = ri(3, 16), p.R = ri(1, 3), p.S = ri(1, 3);
+    p.stride_h = ri(1, 3), p.stride_w = ri(0, 1) ? p.stride_h : ri(1, 3);
+    p.dil_h = ri(1, 2), p.dil_w = ri(1, 2), p.pad_h = ri(0, 2), p.pad_w = ri(0, 2);
+    p.P = conv_out_size(p.H, p.R, p.stride_h, p.pad_h, p.pad_h + ri(0, 1), p.dil_h);
+    p.Q = conv_out_size(p.W, p.S, p.stride_w, p.pad_w, p.pad_w + ri(0, 1), p.dil_w);
+    return p.P >= 1 && p.Q >= 1;
+}
+
+static void test_bwd_tc(int iters) {
+    constexpr int kFixed = 5;
+    for (int it = 0; it < kFixed + iters; ++it) {
+        Conv2dParams p;
+        if (it < kFixed) p = fixed_bwd_tc(it);
+        else if (!draw_bwd_tc(p)) { --it; continue; }
+        const bool integer = it % 2 == 0;
+        const int64_t Cg = p.C / p.groups, nx = p.N * p.C * p.H * p.W, nw = p.K * Cg * p.R * p.S;
+        const int64_t ny = p.N * p.K * p.P * p.Q;
+        const int s_dy = it % 3 == 1 ? 1 : 0, s_xw = it % 3 == 2 ? 1 : 0;
+        std::vector<float> x(nx + s_xw), w(nw + s_xw), dy(ny + s_dy);
+        std::uniform_real_distribution<float> u(-1, 1);
+        for (auto* v : {&x, &w, &dy})
+            for (auto& e : *v) e = integer ? float(ri(-8, 7)) : u(rng);
+        const float *xp = x.data() + s_xw, *wp = w.data() + s_xw, *dyp = dy.data() + s_dy;
+        const std::vector<double> xd(xp, xp + nx), wd(wp, wp + nw), dyd(dyp, dyp + ny);
+        const std::string cfg = conv_str(p) + (s_dy ? " dy+1" : "") + (s_xw ? " x,w+1" : "");
+        // Grad input as ImplicitGemm (the fixed draws) or Auto (which may give the layer to
+        // the gather, in float32); grad weight as ImplicitGemm.
+        const auto vd = it < kFixed || it % 4 < 2 ? cuda::ConvVariant::ImplicitGemm : cuda::ConvVariant::Auto;
+        const bool tc_data = vd == cuda::ConvVariant::ImplicitGemm ||
+                             cuda::conv2d_bwd_data_auto_variant(p) == cuda::ConvVariant::ImplicitGemm;
+        for (Precision prec : {Precision::TF32, Precision::TF32x3}) {
+            p.precision = prec;
+            const bool tf32 = prec == Precision::TF32 && !integer;
+            const auto rounded = [&](std::vector<double> v, bool round) {
+                if (round)
+                    for (auto& e : v) e = tf32_round(float(e));
+                return v;
+            };
+            const double tol = prec == Precision::TF32 ? 5e-6 : 1e-5;
+            {
+                std::vector<double> ref(nx);
+                cpu::conv2d_bwd_data<double>(p, cpu::ConvVariant::Direct, rounded(dyd, tf32 && tc_data).data(),
+                                             rounded(wd, tf32 && tc_data).data(), ref.data());
+                std::vector<float> dx(nx, NAN), dx2(nx, NAN);
+                cuda::conv2d_bwd_data(p, vd, dyp, wp, dx.data(), nullptr);
+                cuda::conv2d_bwd_data(p, vd, dyp, wp, dx2.data(), nullptr);
+                const char* what = !tc_data ? "bwd-data-tc-auto-simt"
+                                   : prec == Precision::TF32 ? "bwd-data-tc-tf32" : "bwd-data-tc-tf32x3";
+                compare(what, cfg, dx, ref, integer, tol);
+                ++checks;
+                if (std::memcmp(dx.data(), dx2.data(), nx * sizeof(float)) != 0)
+                    ++failures, printf("FAIL %s not deterministic %s\n", what, cfg.c_str());
+            }
+            {
+                std::vector<double> ref(nw);
+                cpu::conv2d_bwd_filter<double>(p, cpu::ConvVariant::Direct, rounded(dyd, tf32).data(),
+                                               rounded(xd, tf32).data(), ref.data());
+                std::vector<float> dw(nw, NAN), dw2(nw, NAN);
+                cuda::conv2d_bwd_filter(p, cuda::ConvVariant::ImplicitGemm, dyp, xp, dw.data(), nullptr);
+                const int64_t ws_bytes = cuda::conv2d_bwd_filter_workspace(p, cuda::ConvVariant::ImplicitGemm);
+                std::vector<float> ws(ws_bytes / sizeof(float), NAN);
+                cuda::conv2d_bwd_filter(p, cuda::ConvVariant::ImplicitGemm, dyp, xp, dw2.data(), nullptr,
+                                        ws.data());
+                const char* what = prec == Precision::TF32 ? "bwd-filter-tc-tf32" : "bwd-filter-tc-tf32x3";
+                compare(what, cfg, dw, ref, integer, tol);
+                ++checks;
+                if (std::memcmp(dw.data(), dw2.data(), nw * sizeof(float)) != 0)
+                    ++failures, printf("FAIL %s not deterministic %s\n", what, cfg.c_str());
+            }
+        }
+    }
+}
+
 // The grad-weight GEMM with several split-K chunks (N * P * Q > 2048 pixels), both
 // layouts, groups, strides and padding; and its bits identical from run to run.
 static void test_bwd_filter_splits() {
@@ -995,6 +1107,7 @@ int main(int argc, char** argv) {
     test_winograd(scale(120), false);
     test_winograd(scale(8), true);
     test_conv_tc(scale(80));
+    test_bwd_tc(scale(40));
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
