@@ -28,6 +28,7 @@ import sys
 import numpy as np
 
 from . import _autotable, bench, ops
+from .bench_gpu import _copies
 
 FLOAT32_PRECISIONS = ("strict", "tf32", "3xtf32")
 HALF_TYPES = ("bfloat16", "float16")
@@ -175,7 +176,7 @@ def sweep(torch, timer, gen, variants, quick=False, log=print):
             for dtype in ("float32",) + HALF_TYPES:
                 itemsize = 4 if dtype == "float32" else 2
                 N, C, H, W = shape[:4]
-                copies = bench_copies(timer, itemsize * N * C * H * W)
+                copies = _copies(itemsize * N * C * H * W, timer.l2_bytes)
                 try:
                     layer = _Layer(torch, shape, layout, dtype, gen, copies)
                 except Exception as e:  # noqa: BLE001 - recorded, and the sweep goes on
@@ -210,17 +211,11 @@ def sweep(torch, timer, gen, variants, quick=False, log=print):
     return rows
 
 
-def bench_copies(timer, nbytes):
-    from .bench_gpu import _copies
-
-    return _copies(nbytes, timer.l2_bytes)
-
-
 def _modes(dtype):
     return FLOAT32_PRECISIONS if dtype == "float32" else (dtype,)
 
 
-def choices(rows, params_of_row=None):
+def choices(rows):
     """Per (layer, op, layout, mode): the fastest variant, its time and the peer's; a
     float32 variant that ignores precision counts in every float32 mode."""
     timed = [r for r in rows if "ms" in r]
