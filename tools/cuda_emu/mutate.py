@@ -114,6 +114,8 @@ MUTANTS = [
      [('{0, 1, 1, 4, 1.0 / 4, 0},', '{0, 1, 1, 4, 1.0 / 2, 0},')], '0.1'),
     ('winograd-tile-edge-off-by-one', 'off-by-one tile edge', WINO,
      [('col_in[j] = w0 + j >= 0 && w0 + j < W;', 'col_in[j] = w0 + j >= 0 && w0 + j <= W;')], '0.1'),
+    ('winograd-filter-not-rotated', 'wrong filter tap order', WINO,
+     [('taps[t] = S(src[(f.reversed ? 8 - t : t) * ts]);', 'taps[t] = S(src[t * ts]);')], '0.1'),
     ('winograd-gemm-barrier-deleted', 'deleted barrier', WINO,
      [('            __syncthreads();\n#pragma unroll\n            for (int cc = 0; cc < kWC; ++cc) {',
        '#pragma unroll\n            for (int cc = 0; cc < kWC; ++cc) {')], '0.1'),
