@@ -59,6 +59,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../common/check.h"
 #include "isa.h"
 #include "simd.h"
 
@@ -412,7 +413,14 @@ struct Problem {
     T beta;
     T* C;
     int64_t ldc;
+    const T* packed_b;  // B already packed (gemm.h, PackedB), or null
 };
+
+// The reduction block of a K-deep problem: the same in gemm_rect and in PackedB.
+template <typename Path>
+int64_t k_block(int64_t K) {
+    return even_block(K, Path::KC, 1);
+}
 
 // The blocked loops of one path for rows [m0, m1) and columns [n0, n1) of C, on the
 // calling thread.
@@ -421,9 +429,11 @@ void gemm_rect(const Problem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t 
     constexpr int64_t MR = Path::MR, NR = Path::NR;
     const int64_t MC = even_block(m1 - m0, Path::MC, MR);
     const int64_t NC = even_block(n1 - n0, Path::NC, NR);
-    const int64_t KC = even_block(p.K, Path::KC, 1);
+    const int64_t KC = k_block<Path>(p.K);
+    const int64_t padded_n = round_up(p.N, NR);
     T* pa = scratch<T>(0, MC * KC);
-    T* pb = scratch<T>(1, KC * NC);
+    T* const b_buf = p.packed_b ? nullptr : scratch<T>(1, KC * NC);
+    const T* pb = b_buf;
     // Element strides of op(A)[m][k] and op(B)[k][n].
     const int64_t am = p.trans_a ? 1 : p.lda, ak = p.trans_a ? p.lda : 1;
     const int64_t bn = p.trans_b ? p.ldb : 1, bk = p.trans_b ? 1 : p.ldb;
@@ -433,7 +443,10 @@ void gemm_rect(const Problem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t 
         for (int64_t pc = 0; pc < p.K; pc += KC) {
             const int64_t kc = std::min(KC, p.K - pc);
             const T beta = pc == 0 ? p.beta : T(1);
-            pack<NR>(p.B + jc * bn + pc * bk, bn, bk, nc, kc, Path::pack_b_rows, pb);
+            if (p.packed_b)  // jc is a multiple of NR: its slivers start here (PackedB::offset)
+                pb = p.packed_b + pc * padded_n + jc * kc;
+            else
+                pack<NR>(p.B + jc * bn + pc * bk, bn, bk, nc, kc, Path::pack_b_rows, b_buf);
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 pack<MR>(p.A + ic * am + pc * ak, am, ak, mc, kc, Path::pack_a_rows, pa);
@@ -514,6 +527,11 @@ void gemm_path(const Problem<T>& p) {
 template <typename T>
 using GemmPath = void (*)(const Problem<T>&);
 
+template <typename Path>
+PackedB layout_of(int64_t K, int64_t N) {
+    return PackedB{K, N, Path::NR, k_block<Path>(K)};
+}
+
 // The dispatch: the path isa.h chose, fixed at the first call.
 template <typename T>
 GemmPath<T> pick_path() {
@@ -538,12 +556,38 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
         return;
     }
     static const GemmPath<T> path = pick_path<T>();
-    path(Problem<T>{trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc});
+    path(Problem<T>{trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, nullptr});
+}
+
+template <typename T>
+PackedB packed_b_layout(int64_t K, int64_t N) {
+#if FC_X86_ISA
+    using Avx2 = std::conditional_t<sizeof(T) == 4, Avx2Float, Avx2Double>;
+    using Avx512 = std::conditional_t<sizeof(T) == 4, Avx512Float, Avx512Double>;
+    if (isa() == Isa::Avx512) return layout_of<Avx512Path<Avx512>>(K, N);
+    if (isa() == Isa::Avx2) return layout_of<Avx2Path<Avx2>>(K, N);
+#endif
+    return layout_of<PortablePath<T>>(K, N);
+}
+
+template <typename T>
+void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                   const T* packed_b, T beta, T* C, int64_t ldc) {
+    FC_CHECK(K > 0, "gemm_packed_b needs K > 0");
+    if (M <= 0 || N <= 0) return;
+    static const GemmPath<T> path = pick_path<T>();
+    path(Problem<T>{trans_a, false, M, N, K, A, lda, nullptr, 0, beta, C, ldc, packed_b});
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
                            const double*, int64_t, double, double*, int64_t);
+template PackedB packed_b_layout<float>(int64_t, int64_t);
+template PackedB packed_b_layout<double>(int64_t, int64_t);
+template void gemm_packed_b<float>(bool, int64_t, int64_t, int64_t, const float*, int64_t,
+                                   const float*, float, float*, int64_t);
+template void gemm_packed_b<double>(bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                                    const double*, double, double*, int64_t);
 
 }}  // namespace fastconv::cpu

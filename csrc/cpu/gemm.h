@@ -16,4 +16,29 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
           const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// A K x N matrix B packed once, the way gemm's blocked loops read it, for many GEMMs that
+// share it (Winograd's transformed filters: winograd.cpp writes them in this layout, so no
+// GEMM packs them again). Reduction blocks of KC rows (the last may be shorter), each cut
+// into NR-wide slivers, k-major within a sliver; columns past N are padding (zero them).
+struct PackedB {
+    int64_t K, N, NR, KC;
+    int64_t padded_n() const { return (N + NR - 1) / NR * NR; }
+    int64_t size() const { return padded_n() * K; }  // elements
+    // Where element (k, n) lives; n .. the end of its sliver follow it contiguously.
+    int64_t offset(int64_t k, int64_t n) const {
+        const int64_t pc = k / KC * KC, kc = K - pc < KC ? K - pc : KC;
+        return pc * padded_n() + n / NR * NR * kc + (k - pc) * NR + n % NR;
+    }
+};
+
+// The layout gemm_packed_b reads on this machine's path (isa.h) for a K x N matrix.
+template <typename T>
+PackedB packed_b_layout(int64_t K, int64_t N);
+
+// C = op(A) * B + beta * C with B given packed (layout from packed_b_layout(K, N)); otherwise
+// as gemm.
+template <typename T>
+void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                   const T* packed_b, T beta, T* C, int64_t ldc);
+
 }}  // namespace fastconv::cpu

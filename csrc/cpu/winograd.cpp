@@ -16,7 +16,8 @@
 //
 // One call:
 //   1. Filters, once: U[g][e][c][k] = (G w_{g,k,c} G^T)[e] for the alpha^2 positions e, in T
-//      (FilterAcc says why not double), along rows of the output channels (FilterRows).
+//      (FilterAcc says why not double), along the output channels (FilterTaps), written packed
+//      as the GEMMs read them (gemm.h, PackedB).
 //   2. Tiles, in chunks (tasks of for_each_task, parallel.h). The tiles of all images form
 //      one raster (n, th, tw) per group, so small images share a chunk and its GEMMs. Each
 //      chunk, per run of tiles along one tile row:
@@ -158,45 +159,33 @@ void transpose(const T* src, int64_t src_ld, T* dst, int64_t dst_ld, int64_t row
 
 // ----------------------------------------------------------------------- filters
 
-// The filters of the convolution being computed as rows of Kg values, one per output
-// channel: tap t (r * 3 + s) of input channel c in group g is row(g, c, t)[0 .. Kg). Along
-// rows the filter transform vectorises; on strided taps it ran scalar. F(4x4) on ResNet-50's
-// 512-channel layer at batch 1 (callgrind): 27.1 M instructions strided in double, half the
-// call; 23.6 M along rows in double; 9.5 M along rows in T (FilterAcc).
+// The filters of the convolution being computed: tap t (r * 3 + s) of filter k for input
+// channel c of group g is at(g, c, t)[k * k_stride]. The filter transform vectorises along k,
+// so where k_stride is not 1 (every layout but the forward's NHWC) transform_filters gathers
+// one sliver of filters at a time into a small tile. (Transposing the whole weight first, as
+// before, wrote 9.4 MB column by column on ResNet-50's 512-channel layer: 30% of its F(2x2)
+// call at batch 1, perf.)
 template <typename T>
-struct FilterRows {
+struct FilterTaps {
     const T* base;
-    int64_t g_stride, c_stride, t_stride;
+    int64_t g_stride, c_stride, t_stride, k_stride;
     bool reversed;  // taps in reverse order: grad input's filters, w'[., ., r, s] = w[., ., 2-r, 2-s]
-    const T* row(int64_t g, int64_t c, int t) const {
+    const T* at(int64_t g, int64_t c, int t) const {
         return base + g * g_stride + c * c_stride + (reversed ? 8 - t : t) * t_stride;
     }
 };
 
-// The rows of the forward p's filters (grad_input false), or of grad input's, w'[c, k, r, s] =
+// The taps of the forward p's filters (grad_input false), or of grad input's, w'[c, k, r, s] =
 // w[k, c, 2 - r, 2 - s]: the forward's input channels are their outputs. w is (K, Cg, 3, 3)
-// for NCHW, (3, 3, Cg, K) for NHWC; only the forward's NHWC weight holds such rows already,
-// the others are transposed into scratch.
+// for NCHW, (3, 3, Cg, K) for NHWC.
 template <typename T>
-FilterRows<T> filter_rows(const Conv2dParams& p, bool grad_input, const T* w, Buffer<T>& scratch) {
+FilterTaps<T> filter_taps(const Conv2dParams& p, bool grad_input, const T* w) {
     const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;  // of the forward p
-    if (!grad_input && p.layout == Layout::NHWC) return {w, Kg, p.K, Cg * p.K, false};
-    scratch = buffer<T>(p.K * Cg * 9);
-    T* out = scratch.get();
-    if (!grad_input) {  // per group, Kg filters x (Cg * 9) taps -> (Cg * 9) x Kg
-        for (int64_t g = 0; g < p.groups; ++g)
-            transpose(w + g * Kg * Cg * 9, Cg * 9, out + g * Cg * 9 * Kg, Kg, Kg, Cg * 9);
-        return {out, Cg * 9 * Kg, 9 * Kg, Kg, false};
-    }
-    if (p.layout == Layout::NCHW) {  // per forward filter, Cg channels x 9 taps -> 9 x Cg
-        for (int64_t k = 0; k < p.K; ++k) transpose(w + k * Cg * 9, 9, out + k * 9 * Cg, Cg, Cg, 9);
-        return {out, Kg * 9 * Cg, 9 * Cg, Cg, true};
-    }
-    // NHWC: per tap and group, Cg channels x Kg filters -> Kg x Cg
-    for (int64_t t = 0; t < 9; ++t)
-        for (int64_t g = 0; g < p.groups; ++g)
-            transpose(w + t * Cg * p.K + g * Kg, p.K, out + (t * p.groups + g) * Kg * Cg, Cg, Cg, Kg);
-    return {out, Kg * Cg, Cg, p.groups * Kg * Cg, true};
+    if (p.layout == Layout::NHWC)
+        return grad_input ? FilterTaps<T>{w, Kg, 1, Cg * p.K, p.K, true}
+                          : FilterTaps<T>{w, Kg, p.K, Cg * p.K, 1, false};
+    return grad_input ? FilterTaps<T>{w, Kg * Cg * 9, Cg * 9, 1, 9, true}
+                      : FilterTaps<T>{w, Kg * Cg * 9, 9, 1, Cg * 9, false};
 }
 
 // u[e * e_stride + k] = (G g_k G^T)[e] for the Kg filters k of one (group, input channel),
@@ -217,23 +206,83 @@ void filter_run_body(const T* const* taps, int64_t Kg, T* __restrict u, int64_t 
 FC_WINO_BUILDS(filter_run, (const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride),
                (taps, Kg, u, e_stride))
 
-// U[((g * alpha^2 + e) * Cg + c) * Kg + k] for the convolution q (the forward p, or its grad
-// input when grad_input).
+// The transformed filters of a call, on the calling thread, kept from call to call (grow-only,
+// freed when the thread ends): on ResNet-50's 512-channel layer they are 16.8 MB (F(2x2)) and
+// 37.7 MB (F(4x4)), and fresh memory of that size is fresh pages, a fault every 4 KiB, each
+// call.
+template <typename T>
+T* filter_workspace(int64_t elems) {
+    thread_local std::unique_ptr<T[]> buf;
+    thread_local int64_t have = 0;
+    if (elems > have) {
+        buf.reset();  // the old block first: never both at once
+        have = 0;
+        buf = buffer<T>(elems);
+        have = elems;
+    }
+    return buf.get();
+}
+
+// The distance between the alpha^2 matrices of U, V and M (U_e to U_{e+1}, ...): n elements
+// rounded up to an odd number of 64-byte lines, so that the alpha^2 values one transform
+// reads or writes for a tile (or filter) fall in alpha^2 different cache sets. Where the
+// distance was a multiple of 4 KiB they shared one set of the L1d: 512 x 512 floats of U
+// (1 MiB) made the filter transform as slow as the GEMMs on ResNet-50's 7x7 layer, and a
+// chunk of 64 tiles x 128 channels (32 KiB) the input transform a third of the 28x28
+// layer's F(4x4) call at batch 2 (perf).
+template <typename T>
+int64_t spread(int64_t n) {
+    constexpr int64_t line = 64 / sizeof(T);
+    const int64_t lines = (n + line - 1) / line;
+    return (lines | 1) * line;
+}
+
+template <typename T>
+int64_t filter_stride(const PackedB& layout) {
+    return spread<T>(layout.size());
+}
+
+// The transformed filters U_e (Cg x Kg, e < alpha^2, per group) of the convolution q (the
+// forward p, or its grad input when grad_input), each packed as the GEMM reads its B
+// (gemm.h, PackedB: `layout`), so that no GEMM of the call packs them again:
+// U_{g,e}(c, k) = (G w_{g,k,c} G^T)[e] at U + (g * alpha^2 + e) * filter_stride(layout) +
+// layout.offset(c, k).
 template <int m, typename T>
-Buffer<T> transform_filters(const Conv2dParams& q, const Conv2dParams& p, bool grad_input,
-                            const T* w) {
+const T* transform_filters(const Conv2dParams& q, const Conv2dParams& p, bool grad_input,
+                           const T* w, PackedB& layout) {
     constexpr int64_t a2 = (m + 2) * (m + 2);
     const int64_t Cg = q.C / q.groups, Kg = q.K / q.groups;
-    Buffer<T> scratch;
-    const FilterRows<T> f = filter_rows(p, grad_input, w, scratch);
-    Buffer<T> U = buffer<T>(q.groups * a2 * Cg * Kg);
-    T* out = U.get();
+    const FilterTaps<T> f = filter_taps(p, grad_input, w);
+    layout = packed_b_layout<T>(Cg, Kg);
+    const PackedB lay = layout;
+    const int64_t us = filter_stride<T>(lay);
+    T* U = filter_workspace<T>(q.groups * a2 * us);
+    // Tasks of kCB channels x one sliver of filters: their taps, gathered where k_stride is
+    // not 1, are a few KiB of a few dozen pages (channel by channel over all filters touched
+    // one page per filter: 512 pages a channel on the 512-channel layer, a TLB miss a load).
+    constexpr int64_t kMaxNR = 32, kCB = 16;  // the widest path's sliver (avx512 float)
+    FC_CHECK(lay.NR <= kMaxNR, "a GEMM sliver wider than the filter tile");
+    const int64_t slivers = ceil_div(Kg, lay.NR), cblocks = ceil_div(Cg, kCB);
 #pragma omp parallel for schedule(static)
-    for (int64_t gc = 0; gc < q.groups * Cg; ++gc) {
-        const int64_t g = gc / Cg, c = gc % Cg;
-        const T* taps[9];
-        for (int t = 0; t < 9; ++t) taps[t] = f.row(g, c, t);
-        filter_run<m>(taps, Kg, out + (g * a2 * Cg + c) * Kg, Cg * Kg);
+    for (int64_t task = 0; task < q.groups * slivers * cblocks; ++task) {
+        const int64_t g = task / (slivers * cblocks), k0 = task / cblocks % slivers * lay.NR;
+        const int64_t c0 = task % cblocks * kCB, nc = std::min(kCB, Cg - c0);
+        const int64_t nk = std::min(lay.NR, Kg - k0);
+        alignas(64) T tile[kCB * 9 * kMaxNR];
+        if (f.k_stride != 1)  // filter j's taps of channel c into column j of rows c * 9 + t
+            for (int64_t c = 0; c < nc; ++c)
+                for (int64_t j = 0; j < nk; ++j)
+                    for (int t = 0; t < 9; ++t)
+                        tile[(c * 9 + t) * lay.NR + j] = f.at(g, c0 + c, t)[(k0 + j) * f.k_stride];
+        for (int64_t c = 0; c < nc; ++c) {
+            const T* taps[9];
+            for (int t = 0; t < 9; ++t)
+                taps[t] = f.k_stride == 1 ? f.at(g, c0 + c, t) + k0 : tile + (c * 9 + t) * lay.NR;
+            T* u = U + g * a2 * us + lay.offset(c0 + c, k0);
+            filter_run<m>(taps, nk, u, us);
+            for (int64_t e = 0; e < a2 && nk < lay.NR; ++e)
+                std::fill(u + e * us + nk, u + e * us + lay.NR, T(0));
+        }
     }
     return U;
 }
@@ -365,9 +414,10 @@ int64_t chunk_tiles(int64_t tiles, int64_t a2, int64_t Cg, int64_t Kg, size_t el
     return std::min(tiles, std::max(kMinChunkTiles, fit));
 }
 
-// y = x (*) w for the 3x3, stride-1 convolution q, w given as U (transform_filters). No bias.
+// y = x (*) w for the 3x3, stride-1 convolution q, w given as U (transform_filters, packed as
+// `layout` says). No bias.
 template <int m, typename T>
-void tiles_conv(const Conv2dParams& q, const T* U, const T* x, T* y) {
+void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const T* x, T* y) {
     constexpr int64_t a = m + 2, a2 = a * a;
     const int64_t Cg = q.C / q.groups, Kg = q.K / q.groups;
     const int64_t TH = winograd::tile_count(q.P, m), TW = winograd::tile_count(q.Q, m);
@@ -375,13 +425,14 @@ void tiles_conv(const Conv2dParams& q, const T* U, const T* x, T* y) {
     const int64_t chunk = chunk_tiles(tiles, a2, Cg, Kg, sizeof(T));
     const int64_t chunks = ceil_div(tiles, chunk);
     const int64_t run_max = std::min(chunk, TW);  // tiles in one run, at most
+    const int64_t v_stride = spread<T>(chunk * Cg), z_stride = spread<T>(chunk * Kg);  // V_e, M_e
     struct Scratch {
         Buffer<T> v, z, in, out;
     };
     for_each_task(
         q.groups * chunks,
         [&] {
-            return Scratch{buffer<T>(a2 * chunk * Cg), buffer<T>(a2 * chunk * Kg),
+            return Scratch{buffer<T>(a2 * v_stride), buffer<T>(a2 * z_stride),
                            buffer<T>(a * (run_max * m + 2) * Cg), buffer<T>(m * run_max * m * Kg)};
         },
         [&](int64_t task, Scratch& s) {
@@ -391,14 +442,15 @@ void tiles_conv(const Conv2dParams& q, const T* U, const T* x, T* y) {
                 const int64_t cols = (tw1 - tw0) * m + 2;
                 gather_band(q, x, n, g, winograd::tile_origin(th, m, q.pad_h),
                             winograd::tile_origin(tw0, m, q.pad_w), a, cols, s.in.get());
-                input_run<m>(s.in.get(), cols * Cg, Cg, tw1 - tw0, s.v.get() + j * Cg, chunk * Cg);
+                input_run<m>(s.in.get(), cols * Cg, Cg, tw1 - tw0, s.v.get() + j * Cg, v_stride);
             });
             for (int64_t e = 0; e < a2; ++e)
-                gemm<T>(false, false, u1 - u0, Kg, Cg, s.v.get() + e * chunk * Cg, Cg,
-                        U + (g * a2 + e) * Cg * Kg, Kg, T(0), s.z.get() + e * chunk * Kg, Kg);
+                gemm_packed_b<T>(false, u1 - u0, Kg, Cg, s.v.get() + e * v_stride, Cg,
+                                 U + (g * a2 + e) * filter_stride<T>(layout), T(0),
+                                 s.z.get() + e * z_stride, Kg);
             for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
                 const int64_t cols = (tw1 - tw0) * m;
-                output_run<m>(s.z.get() + j * Kg, chunk * Kg, Kg, tw1 - tw0, s.out.get(), cols * Kg);
+                output_run<m>(s.z.get() + j * Kg, z_stride, Kg, tw1 - tw0, s.out.get(), cols * Kg);
                 scatter_band(q, s.out.get(), n, g, th * m, tw0 * m, m, cols, y);
             });
         });
@@ -413,8 +465,9 @@ void check_applies(const Conv2dParams& p) {
 template <int m, typename T>
 void run(const Conv2dParams& q, const Conv2dParams& p, bool grad_input, const T* x, const T* w,
          T* y) {
-    const Buffer<T> U = transform_filters<m>(q, p, grad_input, w);
-    tiles_conv<m>(q, U.get(), x, y);
+    PackedB layout;
+    const T* U = transform_filters<m>(q, p, grad_input, w, layout);
+    tiles_conv<m>(q, U, layout, x, y);
 }
 
 // Float F(4x4) on fewer than winograd::kFloatF4MinOutputs outputs runs in double (winograd.h
