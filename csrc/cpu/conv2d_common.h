@@ -300,26 +300,33 @@ void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T*
 
 // auto's choice for a 3x3, stride-1 convolution with one group (forward, or the grad input
 // as the forward convolution q that computes it): Winograd where it measured faster than
-// gemm, else Gemm. Measured 2026-11-30, 2-core AMD EPYC Zen 5, AVX-512 path, 2 threads,
-// ms (speedup over PyTorch 2.14 in the same run), ResNet-50's 3x3 layers:
-//                  gemm           winograd2      winograd4
-//   l1 56x56 b32   30.8 (1.13)    25.3 (1.36)    24.7 (1.39)
-//   l2 28x28 b32   19.4 (0.87)    12.9 (1.29)    10.8 (1.56)
-//   l3 14x14 b32   24.0 (0.68)    11.0 (1.44)    12.5 (1.29)
-//   l4  7x7  b32   30.4 (0.72)    18.5 (0.84)    31.3 (0.65)
-//   l1 56x56 b1    0.88 (0.68)    0.53 (1.11)    0.59 (0.94)
-//   l2 28x28 b1    0.74 (0.76)    0.56 (0.96)    0.64 (0.83)
-//   l3 14x14 b1    0.73 (0.86)    0.70 (0.85)    1.62 (0.43)
-//   l4  7x7  b1    1.03 (1.05)    3.66 (0.38)    -
-// So: gemm below 14x14 outputs (too few tiles per image, a 7x7 plane is half padding in
-// 4x4 tiles), F(4x4) from 28x28 outputs with at least 16384 output pixels in the batch,
-// F(2x2) between. F(4x4)'s float32 error at those sizes is ~1e-6 (NOTES.md).
+// gemm, else Gemm. What decides is the tile count of the batch: each call transforms the
+// filters afresh (alpha^2 x C x K values, 37.7 MB for F(4x4) on the 512-channel layer), and
+// only enough tiles pay for that. Measured 2026-11-30, 2-core AMD EPYC Zen 5, AVX-512 path,
+// 2 threads, ms (speedup over PyTorch 2.14 in the same run), after the filters were
+// transformed straight into the GEMM's packed layout (NOTES.md):
+//                 tiles F(4)/F(2)  gemm           winograd2      winograd4
+//   l4  7x7  b1    4 / 16          0.94 (0.95)    1.22 (0.73)    2.35 (0.38)
+//   l4  7x7  b2    8 / 32          1.53 (0.84)    1.56 (0.82)    2.48 (0.52)
+//   l4  7x7  b4   16 / 64          2.74 (0.79)    2.31 (0.94)    3.20 (0.68)
+//   l4  7x7  b8   32 / 128         5.46 (0.75)    3.96 (1.03)    4.06 (1.00)
+//   l4  7x7  b32 128 / 512        19.1  (0.78)   12.0  (1.24)    9.48 (1.57)
+//   l3 14x14 b1   16 / 49          0.71 (0.81)    0.44 (1.32)    0.47 (1.21)
+//   l3 14x14 b2   32 / 98          1.37 (0.76)    0.75 (1.39)    0.70 (1.49)
+//   l3 14x14 b4   64 / 196         2.67 (0.74)    1.44 (1.37)    1.12 (1.76)
+//   l2 28x28 b1   49 / 196         0.71 (0.74)    0.41 (1.29)    0.29 (1.78)
+//   l1 56x56 b1  196 / 784         0.80 (0.68)    0.38 (1.44)    0.33 (1.62)
+// So: F(4x4) from 32 tiles of 4x4 in the batch, F(2x2) from 48 tiles of 2x2, gemm below.
+// F(4x4)'s float32 error at those sizes is ~1e-6 (NOTES.md).
 inline ConvVariant auto_winograd(const Conv2dParams& q) {
     if (!winograd::applies(q.R, q.S, q.stride_h, q.stride_w, q.dil_h, q.dil_w) || q.groups != 1)
         return ConvVariant::Gemm;
-    if (q.P < 14 || q.Q < 14) return ConvVariant::Gemm;
-    if (q.P >= 28 && q.Q >= 28 && q.N * q.P * q.Q >= 16384) return ConvVariant::Winograd4;
-    return ConvVariant::Winograd2;
+    const auto tiles = [&](int m) {
+        return q.N * winograd::tile_count(q.P, m) * winograd::tile_count(q.Q, m);
+    };
+    if (tiles(4) >= 32) return ConvVariant::Winograd4;
+    if (tiles(2) >= 48) return ConvVariant::Winograd2;
+    return ConvVariant::Gemm;
 }
 
 }  // namespace cpu

@@ -405,6 +405,30 @@ void for_each_tile_run(int64_t u0, int64_t u1, int64_t TH, int64_t TW, F f) {
     }
 }
 
+// One run of tiles (for_each_tile_run's arguments).
+struct TileRun {
+    int64_t n, th, tw0, tw1, j;
+};
+
+// f(run, band) for each run, band being scratch of band_elems for f's use. Where the chunks run
+// in turn (for_each_task with fewer than two per thread: ResNet-50's 7x7 layer at batch 32
+// has two) and no region is open, the runs are shared among the threads, each with a band
+// of its own; the transforms were one thread's work while the other waited (libgomp's wait
+// was 11% of that layer's samples, perf). Runs write disjoint tiles of V, and of y.
+template <typename T, typename F>
+void each_run(const std::vector<TileRun>& runs, T* band, int64_t band_elems, F f) {
+    if (in_region() || runs.size() < 2 || max_threads() == 1) {
+        for (const TileRun& r : runs) f(r, band);
+        return;
+    }
+#pragma omp parallel
+    {
+        const Buffer<T> own = buffer<T>(band_elems);
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < runs.size(); ++i) f(runs[i], own.get());
+    }
+}
+
 // Tiles per chunk: what fits kWinogradBudget, at least kMinChunkTiles, at most all. The same
 // for any thread count, so the chunk edges that tests/test_conv2d.py THRESHOLDS straddles
 // do not move with the machine. (A many-core machine at batch 1 gets fewer chunks than
@@ -426,32 +450,37 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
     const int64_t chunks = ceil_div(tiles, chunk);
     const int64_t run_max = std::min(chunk, TW);  // tiles in one run, at most
     const int64_t v_stride = spread<T>(chunk * Cg), z_stride = spread<T>(chunk * Kg);  // V_e, M_e
+    const int64_t in_elems = a * (run_max * m + 2) * Cg, out_elems = m * run_max * m * Kg;  // bands
     struct Scratch {
         Buffer<T> v, z, in, out;
     };
     for_each_task(
         q.groups * chunks,
         [&] {
-            return Scratch{buffer<T>(a2 * v_stride), buffer<T>(a2 * z_stride),
-                           buffer<T>(a * (run_max * m + 2) * Cg), buffer<T>(m * run_max * m * Kg)};
+            return Scratch{buffer<T>(a2 * v_stride), buffer<T>(a2 * z_stride), buffer<T>(in_elems),
+                           buffer<T>(out_elems)};
         },
         [&](int64_t task, Scratch& s) {
             const int64_t g = task / chunks, u0 = task % chunks * chunk;
             const int64_t u1 = std::min(u0 + chunk, tiles);
+            std::vector<TileRun> runs;
             for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
-                const int64_t cols = (tw1 - tw0) * m + 2;
-                gather_band(q, x, n, g, winograd::tile_origin(th, m, q.pad_h),
-                            winograd::tile_origin(tw0, m, q.pad_w), a, cols, s.in.get());
-                input_run<m>(s.in.get(), cols * Cg, Cg, tw1 - tw0, s.v.get() + j * Cg, v_stride);
+                runs.push_back({n, th, tw0, tw1, j});
+            });
+            each_run(runs, s.in.get(), in_elems, [&](const TileRun& r, T* band) {
+                const int64_t cols = (r.tw1 - r.tw0) * m + 2;
+                gather_band(q, x, r.n, g, winograd::tile_origin(r.th, m, q.pad_h),
+                            winograd::tile_origin(r.tw0, m, q.pad_w), a, cols, band);
+                input_run<m>(band, cols * Cg, Cg, r.tw1 - r.tw0, s.v.get() + r.j * Cg, v_stride);
             });
             for (int64_t e = 0; e < a2; ++e)
                 gemm_packed_b<T>(false, u1 - u0, Kg, Cg, s.v.get() + e * v_stride, Cg,
                                  U + (g * a2 + e) * filter_stride<T>(layout), T(0),
                                  s.z.get() + e * z_stride, Kg);
-            for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
-                const int64_t cols = (tw1 - tw0) * m;
-                output_run<m>(s.z.get() + j * Kg, z_stride, Kg, tw1 - tw0, s.out.get(), cols * Kg);
-                scatter_band(q, s.out.get(), n, g, th * m, tw0 * m, m, cols, y);
+            each_run(runs, s.out.get(), out_elems, [&](const TileRun& r, T* band) {
+                const int64_t cols = (r.tw1 - r.tw0) * m;
+                output_run<m>(s.z.get() + r.j * Kg, z_stride, Kg, r.tw1 - r.tw0, band, cols * Kg);
+                scatter_band(q, band, r.n, g, r.th * m, r.tw0 * m, m, cols, y);
             });
         });
 }
