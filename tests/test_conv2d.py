@@ -338,11 +338,16 @@ def test_edge_cases(backend, variant, dtype, layout, name):
 #                    for each width (blocks of 12, 6 and 4 pixels).
 #   winograd chunk   csrc/cpu/winograd.cpp: a chunk's V and M (alpha^2 x tiles x (Cg + Kg))
 #                    within kWinogradBudget = 1 MiB, and at least kMinChunkTiles = 64 tiles.
-#                    Cg + Kg = 227: 64 tiles a chunk for F(4x4) (float32: 32 fit, float64:
-#                    16, both raised to 64), 72 / 64 for F(2x2) float32 / float64 (72 / 36
+#                    Cg + Kg = 228: 64 tiles a chunk for F(4x4) (float32: 31 fit, float64:
+#                    15, both raised to 64), 71 / 64 for F(2x2) float32 / float64 (71 / 35
 #                    fit). 25x25 outputs (7x7 tiles of F(4x4), the last holding one row and
-#                    column; 13x13 of F(2x2)), 2 images: 98 / 338 tiles, chunks that end
+#                    column; 13x13 of F(2x2)), 6 images: 294 / 1014 tiles, chunks that end
 #                    mid-row and mid-image and a partial last one in all four.
+#                    Grad weight sums its chunks into dU: V and Z within kGradWeightBudget
+#                    = 8 MiB, at least 64 tiles: 255 / 574 tiles a chunk for F(4x4) /
+#                    F(2x2) in float32, 127 / 287 in float64: 2, 2, 3 and 4 chunks.
+#                    C = 201: the transformed filters' GEMM operand (gemm.h, PackedB) has
+#                    reduction blocks of 101 and 100 rows on the avx512 path (KC 192).
 THRESHOLDS = {
     "gemm-100px-7-images": dict(N=7, C=3, K=5, H=12, W=12, R=3, S=3),
     "gemm-511px-3-images": dict(N=3, C=2, K=4, H=9, W=75, R=3, S=3),
@@ -350,7 +355,7 @@ THRESHOLDS = {
     "chunk-1024px": dict(N=2, C=64, K=6, H=35, W=35, R=4, S=4),
     "chunk-1025px": dict(N=2, C=64, K=6, H=28, W=44, R=4, S=4),
     **{f"blocked-k{k}": dict(N=2, C=3, K=k, H=9, W=15, R=3, S=3) for k in (8, 9, 16, 17, 24, 25)},
-    "winograd-chunks": dict(N=2, C=200, K=27, H=27, W=27, R=3, S=3),
+    "winograd-chunks": dict(N=6, C=201, K=27, H=27, W=27, R=3, S=3),
 }
 
 

@@ -176,6 +176,18 @@ MUTANTS = [
     Mutant("winograd-bwd-pad-w", "grad input padding", WINO_H,
            "q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.S - 1 - p.pad_w;",
            "q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.R - 1 - p.pad_h;", WINO_TESTS),
+    # Grad weight by Winograd (winograd.cpp, bwd_filter_tiles) and the packed filters: each
+    # chunk overwriting dU instead of adding to it; G^T du read along rows instead of
+    # columns; a short last reduction block of the packed operand laid out as a full one.
+    Mutant("winograd-dw-chunk-sum", "accumulation across chunks", WINO,
+           "u0 == 0 ? T(0) : T(1), dU + e * u_stride, Cg);", "T(0), dU + e * u_stride, Cg);",
+           WINO_TESTS),
+    Mutant("winograd-dw-transform-stride", "transform operand stride", WINO_H,
+           "apply<TransposeOf<GOf<m>>>(du + j * dus, a * dus, t + j, a);",
+           "apply<TransposeOf<GOf<m>>>(du + j * dus, dus, t + j, a);", WINO_TESTS),
+    Mutant("packed-b-last-block", "packed layout offset", "csrc/cpu/gemm.h",
+           "const int64_t pc = k / KC * KC, kc = K - pc < KC ? K - pc : KC;",
+           "const int64_t pc = k / KC * KC, kc = KC;", WINO_TESTS),
 ]
 
 

@@ -138,6 +138,13 @@ struct ATOf {
     FC_WINO_HD static constexpr double at(int i, int j) { return Tables<m>::AT[i][j]; }
 };
 
+// A table read transposed (grad weight's transforms, below).
+template <typename Mat>
+struct TransposeOf {
+    static constexpr int rows = Mat::cols, cols = Mat::rows;
+    FC_WINO_HD static constexpr double at(int i, int j) { return Mat::at(j, i); }
+};
+
 // f(Index<I>{}) for I in [I0, I1): loops whose index is a compile-time constant, read in the
 // body as decltype(i)::value (Index has no conversion operator: nvcc would not run a host
 // constexpr one in device code).
@@ -241,6 +248,40 @@ FC_WINO_HD void output_transform(const T* z, int zs, T* y) {
 // 4 elements or more the norm-wise error stayed <= 4.2e-6, over 16 or more <= 3.7e-6, and
 // ~1e-6 on ResNet-50's layers. Below 64 elements the whole call in double costs microseconds.
 constexpr int64_t kFloatF4MinOutputs = 64;
+
+// Grad weight (CPU: winograd.cpp, winograd_bwd_filter). The forward's tile is
+// y = A^T (u . v) A with u = G g G^T, v = B^T d B, so for an m x m tile of output gradients
+// dy: d(u . v) = A dy A^T, du = sum over tiles of (A dy A^T) . v, and dg = G^T du G.
+
+// dz (alpha x alpha) = A dy A^T for an m x m tile of output gradients dy.
+template <int m, typename T>
+FC_WINO_HD void output_grad_transform(const T* dy, T* dz) {
+    constexpr int a = m + 2;
+    T t[a * m];
+    static_for<0, m>([&](auto j_) FC_WINO_LAMBDA {  // t = A dy, column by column
+        constexpr int j = decltype(j_)::value;
+        apply<TransposeOf<ATOf<m>>>(dy + j, m, t + j, m);
+    });
+    static_for<0, a>([&](auto i_) FC_WINO_LAMBDA {  // dz = t A^T, row by row
+        constexpr int i = decltype(i_)::value;
+        apply<TransposeOf<ATOf<m>>>(t + i * m, 1, dz + i * a, 1);
+    });
+}
+
+// dg (3 x 3) = G^T du G: a filter's gradient from that of its transform; du[e] at du[e * dus].
+template <int m, typename T>
+FC_WINO_HD void filter_grad_transform(const T* du, int dus, T* dg) {
+    constexpr int a = m + 2;
+    T t[3 * a];
+    static_for<0, a>([&](auto j_) FC_WINO_LAMBDA {  // t = G^T du, column by column
+        constexpr int j = decltype(j_)::value;
+        apply<TransposeOf<GOf<m>>>(du + j * dus, a * dus, t + j, a);
+    });
+    static_for<0, 3>([&](auto i_) FC_WINO_LAMBDA {  // dg = t G, row by row
+        constexpr int i = decltype(i_)::value;
+        apply<TransposeOf<GOf<m>>>(t + i * a, 1, dg + i * 3, 1);
+    });
+}
 
 // ------------------------------------------------------------------------ tiles
 

@@ -289,14 +289,16 @@ inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float*
 // ----------------------------------------------------------------------- winograd
 // winograd.cpp: the winograd2 (F(2x2, 3x3)) and winograd4 (F(4x4, 3x3)) variants, m = 2 or 4,
 // for 3x3 kernels, stride 1, dilation 1 (winograd::applies; anything else throws
-// std::invalid_argument). Forward with bias, residual and activation; grad input of the
-// same layer.
+// std::invalid_argument). Forward with bias, residual and activation; grad input and grad
+// weight of the same layer.
 
 template <typename T>
 void winograd_fwd(const Conv2dParams& p, int m, const T* x, const T* w, const T* b, T* y,
                   const T* residual);
 template <typename T>
 void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T* dx);
+template <typename T>
+void winograd_bwd_filter(const Conv2dParams& p, int m, const T* dy, const T* x, T* dw);
 
 // auto's choice for a 3x3, stride-1 convolution with one group (forward, or the grad input
 // as the forward convolution q that computes it): Winograd where it measured faster than

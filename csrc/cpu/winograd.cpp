@@ -206,21 +206,30 @@ void filter_run_body(const T* const* taps, int64_t Kg, T* __restrict u, int64_t 
 FC_WINO_BUILDS(filter_run, (const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride),
                (taps, Kg, u, e_stride))
 
-// The transformed filters of a call, on the calling thread, kept from call to call (grow-only,
-// freed when the thread ends): on ResNet-50's 512-channel layer they are 16.8 MB (F(2x2)) and
-// 37.7 MB (F(4x4)), and fresh memory of that size is fresh pages, a fault every 4 KiB, each
-// call.
+// Scratch kept from call to call, per thread and slot (grow-only, freed when the thread
+// ends): the transformed filters (slot kFilters: on ResNet-50's 512-channel layer 16.8 MB
+// for F(2x2), 37.7 MB for F(4x4)) and a chunk's V and M (kV, kM: up to ~1 MiB forward, 8 MiB
+// in grad weight). Fresh memory of that size is fresh pages, a fault every 4 KiB, each call;
+// how often depends on what the process freed before (glibc trims and re-maps its heap):
+// grad weight of the 56x56 layer measured 11-14 ms alone, 27 ms beside other variants'
+// allocations. Slots: what one call holds at once on one thread never shares a slot.
+enum Slot { kFilters, kV, kM, kSlots };
+
 template <typename T>
-T* filter_workspace(int64_t elems) {
-    thread_local std::unique_ptr<T[]> buf;
-    thread_local int64_t have = 0;
-    if (elems > have) {
-        buf.reset();  // the old block first: never both at once
-        have = 0;
-        buf = buffer<T>(elems);
-        have = elems;
+T* workspace(Slot slot, int64_t elems) {
+    struct Held {
+        std::unique_ptr<T[]> buf;
+        int64_t have = 0;
+    };
+    thread_local Held held[kSlots];
+    Held& h = held[slot];
+    if (elems > h.have) {
+        h.buf.reset();  // the old block first: never both at once
+        h.have = 0;
+        h.buf = buffer<T>(elems);
+        h.have = elems;
     }
-    return buf.get();
+    return h.buf.get();
 }
 
 // The distance between the alpha^2 matrices of U, V and M (U_e to U_{e+1}, ...): n elements
@@ -256,7 +265,7 @@ const T* transform_filters(const Conv2dParams& q, const Conv2dParams& p, bool gr
     layout = packed_b_layout<T>(Cg, Kg);
     const PackedB lay = layout;
     const int64_t us = filter_stride<T>(lay);
-    T* U = filter_workspace<T>(q.groups * a2 * us);
+    T* U = workspace<T>(kFilters, q.groups * a2 * us);
     // Tasks of kCB channels x one sliver of filters: their taps, gathered where k_stride is
     // not 1, are a few KiB of a few dozen pages (channel by channel over all filters touched
     // one page per filter: 512 pages a channel on the 512-channel layer, a TLB miss a load).
@@ -369,6 +378,49 @@ FC_WINO_BUILDS(output_run, (const T* __restrict z, int64_t e_stride, int64_t Kg,
                             T* __restrict out, int64_t row_stride),
                (z, e_stride, Kg, tiles, out, row_stride))
 
+// Grad weight's two transforms (winograd.h: output_grad_transform, filter_grad_transform).
+// Z[e * e_stride + t * Kg + k] = (A dy_t A^T)[e] for the tiles t < tiles of an m-row band of
+// output gradients (pixel (i, j) at band[i * row_stride + j * Kg]; tile t starts at column t * m).
+template <int m, typename T>
+void dy_run_body(const T* __restrict band, int64_t row_stride, int64_t Kg, int64_t tiles,
+                 T* __restrict Z, int64_t e_stride) {
+    constexpr int a = m + 2;
+    for (int64_t t = 0; t < tiles; ++t) {
+        const T* src = band + t * m * Kg;
+        T* dst = Z + t * Kg;
+        FC_WINO_INDEPENDENT
+        for (int64_t k = 0; k < Kg; ++k) {
+            T d[m * m], v[a * a];
+            static_for<0, m * m>([&](auto e_) FC_WINO_LAMBDA {
+                constexpr int e = decltype(e_)::value;
+                d[e] = src[(e / m) * row_stride + (e % m) * Kg + k];
+            });
+            winograd::output_grad_transform<m>(d, v);
+            static_for<0, a * a>([&](auto e) FC_WINO_LAMBDA { dst[decltype(e)::value * e_stride + k] = v[decltype(e)::value]; });
+        }
+    }
+}
+FC_WINO_BUILDS(dy_run, (const T* __restrict band, int64_t row_stride, int64_t Kg, int64_t tiles,
+                        T* __restrict Z, int64_t e_stride),
+               (band, row_stride, Kg, tiles, Z, e_stride))
+
+// out[c * c_stride + t * t_stride] = (G^T du_c G)[t] for c < n, du_c[e] = du[e * e_stride + c].
+template <int m, typename T>
+void filter_grad_run_body(const T* __restrict du, int64_t e_stride, int64_t n, T* __restrict out,
+                          int64_t c_stride, int64_t t_stride) {
+    constexpr int a2 = (m + 2) * (m + 2);
+    FC_WINO_INDEPENDENT
+    for (int64_t c = 0; c < n; ++c) {
+        T u[a2], g[9];
+        static_for<0, a2>([&](auto e) FC_WINO_LAMBDA { u[decltype(e)::value] = du[decltype(e)::value * e_stride + c]; });
+        winograd::filter_grad_transform<m>(u, 1, g);
+        static_for<0, 9>([&](auto t) FC_WINO_LAMBDA { out[c * c_stride + decltype(t)::value * t_stride] = g[decltype(t)::value]; });
+    }
+}
+FC_WINO_BUILDS(filter_grad_run, (const T* __restrict du, int64_t e_stride, int64_t n,
+                                 T* __restrict out, int64_t c_stride, int64_t t_stride),
+               (du, e_stride, n, out, c_stride, t_stride))
+
 // An output band (rows x cols pixels from (oh0, ow0), Kg channels each) into y, clipped at P, Q.
 template <typename T>
 void scatter_band(const Conv2dParams& q, const T* band, int64_t n, int64_t g, int64_t oh0,
@@ -452,13 +504,14 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
     const int64_t v_stride = spread<T>(chunk * Cg), z_stride = spread<T>(chunk * Kg);  // V_e, M_e
     const int64_t in_elems = a * (run_max * m + 2) * Cg, out_elems = m * run_max * m * Kg;  // bands
     struct Scratch {
-        Buffer<T> v, z, in, out;
+        T *v, *z;
+        Buffer<T> in, out;
     };
     for_each_task(
         q.groups * chunks,
         [&] {
-            return Scratch{buffer<T>(a2 * v_stride), buffer<T>(a2 * z_stride), buffer<T>(in_elems),
-                           buffer<T>(out_elems)};
+            return Scratch{workspace<T>(kV, a2 * v_stride), workspace<T>(kM, a2 * z_stride),
+                           buffer<T>(in_elems), buffer<T>(out_elems)};
         },
         [&](int64_t task, Scratch& s) {
             const int64_t g = task / chunks, u0 = task % chunks * chunk;
@@ -471,18 +524,73 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
                 const int64_t cols = (r.tw1 - r.tw0) * m + 2;
                 gather_band(q, x, r.n, g, winograd::tile_origin(r.th, m, q.pad_h),
                             winograd::tile_origin(r.tw0, m, q.pad_w), a, cols, band);
-                input_run<m>(band, cols * Cg, Cg, r.tw1 - r.tw0, s.v.get() + r.j * Cg, v_stride);
+                input_run<m>(band, cols * Cg, Cg, r.tw1 - r.tw0, s.v + r.j * Cg, v_stride);
             });
             for (int64_t e = 0; e < a2; ++e)
-                gemm_packed_b<T>(false, u1 - u0, Kg, Cg, s.v.get() + e * v_stride, Cg,
+                gemm_packed_b<T>(false, u1 - u0, Kg, Cg, s.v + e * v_stride, Cg,
                                  U + (g * a2 + e) * filter_stride<T>(layout), T(0),
-                                 s.z.get() + e * z_stride, Kg);
+                                 s.z + e * z_stride, Kg);
             each_run(runs, s.out.get(), out_elems, [&](const TileRun& r, T* band) {
                 const int64_t cols = (r.tw1 - r.tw0) * m;
-                output_run<m>(s.z.get() + r.j * Kg, z_stride, Kg, r.tw1 - r.tw0, band, cols * Kg);
+                output_run<m>(s.z + r.j * Kg, z_stride, Kg, r.tw1 - r.tw0, band, cols * Kg);
                 scatter_band(q, band, r.n, g, r.th * m, r.tw0 * m, m, cols, y);
             });
         });
+}
+
+// V and Z of all the tiles grad weight sums over stay within this many bytes; past it the
+// tiles go in chunks, each adding into dU (alpha^2 x Cg x Kg, re-read and re-written per chunk).
+constexpr int64_t kGradWeightBudget = int64_t(8) << 20;
+
+// dw = the 3x3 filters' gradient of the stride-1 convolution p, by dU_e (Kg x Cg) = sum over
+// tiles of Z_e^T V_e (one GEMM per e, reducing over tiles), then dw = G^T dU G per filter.
+// Chunks in turn and threaded GEMMs: every sum in a fixed order, whatever the thread count.
+template <int m, typename T>
+void bwd_filter_tiles(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
+    constexpr int64_t a = m + 2, a2 = a * a;
+    const int64_t Cg = p.C / p.groups, Kg = p.K / p.groups;
+    const int64_t TH = winograd::tile_count(p.P, m), TW = winograd::tile_count(p.Q, m);
+    const int64_t tiles = p.N * TH * TW;
+    const int64_t fit = kGradWeightBudget / (a2 * (Cg + Kg) * int64_t(sizeof(T)));
+    const int64_t chunk = std::min(tiles, std::max(kMinChunkTiles, fit));
+    const int64_t run_max = std::min(chunk, TW);
+    const int64_t v_stride = spread<T>(chunk * Cg), z_stride = spread<T>(chunk * Kg);
+    const int64_t u_stride = spread<T>(Kg * Cg);
+    const int64_t in_elems = a * (run_max * m + 2) * Cg, dy_elems = m * run_max * m * Kg;
+    Conv2dParams o = p;  // dy as an image: K channels of P x Q, read by gather_band
+    o.C = p.K, o.H = p.P, o.W = p.Q;
+    T* const V = workspace<T>(kV, a2 * v_stride);
+    T* const Z = workspace<T>(kM, a2 * z_stride);
+    T* const dU = workspace<T>(kFilters, a2 * u_stride);
+    const Buffer<T> in = buffer<T>(std::max(in_elems, dy_elems));
+    for (int64_t g = 0; g < p.groups; ++g) {
+        for (int64_t u0 = 0; u0 < tiles; u0 += chunk) {
+            const int64_t u1 = std::min(u0 + chunk, tiles);
+            std::vector<TileRun> runs;
+            for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
+                runs.push_back({n, th, tw0, tw1, j});
+            });
+            each_run(runs, in.get(), std::max(in_elems, dy_elems), [&](const TileRun& r, T* band) {
+                int64_t cols = (r.tw1 - r.tw0) * m + 2;
+                gather_band(p, x, r.n, g, winograd::tile_origin(r.th, m, p.pad_h),
+                            winograd::tile_origin(r.tw0, m, p.pad_w), a, cols, band);
+                input_run<m>(band, cols * Cg, Cg, r.tw1 - r.tw0, V + r.j * Cg, v_stride);
+                cols = (r.tw1 - r.tw0) * m;  // zeros past P and Q: the dropped outputs' gradients
+                gather_band(o, dy, r.n, g, r.th * m, r.tw0 * m, m, cols, band);
+                dy_run<m>(band, cols * Kg, Kg, r.tw1 - r.tw0, Z + r.j * Kg, z_stride);
+            });
+            for (int64_t e = 0; e < a2; ++e)
+                gemm<T>(true, false, Kg, Cg, u1 - u0, Z + e * z_stride, Kg,
+                        V + e * v_stride, Cg, u0 == 0 ? T(0) : T(1), dU + e * u_stride, Cg);
+        }
+        // dw[k, c, r, s] (NCHW: K x Cg x 3 x 3; NHWC: 3 x 3 x Cg x K) from dU[e][k][c]
+        const bool nchw = p.layout == Layout::NCHW;
+#pragma omp parallel for schedule(static)
+        for (int64_t k = 0; k < Kg; ++k)
+            filter_grad_run<m>(dU + k * Cg, u_stride, Cg,
+                               nchw ? dw + (g * Kg + k) * Cg * 9 : dw + g * Kg + k,
+                               nchw ? 9 : p.K, nchw ? 1 : Cg * p.K);
+    }
 }
 
 void check_applies(const Conv2dParams& p) {
@@ -538,6 +646,15 @@ void winograd_bwd_data(const Conv2dParams& p, int m, const T* dy, const T* w, T*
         run_accurate<4>(q, p, true, dy, w, dx);
 }
 
+template <typename T>
+void winograd_bwd_filter(const Conv2dParams& p, int m, const T* dy, const T* x, T* dw) {
+    check_applies(p);
+    if (m == 2)
+        bwd_filter_tiles<2>(p, dy, x, dw);
+    else
+        bwd_filter_tiles<4>(p, dy, x, dw);
+}
+
 template void winograd_fwd<float>(const Conv2dParams&, int, const float*, const float*,
                                   const float*, float*, const float*);
 template void winograd_fwd<double>(const Conv2dParams&, int, const double*, const double*,
@@ -545,6 +662,10 @@ template void winograd_fwd<double>(const Conv2dParams&, int, const double*, cons
 template void winograd_bwd_data<float>(const Conv2dParams&, int, const float*, const float*, float*);
 template void winograd_bwd_data<double>(const Conv2dParams&, int, const double*, const double*,
                                         double*);
+template void winograd_bwd_filter<float>(const Conv2dParams&, int, const float*, const float*,
+                                         float*);
+template void winograd_bwd_filter<double>(const Conv2dParams&, int, const double*, const double*,
+                                          double*);
 
 }  // namespace cpu
 }  // namespace fastconv
