@@ -169,21 +169,21 @@ void bwd_data_gemm(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
     // so they run in turn inside the task.
     const int64_t tasks = p.N * p.groups;
     for_each_task(
-        tasks, [&] { return std::vector<T>(s.col_elems); },
-        [&](int64_t t, std::vector<T>& col) {
+        tasks, [&] { return workspace<T>(Slot::Columns, s.col_elems); },
+        [&](int64_t t, T* col) {
             const int64_t n = t / p.groups, g = t % p.groups;
             for (int64_t j0 = 0; j0 < s.PQ; j0 += s.chunk) {
                 const int64_t j1 = std::min(j0 + s.chunk, s.PQ), cols = j1 - j0;
                 if (nchw) {
                     // (red x Kg) . (Kg x pixels): w_g transposed.
                     gemm<T>(true, false, s.red, cols, s.Kg, w + g * s.Kg * s.red, s.red,
-                            dy + (n * p.K + g * s.Kg) * s.PQ + j0, s.PQ, T(0), col.data(), cols);
-                    col2im_nchw(p, col.data(), n, g, j0, j1, dx);
+                            dy + (n * p.K + g * s.Kg) * s.PQ + j0, s.PQ, T(0), col, cols);
+                    col2im_nchw(p, col, n, g, j0, j1, dx);
                 } else {
                     // (pixels x Kg) . (Kg x red): w_g (red x Kg, ld K) transposed.
                     gemm<T>(false, true, cols, s.red, s.Kg, dy + (n * s.PQ + j0) * p.K + g * s.Kg,
-                            p.K, w + g * s.Kg, p.K, T(0), col.data(), s.red);
-                    col2im_nhwc(p, col.data(), n, g, j0, j1, dx);
+                            p.K, w + g * s.Kg, p.K, T(0), col, s.red);
+                    col2im_nhwc(p, col, n, g, j0, j1, dx);
                 }
             }
         });
@@ -226,18 +226,19 @@ void bwd_filter_gemm_images(const Conv2dParams& p, const ConvGemmShape& s, const
     const int64_t per = std::max<int64_t>(
         1, std::min(ceil_div(kMinGemmPixels, s.PQ), kColBudget / int64_t(sizeof(T)) / (s.red * s.PQ)));
     const int64_t ld = per * s.PQ;
-    std::vector<T> col(s.red * ld), dyg(s.Kg * ld);
+    T* const col = workspace<T>(Slot::Columns, s.red * ld);
+    T* const dyg = workspace<T>(Slot::Rows, s.Kg * ld);
     for (int64_t n0 = 0; n0 < p.N; n0 += per) {
         const int64_t nb = std::min(per, p.N - n0), cols = nb * s.PQ;
         for (int64_t g = 0; g < p.groups; ++g) {
             for (int64_t i = 0; i < nb; ++i) {
-                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, col.data() + i * s.PQ, cols);
+                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, col + i * s.PQ, cols);
                 for (int64_t k = 0; k < s.Kg; ++k)
                     std::copy_n(dy + ((n0 + i) * p.K + g * s.Kg + k) * s.PQ, s.PQ,
-                                dyg.data() + k * cols + i * s.PQ);
+                                dyg + k * cols + i * s.PQ);
             }
             // dw_g (Kg x red) += dy (Kg x pixels) . col^T (pixels x red)
-            gemm<T>(false, true, s.Kg, s.red, cols, dyg.data(), cols, col.data(), cols, T(1),
+            gemm<T>(false, true, s.Kg, s.red, cols, dyg, cols, col, cols, T(1),
                     dw + g * s.Kg * s.red, s.red);
         }
     }
@@ -250,7 +251,7 @@ void bwd_filter_gemm(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
     std::fill(dw, dw + p.K * s.red, T(0));
     if (nchw && !s.is_pointwise && s.PQ < kMinGemmPixels)
         return bwd_filter_gemm_images(p, s, dy, x, dw);
-    std::vector<T> col(s.col_elems);
+    T* const col = workspace<T>(Slot::Columns, s.col_elems);
     for (int64_t n = 0; n < p.N; ++n)
         for (int64_t g = 0; g < p.groups; ++g)
             for (int64_t j0 = 0; j0 < s.PQ; j0 += s.chunk) {
@@ -259,16 +260,16 @@ void bwd_filter_gemm(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
                     // dw_g (Kg x red) += dy (Kg x pixels) . col^T (pixels x red)
                     const T* B = x + (n * p.C + g * s.Cg) * p.H * p.W + j0;
                     if (!s.is_pointwise) {
-                        im2col_nchw(p, x, n, g, j0, j1, col.data(), cols);
-                        B = col.data();
+                        im2col_nchw_shared(p, x, n, g, j0, j1, col, cols);
+                        B = col;
                     }
                     gemm<T>(false, true, s.Kg, s.red, cols, dy + (n * p.K + g * s.Kg) * s.PQ + j0,
                             s.PQ, B, s.is_pointwise ? s.PQ : cols, T(1), dw + g * s.Kg * s.red,
                             s.red);
                 } else {
                     // dw_g (red x Kg, ld K) += col^T (red x pixels) . dy (pixels x Kg)
-                    im2col_nhwc(p, x, n, g, j0, j1, col.data());
-                    gemm<T>(true, false, s.red, s.Kg, cols, col.data(), s.red,
+                    im2col_nhwc(p, x, n, g, j0, j1, col);
+                    gemm<T>(true, false, s.red, s.Kg, cols, col, s.red,
                             dy + (n * s.PQ + j0) * p.K + g * s.Kg, p.K, T(1), dw + g * s.Kg, p.K);
                 }
             }

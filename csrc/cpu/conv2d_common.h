@@ -17,7 +17,9 @@
 #include "activation_cpu.h"
 #include "cpu_ops.h"
 #include "isa.h"
+#include "parallel.h"
 #include "simd.h"
+#include "workspace.h"
 
 namespace fastconv {
 namespace cpu {
@@ -127,6 +129,25 @@ FC_NO_LIBCALL_LOOPS void im2col_nchw(const Conv2dParams& p, const T* x, int64_t 
 }
 
 // col[j - j0][(r*S + s)*Cg + c] = x[n, oh*sh - ph + r*dh, ow*sw - pw + s*dw, g*Cg + c], 0 outside.
+// im2col_nchw with the pixels [j0, j1) shared among the threads where no parallel region
+// is open: a convolution whose image is one GEMM task (batch 1's large images) built its
+// im2col on one thread while the other waited (ResNet-50's l2_3x3s2 at batch 1: 16% of a
+// one-thread call, perf). Each part writes its own columns of col.
+template <typename T>
+void im2col_nchw_shared(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0,
+                        int64_t j1, T* col, int64_t ld) {
+    const int64_t red = (p.C / p.groups) * p.R * p.S;
+    const int64_t parts = in_region() || (j1 - j0) * red < (int64_t(1) << 16)
+                              ? 1
+                              : std::min<int64_t>(max_threads(), (j1 - j0) / 16);
+    if (parts <= 1) return im2col_nchw(p, x, n, g, j0, j1, col, ld);
+#pragma omp parallel for num_threads(int(parts)) schedule(static)
+    for (int64_t i = 0; i < parts; ++i) {
+        const int64_t a = j0 + (j1 - j0) * i / parts, b = j0 + (j1 - j0) * (i + 1) / parts;
+        im2col_nchw(p, x, n, g, a, b, col + (a - j0), ld);
+    }
+}
+
 template <typename T>
 void im2col_nhwc(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0, int64_t j1,
                  T* col) {

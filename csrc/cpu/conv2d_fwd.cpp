@@ -102,21 +102,24 @@ void small_images(const Conv2dParams& p, const ConvGemmShape& s, int64_t batch, 
                   const T* w, T* y) {
     const int64_t blocks = ceil_div(p.N, batch), tasks = blocks * p.groups;
     struct Scratch {
-        std::vector<T> col, tile;
+        T *col, *tile;
     };
     for_each_task(
         tasks,
-        [&] { return Scratch{std::vector<T>(s.red * batch * s.PQ), std::vector<T>(s.Kg * batch * s.PQ)}; },
+        [&] {
+            return Scratch{workspace<T>(Slot::Columns, s.red * batch * s.PQ),
+                           workspace<T>(Slot::Rows, s.Kg * batch * s.PQ)};
+        },
         [&](int64_t t, Scratch& sc) {
             const int64_t g = t % p.groups, n0 = (t / p.groups) * batch;
             const int64_t nb = std::min(batch, p.N - n0), ld = nb * s.PQ;
             for (int64_t i = 0; i < nb; ++i)
-                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, sc.col.data() + i * s.PQ, ld);
-            gemm<T>(false, false, s.Kg, ld, s.red, w + g * s.Kg * s.red, s.red, sc.col.data(), ld,
-                    T(0), sc.tile.data(), ld);
+                im2col_nchw(p, x, n0 + i, g, 0, s.PQ, sc.col + i * s.PQ, ld);
+            gemm<T>(false, false, s.Kg, ld, s.red, w + g * s.Kg * s.red, s.red, sc.col, ld,
+                    T(0), sc.tile, ld);
             for (int64_t i = 0; i < nb; ++i)
                 for (int64_t k = 0; k < s.Kg; ++k)
-                    std::copy_n(sc.tile.data() + k * ld + i * s.PQ, s.PQ,
+                    std::copy_n(sc.tile + k * ld + i * s.PQ, s.PQ,
                                 y + ((n0 + i) * p.K + g * s.Kg + k) * s.PQ);
         });
 }
@@ -141,24 +144,24 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
         // tasks run in turn and each GEMM uses every thread.
         const int64_t tasks = p.N * p.groups * s.chunks;
         for_each_task(
-            tasks, [&] { return std::vector<T>(s.is_pointwise ? 0 : s.col_elems); },
-            [&](int64_t t, std::vector<T>& col) {
+            tasks, [&] { return workspace<T>(Slot::Columns, s.is_pointwise ? 0 : s.col_elems); },
+            [&](int64_t t, T* col) {
                 const int64_t n = t / (p.groups * s.chunks), g = (t / s.chunks) % p.groups;
                 const int64_t j0 = (t % s.chunks) * s.chunk, j1 = std::min(j0 + s.chunk, s.PQ);
                 if (nchw) {
                     // (Kg x CgRS) . (CgRS x pixels) -> y[n, g*Kg.., j0..j1)
                     const T* B = x + (n * p.C + g * s.Cg) * p.H * p.W + j0;
                     if (!s.is_pointwise) {
-                        im2col_nchw(p, x, n, g, j0, j1, col.data(), j1 - j0);
-                        B = col.data();
+                        im2col_nchw_shared(p, x, n, g, j0, j1, col, j1 - j0);
+                        B = col;
                     }
                     gemm<T>(false, false, s.Kg, j1 - j0, s.red, w + g * s.Kg * s.red, s.red, B,
                             s.is_pointwise ? s.PQ : j1 - j0, T(0),
                             y + (n * p.K + g * s.Kg) * s.PQ + j0, s.PQ);
                 } else {
                     // (pixels x RSCg) . (RSCg x Kg) -> y[n, j0..j1), g*Kg..]
-                    im2col_nhwc(p, x, n, g, j0, j1, col.data());
-                    gemm<T>(false, false, j1 - j0, s.Kg, s.red, col.data(), s.red, w + g * s.Kg,
+                    im2col_nhwc(p, x, n, g, j0, j1, col);
+                    gemm<T>(false, false, j1 - j0, s.Kg, s.red, col, s.red, w + g * s.Kg,
                             p.K, T(0), y + (n * s.PQ + j0) * p.K + g * s.Kg, p.K);
                 }
             });

@@ -45,6 +45,7 @@
 #include "gemm.h"
 #include "parallel.h"
 #include "simd.h"
+#include "workspace.h"
 
 // The three transform runs below are written once (name_body) and built per ISA path by
 // FC_WINO_BUILDS: name_portable and name_avx2 (the avx512 path runs the AVX2 build), chosen
@@ -206,32 +207,6 @@ void filter_run_body(const T* const* taps, int64_t Kg, T* __restrict u, int64_t 
 FC_WINO_BUILDS(filter_run, (const T* const* taps, int64_t Kg, T* __restrict u, int64_t e_stride),
                (taps, Kg, u, e_stride))
 
-// Scratch kept from call to call, per thread and slot (grow-only, freed when the thread
-// ends): the transformed filters (slot kFilters: on ResNet-50's 512-channel layer 16.8 MB
-// for F(2x2), 37.7 MB for F(4x4)) and a chunk's V and M (kV, kM: up to ~1 MiB forward, 8 MiB
-// in grad weight). Fresh memory of that size is fresh pages, a fault every 4 KiB, each call;
-// how often depends on what the process freed before (glibc trims and re-maps its heap):
-// grad weight of the 56x56 layer measured 11-14 ms alone, 27 ms beside other variants'
-// allocations. Slots: what one call holds at once on one thread never shares a slot.
-enum Slot { kFilters, kV, kM, kSlots };
-
-template <typename T>
-T* workspace(Slot slot, int64_t elems) {
-    struct Held {
-        std::unique_ptr<T[]> buf;
-        int64_t have = 0;
-    };
-    thread_local Held held[kSlots];
-    Held& h = held[slot];
-    if (elems > h.have) {
-        h.buf.reset();  // the old block first: never both at once
-        h.have = 0;
-        h.buf = buffer<T>(elems);
-        h.have = elems;
-    }
-    return h.buf.get();
-}
-
 // The distance between the alpha^2 matrices of U, V and M (U_e to U_{e+1}, ...): n elements
 // rounded up to an odd number of 64-byte lines, so that the alpha^2 values one transform
 // reads or writes for a tile (or filter) fall in alpha^2 different cache sets. Where the
@@ -265,7 +240,7 @@ const T* transform_filters(const Conv2dParams& q, const Conv2dParams& p, bool gr
     layout = packed_b_layout<T>(Cg, Kg);
     const PackedB lay = layout;
     const int64_t us = filter_stride<T>(lay);
-    T* U = workspace<T>(kFilters, q.groups * a2 * us);
+    T* U = workspace<T>(Slot::Filters, q.groups * a2 * us);
     // Tasks of kCB channels x one sliver of filters: their taps, gathered where k_stride is
     // not 1, are a few KiB of a few dozen pages (channel by channel over all filters touched
     // one page per filter: 512 pages a channel on the 512-channel layer, a TLB miss a load).
@@ -510,7 +485,7 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
     for_each_task(
         q.groups * chunks,
         [&] {
-            return Scratch{workspace<T>(kV, a2 * v_stride), workspace<T>(kM, a2 * z_stride),
+            return Scratch{workspace<T>(Slot::TilesIn, a2 * v_stride), workspace<T>(Slot::TilesOut, a2 * z_stride),
                            buffer<T>(in_elems), buffer<T>(out_elems)};
         },
         [&](int64_t task, Scratch& s) {
@@ -559,9 +534,9 @@ void bwd_filter_tiles(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
     const int64_t in_elems = a * (run_max * m + 2) * Cg, dy_elems = m * run_max * m * Kg;
     Conv2dParams o = p;  // dy as an image: K channels of P x Q, read by gather_band
     o.C = p.K, o.H = p.P, o.W = p.Q;
-    T* const V = workspace<T>(kV, a2 * v_stride);
-    T* const Z = workspace<T>(kM, a2 * z_stride);
-    T* const dU = workspace<T>(kFilters, a2 * u_stride);
+    T* const V = workspace<T>(Slot::TilesIn, a2 * v_stride);
+    T* const Z = workspace<T>(Slot::TilesOut, a2 * z_stride);
+    T* const dU = workspace<T>(Slot::Filters, a2 * u_stride);
     const Buffer<T> in = buffer<T>(std::max(in_elems, dy_elems));
     for (int64_t g = 0; g < p.groups; ++g) {
         for (int64_t u0 = 0; u0 < tiles; u0 += chunk) {
