@@ -165,6 +165,19 @@ MUTANTS = [
            "bwd_filter_blocked_vk<32>(p, bwd_filter_blocked_chunk_avx512<2>, dy, x, dw);",
            "bwd_filter_blocked_vk<32>(p, bwd_filter_blocked_chunk_avx512<1>, dy, x, dw);", ISA,
            "avx512"),
+    # NHWC pooling's AVX-512 blocks (pool.cpp): NaN no longer taken; the masked last vector
+    # one channel short; every output of a row divided by its first column's divisor.
+    Mutant("avx512-nhwc-max-nan", "NaN propagation", "csrc/cpu/pool.cpp",
+           "const __mmask16 t = _mm512_cmp_ps_mask(x, acc[v], _CMP_GT_OQ) |\n"
+           "                                    _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);",
+           "const __mmask16 t = _mm512_cmp_ps_mask(x, acc[v], _CMP_GT_OQ);", POOL, "avx512"),
+    Mutant("avx512-nhwc-max-tail", "tail mask", "csrc/cpu/pool.cpp",
+           "const __mmask16 last = __mmask16((1u << (rest % 16 ? rest % 16 : 16)) - 1);",
+           "const __mmask16 last = __mmask16((1u << (rest % 16 ? rest % 16 - 1 : 15)) - 1);",
+           POOL, "avx512"),
+    Mutant("avx512-nhwc-avg-divisor", "pool divisor", "csrc/cpu/pool.cpp",
+           "const float div = kMax ? 1.f : float(pool_avg_divisor(p, oh, ow));",
+           "const float div = kMax ? 1.f : float(pool_avg_divisor(p, oh, 0));", POOL, "avx512"),
     # Winograd (csrc/common/winograd.h, csrc/cpu/winograd.cpp): a sign in one entry of
     # F(4, 3)'s B^T; the last image column of each input band read as padding (an
     # off-by-one at the right edge); grad input padded at the left as at the top.

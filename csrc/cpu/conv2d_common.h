@@ -128,7 +128,6 @@ FC_NO_LIBCALL_LOOPS void im2col_nchw(const Conv2dParams& p, const T* x, int64_t 
     }
 }
 
-// col[j - j0][(r*S + s)*Cg + c] = x[n, oh*sh - ph + r*dh, ow*sw - pw + s*dw, g*Cg + c], 0 outside.
 // im2col_nchw with the pixels [j0, j1) shared among the threads where no parallel region
 // is open: a convolution whose image is one GEMM task (batch 1's large images) built its
 // im2col on one thread while the other waited (ResNet-50's l2_3x3s2 at batch 1: 16% of a
@@ -148,6 +147,7 @@ void im2col_nchw_shared(const Conv2dParams& p, const T* x, int64_t n, int64_t g,
     }
 }
 
+// col[j - j0][(r*S + s)*Cg + c] = x[n, oh*sh - ph + r*dh, ow*sw - pw + s*dw, g*Cg + c], 0 outside.
 template <typename T>
 void im2col_nhwc(const Conv2dParams& p, const T* x, int64_t n, int64_t g, int64_t j0, int64_t j1,
                  T* col) {
