@@ -178,6 +178,11 @@ MUTANTS = [
     Mutant("avx512-nhwc-avg-divisor", "pool divisor", "csrc/cpu/pool.cpp",
            "const float div = kMax ? 1.f : float(pool_avg_divisor(p, oh, ow));",
            "const float div = kMax ? 1.f : float(pool_avg_divisor(p, oh, 0));", POOL, "avx512"),
+    # Grad input through the rowvec forward (conv2d_bwd.cpp, bwd_data_rowvec): the filters
+    # transposed but not flipped.
+    Mutant("rowvec-grad-input-unflipped", "filter flip", BWD,
+           "wt[(c * p.K + k) * RS + t] = w[(k * p.C + c) * RS + RS - 1 - t];",
+           "wt[(c * p.K + k) * RS + t] = w[(k * p.C + c) * RS + t];", CONV, "avx512"),
     # Winograd (csrc/common/winograd.h, csrc/cpu/winograd.cpp): a sign in one entry of
     # F(4, 3)'s B^T; the last image column of each input band read as padding (an
     # off-by-one at the right edge); grad input padded at the left as at the top.

@@ -279,6 +279,18 @@ inline bool blocked_auto(const Conv2dParams& p) {
            (p.K <= kBlockedMaxK || (p.C <= 4 && p.R * p.S > 1 && p.C * p.R * p.S <= 256));
 }
 
+// Whether the blocked forward of p runs its rowvec kernel (conv2d_fwd.cpp, blocked): avx512,
+// stride 1 along the row, at most kRowvecMaxK filters, rows of at most two vectors, and more
+// lanes busy along the row than along the channels.
+constexpr int64_t kRowvecMaxK = 12;
+inline bool blocked_takes_rowvec(const Conv2dParams& p) {
+    const int64_t vq = ceil_div(p.Q, int64_t(16));
+    const double along_row = double(p.Q) / double(16 * vq);
+    const double along_k = double(p.K) / double(p.K <= 8 ? 8 : 16 * ceil_div(p.K, int64_t(16)));
+    return blocked_applies(p) && isa() == Isa::Avx512 && p.stride_w == 1 && p.K <= kRowvecMaxK &&
+           vq <= 2 && along_row > along_k;
+}
+
 // The padded scratch of one image: rows 0 .. (P-1)*sh + (R-1)*dh, columns 0 ..
 // (Qb-1)*sw + (S-1)*dw, where Qb rounds Q up to whole blocks of pb pixels (the extra
 // columns are zeros; outputs computed there are dropped).

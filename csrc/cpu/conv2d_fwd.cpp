@@ -379,7 +379,7 @@ __attribute__((always_inline)) inline void blocked_pixels(const Conv2dParams& p,
 // broadcasts of a weight and KB x VQ FMAs, and each filter's row is stored as VQ
 // vectors, no transpose. LeNet C1 (6 filters, 28-pixel rows): 28 of 32 lanes busy,
 // where a vector of channels holds 6 of 8 (ymm) and its rows split into runs of 10.
-constexpr int kRowvecKV = 12;  // the weights' row length for every rowvec instantiation
+constexpr int kRowvecKV = int(kRowvecMaxK);  // the weights' row length for every rowvec instantiation
 template <int VQ, int KB>
 FC_TARGET_AVX512 void blocked_rowvec_avx512(const Conv2dParams& p, const BlockedShape& b,
                                             const float* xp, const float* wt, float* y,
@@ -508,12 +508,9 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         static constexpr auto k512_1 = avx512_kernels<1>(Seq{}), k512_2 = avx512_kernels<2>(Seq{});
         static constexpr auto k2_1 = avx2_kernels<1>(Seq{});
         // Lanes busy per FMA: vectors along the row (rowvec) against vectors of channels
-        // (runs of pixels; ymm for K <= 8): the larger wins.
-        const int64_t vq = ceil_div(p.Q, int64_t(16));
-        const double along_row = double(p.Q) / double(16 * vq);
-        const double along_k = double(p.K) / double(p.K <= 8 ? 8 : 16 * ceil_div(p.K, int64_t(16)));
-        if (isa() == Isa::Avx512 && p.stride_w == 1 && p.K <= kRowvecKV && vq <= 2 &&
-            along_row > along_k) {
+        // (runs of pixels; ymm for K <= 8): the larger wins (blocked_takes_rowvec).
+        if (blocked_takes_rowvec(p)) {
+            const int64_t vq = ceil_div(p.Q, int64_t(16));
             // KB: K rounded up to an even count (LeNet C1's 6 exactly).
             static constexpr BlockedImage rowvec[2][6] = {
                 {blocked_rowvec_avx512<1, 2>, blocked_rowvec_avx512<1, 4>, blocked_rowvec_avx512<1, 6>,
