@@ -458,6 +458,20 @@ void each_run(const std::vector<TileRun>& runs, T* band, int64_t band_elems, F f
     }
 }
 
+// f(e) for the alpha^2 products e of a chunk. Where no region is open (chunks in turn) they
+// are shared among the threads in one region, each GEMM on one thread: one fork and join
+// instead of alpha^2 (36 GEMM regions a chunk before, and a join costs most at batch 1,
+// where a product is a few microseconds of work). Inside a region, in turn.
+template <typename F>
+void each_product(int64_t a2, F f) {
+    if (in_region() || max_threads() == 1) {
+        for (int64_t e = 0; e < a2; ++e) f(e);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t e = 0; e < a2; ++e) f(e);
+}
+
 // Tiles per chunk: what fits kWinogradBudget, at least kMinChunkTiles, at most all. The same
 // for any thread count, so the chunk edges that tests/test_conv2d.py THRESHOLDS straddles
 // do not move with the machine. (A many-core machine at batch 1 gets fewer chunks than
@@ -508,10 +522,11 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
                             winograd::tile_origin(r.tw0, m, q.pad_w), a, cols, band);
                 input_run<m>(band, cols * Cg, Cg, r.tw1 - r.tw0, s.v + r.j * Cg, v_stride);
             });
-            for (int64_t e = 0; e < a2; ++e)
+            each_product(a2, [&](int64_t e) {
                 gemm_packed_b<T>(false, u1 - u0, Kg, Cg, s.v + e * v_stride, Cg,
                                  U + (g * a2 + e) * filter_stride<T>(layout), T(0),
                                  s.z + e * z_stride, Kg);
+            });
             each_run(runs, s.out.get(), out_elems, [&](const TileRun& r, T* band) {
                 const int64_t cols = (r.tw1 - r.tw0) * m;
                 output_run<m>(s.z + r.j * Kg, z_stride, Kg, r.tw1 - r.tw0, band, cols * Kg);
@@ -561,9 +576,10 @@ void bwd_filter_tiles(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
                 gather_band(o, dy, r.n, g, r.th * m, r.tw0 * m, m, cols, band);
                 dy_run<m>(band, cols * Kg, Kg, r.tw1 - r.tw0, Z + r.j * Kg, z_stride);
             });
-            for (int64_t e = 0; e < a2; ++e)
+            each_product(a2, [&](int64_t e) {
                 gemm<T>(true, false, Kg, Cg, u1 - u0, Z + e * z_stride, Kg,
                         V + e * v_stride, Cg, u0 == 0 ? T(0) : T(1), dU + e * u_stride, Cg);
+            });
         }
         // dw[k, c, r, s] (NCHW: K x Cg x 3 x 3; NHWC: 3 x 3 x Cg x K) from dU[e][k][c]
         const bool nchw = p.layout == Layout::NCHW;
