@@ -183,6 +183,10 @@ MUTANTS = [
     Mutant("rowvec-grad-input-unflipped", "filter flip", BWD,
            "wt[(c * p.K + k) * RS + t] = w[(k * p.C + c) * RS + RS - 1 - t];",
            "wt[(c * p.K + k) * RS + t] = w[(k * p.C + c) * RS + t];", CONV, "avx512"),
+    # Two rows a block (conv2d_fwd.cpp, blocked_runs2): the second row through the same
+    # filter row as the first.
+    Mutant("avx512-runs2-filter-row", "filter row", FWD,
+           "wc + (rr - 1) * KS * KV);", "wc + rr * KS * KV);", CONV, "avx512"),
     # Winograd (csrc/common/winograd.h, csrc/cpu/winograd.cpp): a sign in one entry of
     # F(4, 3)'s B^T; the last image column of each input band read as padding (an
     # off-by-one at the right edge); grad input padded at the left as at the top.

@@ -22,7 +22,12 @@
 //           only. Grad input runs as gemm.
 //   winograd2, winograd4  grad input of a 3x3, stride-1 layer is the stride-1 convolution of dy
 //           with the flipped, channel-transposed filters, padded by 2 - pad: it runs the
-//           forward's Winograd code (winograd.cpp). Grad weight runs as gemm.
+//           forward's Winograd code (winograd.cpp). Grad weight sums over the tiles
+//           (A dy A^T) . (B^T x B), one GEMM per alpha^2 position, then G^T . G
+//           (winograd_bwd_filter). auto takes both by the forward's tile rule.
+//   auto    also: grad input of a stride-1 layer with few input channels through the
+//           forward's rowvec kernel (bwd_data_rowvec), and gemm grad weight of small
+//           NCHW images batched into one GEMM (bwd_filter_gemm_images).
 // Depthwise runs as gemm (the forward's depthwise variant has no backward of its own yet).
 //
 // conv2d_avgpool (the LeNet-5 block) comes back through avgpool_act_bwd, which spreads

@@ -12,7 +12,9 @@
 // its own GEMMs), NCHW or NHWC, float or double; bias, residual and activation follow
 // through bias_activation, as in the gemm variant. Grad input of such a layer is the forward
 // convolution of dy with the flipped, channel-transposed filters, padded by 2 - pad
-// (winograd.h, bwd_data_as_forward), and runs the same code. Grad weight runs as gemm.
+// (winograd.h, bwd_data_as_forward), and runs the same code. Grad weight (bwd_filter_tiles)
+// transforms x's tiles and dy's (A dy A^T) the same way and sums their products over the
+// tiles, one GEMM per alpha^2 position, then dw = G^T dU G.
 //
 // One call:
 //   1. Filters, once: U[g][e][c][k] = (G w_{g,k,c} G^T)[e] for the alpha^2 positions e, in T
