@@ -10,8 +10,8 @@
 // A slot is grow-only and freed when its thread ends; the contents are undefined (never
 // zeroed) and belong to whoever asked last on that thread, so what one call holds at once
 // on one thread must use distinct slots. Held at most: the largest request each thread made
-// per slot and element type (ResNet-50 at batch 32: ~40 MB on the calling thread, for the
-// 512-channel layer's Winograd filters, and a few MB on each of the others).
+// per slot and element type (ResNet-50 at batch 32: ~57 MB on the calling thread, for the
+// 512-channel layer's Winograd filters and one chunk's V and M, a few MB on the others).
 #pragma once
 #include <cstddef>
 #include <cstdint>
