@@ -441,22 +441,24 @@ struct TileRun {
     int64_t n, th, tw0, tw1, j;
 };
 
-// f(run, band) for each run, band being scratch of band_elems for f's use. Where the chunks run
-// in turn (for_each_task with fewer than two per thread: ResNet-50's 7x7 layer at batch 32
-// has two) and no region is open, the runs are shared among the threads, each with a band
-// of its own; the transforms were one thread's work while the other waited (libgomp's wait
-// was 11% of that layer's samples, perf). Runs write disjoint tiles of V, and of y.
+// f(run, band) for each run, band being band_elems of the running thread's scratch
+// (workspace.h, Slot::Bands) for f's use. Where the chunks run in turn (for_each_task with
+// fewer than two per thread: ResNet-50's 7x7 layer at batch 32 has two) and no region is
+// open, the runs are shared among the threads; the transforms were one thread's work while
+// the other waited (libgomp's wait was 11% of that layer's samples, perf). Runs write
+// disjoint tiles of V, and of y.
 template <typename T, typename F>
-void each_run(const std::vector<TileRun>& runs, T* band, int64_t band_elems, F f) {
+void each_run(const std::vector<TileRun>& runs, int64_t band_elems, F f) {
     if (in_region() || runs.size() < 2 || max_threads() == 1) {
+        T* band = workspace<T>(Slot::Bands, band_elems);
         for (const TileRun& r : runs) f(r, band);
         return;
     }
 #pragma omp parallel
     {
-        const Buffer<T> own = buffer<T>(band_elems);
+        T* band = workspace<T>(Slot::Bands, band_elems);
 #pragma omp for schedule(static)
-        for (size_t i = 0; i < runs.size(); ++i) f(runs[i], own.get());
+        for (size_t i = 0; i < runs.size(); ++i) f(runs[i], band);
     }
 }
 
@@ -503,13 +505,12 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
     const int64_t in_elems = a * (run_max * m + 2) * Cg, out_elems = m * run_max * m * Kg;  // bands
     struct Scratch {
         T *v, *z;
-        Buffer<T> in, out;
     };
     for_each_task(
         q.groups * chunks,
         [&] {
-            return Scratch{workspace<T>(Slot::TilesIn, a2 * v_stride), workspace<T>(Slot::TilesOut, a2 * z_stride),
-                           buffer<T>(in_elems), buffer<T>(out_elems)};
+            return Scratch{workspace<T>(Slot::TilesIn, a2 * v_stride),
+                           workspace<T>(Slot::TilesOut, a2 * z_stride)};
         },
         [&](int64_t task, Scratch& s) {
             const int64_t g = task / chunks, u0 = task % chunks * chunk;
@@ -518,7 +519,7 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
             for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
                 runs.push_back({n, th, tw0, tw1, j});
             });
-            each_run(runs, s.in.get(), in_elems, [&](const TileRun& r, T* band) {
+            each_run<T>(runs, in_elems, [&](const TileRun& r, T* band) {
                 const int64_t cols = (r.tw1 - r.tw0) * m + 2;
                 gather_band(q, x, r.n, g, winograd::tile_origin(r.th, m, q.pad_h),
                             winograd::tile_origin(r.tw0, m, q.pad_w), a, cols, band);
@@ -529,7 +530,7 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
                                  U + (g * a2 + e) * filter_stride<T>(layout), T(0),
                                  s.z + e * z_stride, Kg);
             });
-            each_run(runs, s.out.get(), out_elems, [&](const TileRun& r, T* band) {
+            each_run<T>(runs, out_elems, [&](const TileRun& r, T* band) {
                 const int64_t cols = (r.tw1 - r.tw0) * m;
                 output_run<m>(s.z + r.j * Kg, z_stride, Kg, r.tw1 - r.tw0, band, cols * Kg);
                 scatter_band(q, band, r.n, g, r.th * m, r.tw0 * m, m, cols, y);
@@ -561,7 +562,6 @@ void bwd_filter_tiles(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
     T* const V = workspace<T>(Slot::TilesIn, a2 * v_stride);
     T* const Z = workspace<T>(Slot::TilesOut, a2 * z_stride);
     T* const dU = workspace<T>(Slot::Filters, a2 * u_stride);
-    const Buffer<T> in = buffer<T>(std::max(in_elems, dy_elems));
     for (int64_t g = 0; g < p.groups; ++g) {
         for (int64_t u0 = 0; u0 < tiles; u0 += chunk) {
             const int64_t u1 = std::min(u0 + chunk, tiles);
@@ -569,7 +569,7 @@ void bwd_filter_tiles(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
             for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
                 runs.push_back({n, th, tw0, tw1, j});
             });
-            each_run(runs, in.get(), std::max(in_elems, dy_elems), [&](const TileRun& r, T* band) {
+            each_run<T>(runs, std::max(in_elems, dy_elems), [&](const TileRun& r, T* band) {
                 int64_t cols = (r.tw1 - r.tw0) * m + 2;
                 gather_band(p, x, r.n, g, winograd::tile_origin(r.th, m, p.pad_h),
                             winograd::tile_origin(r.tw0, m, p.pad_w), a, cols, band);

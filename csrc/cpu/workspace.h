@@ -28,6 +28,7 @@ enum class Slot {
     Filters,   // winograd.cpp: transformed filters U, or grad weight's dU
     TilesIn,   // winograd.cpp: a chunk's transformed inputs V
     TilesOut,  // winograd.cpp: a chunk's products M, or grad weight's transformed dy
+    Bands,     // winograd.cpp: one run of tiles' input or output band (each_run)
     Columns,   // conv2d_fwd.cpp / conv2d_bwd.cpp: an im2col matrix
     Rows,      // conv2d_fwd.cpp / conv2d_bwd.cpp: a GEMM's output (or dy) rows beside Columns
     Count
