@@ -471,6 +471,39 @@ def _environment():
     return commit or "unknown", cpu
 
 
+# What each library is told to run on a host restricted to one instruction set: fastconv's
+# dispatch (csrc/cpu/isa.cpp), ATen's kernels and oneDNN's JIT. Comparing fastconv's AVX2 path
+# with a PyTorch that keeps AVX-512 says nothing about an AVX2-only host; this does.
+_ISA_ENVIRONMENT = {
+    "avx512": {"FASTCONV_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx512",
+               "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx2": {"FASTCONV_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "portable": {"FASTCONV_CPU_ISA": "portable", "ATEN_CPU_CAPABILITY": "default",
+                 "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
+def restrict_isa(isa):
+    """Sets the variables that hold fastconv and PyTorch to one instruction set. Call it
+    before torch is imported and before fastconv's first CPU op: both read them once."""
+    import sys
+
+    if "torch" in sys.modules:
+        raise RuntimeError("restrict_isa: torch is already imported; its ISA is fixed")
+    os.environ.update(_ISA_ENVIRONMENT[isa])
+    from . import _cpu
+
+    if _cpu.isa() != isa:  # fastconv._cpu chose its path when it loaded
+        raise RuntimeError(f"restrict_isa: fastconv's CPU backend runs {_cpu.isa()}, not {isa}: "
+                           f"set FASTCONV_CPU_ISA={isa} before fastconv loads")
+
+
+def _peer_isa(torch):
+    """PyTorch's instruction sets as this process runs them: ATen's and oneDNN's ceiling."""
+    return {"aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL")}
+
+
 def run(device="cpu", suites=SUITES, quick=False, repeat=None):
     """Runs the suites and returns the results dict (the --json layout)."""
     try:
@@ -524,6 +557,7 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
     commit, cpu = _environment()
     return {"commit": commit, "date": _now(),
             "device": {"name": cpu, "threads": _cpu.num_threads(), "isa": _cpu.isa(),
+                       "peer_isa": _peer_isa(torch),
                        "driver": None, "cuda": None,
                        "torch": torch.__version__, "quick": quick},
             "ceilings": ceilings, "rows": rows}
@@ -543,7 +577,9 @@ def _timing(r):
 
 def format_table(result):
     d = result["device"]
-    where = (f"{d['name']} ({d['threads']} threads{', ' + d['isa'] if d.get('isa') else ''})"
+    peer = d.get("peer_isa")
+    peer = f", PyTorch {peer['aten']} / oneDNN {peer['onednn_max']}" if peer else ""
+    where = (f"{d['name']} ({d['threads']} threads{', ' + d['isa'] if d.get('isa') else ''}{peer})"
              if "threads" in d else
              f"{d['name']}, driver {d['driver']}, CUDA {d['cuda']}, torch {d['torch']}")
     lines = [f"fastconv bench on {where}, commit {result['commit'][:10]}, {result['date']}",

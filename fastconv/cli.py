@@ -154,6 +154,10 @@ def cmd_bench(args):
     from . import bench
 
     _device(args.device)  # --device cuda without a GPU: one line, before any work
+    if args.isa:
+        if args.device != "cpu":
+            raise SystemExit("fastconv bench: --isa is for --device cpu")
+        bench.restrict_isa(args.isa)  # before torch loads: its libraries read the variables once
     suites = bench.SUITES if not args.suite or "all" in args.suite else args.suite
     result = bench.run(args.device, suites, quick=args.quick)
     print(bench.format_table(result))
@@ -447,6 +451,10 @@ def build_parser():
     bench.add_argument("--suite", nargs="+", choices=[*SUITES, "all"], metavar="NAME",
                        help=f"suites to run: {', '.join(SUITES)} or all (default: all)")
     bench.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
+    bench.add_argument("--isa", choices=["avx512", "avx2", "portable"],
+                       help="run fastconv and PyTorch (ATen and oneDNN) on this instruction set only: "
+                            "what a host without the wider units would measure (default: the best "
+                            "each library finds)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG chart of the speedups")
     bench.set_defaults(fn=cmd_bench)

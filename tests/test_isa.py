@@ -261,3 +261,25 @@ def test_fastconv_info_shows_the_path():
     out = run_child("sse4", "from fastconv.cli import main; main(['info'])", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backend cpu   built but not loadable (FASTCONV_CPU_ISA must be one of" in out.stdout
+
+
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_bench_holds_pytorch_to_the_same_path(isa):
+    # `fastconv bench --isa`: a comparison for a host without the wider units needs PyTorch's
+    # ATen kernels and oneDNN held to that instruction set as well.
+    require(isa)
+    pytest.importorskip("torch")
+    code = ("from fastconv import bench; bench.restrict_isa(%r); import torch; "
+            "from fastconv import _cpu; print(_cpu.isa(), bench._peer_isa(torch))" % isa)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTCONV_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    aten = {"avx2": "AVX2", "portable": "DEFAULT"}[isa]
+    assert out.stdout.split()[0] == isa and f"'aten': '{aten}'" in out.stdout, out.stdout
+    # Too late once torch is loaded: refused, not silently mismatched.
+    out = run_child(isa, "import torch; from fastconv import bench; bench.restrict_isa(%r)" % isa,
+                    timeout=120)
+    assert out.returncode != 0 and "torch is already imported" in out.stderr, out.stderr
