@@ -7,6 +7,7 @@
 #include <string>
 
 #include <omp.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include "bind_common.h"
@@ -15,6 +16,8 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
+#include "cpu/output_cache.h"
+#include "cpu/workspace.h"
 
 namespace py = pybind11;
 using namespace fastconv;
@@ -81,6 +84,54 @@ PYBIND11_MODULE(_cpu, m) {
     // The block runs any conv variant, then the average pool (no fused variant here).
     m.attr("conv2d_avgpool_variants") = m.attr("conv2d_variants");
     m.def("num_threads", [] { return omp_get_max_threads(); });
+
+    // Output memory (cpu/output_cache.h): a uint8 array of `nbytes` whose block goes back to
+    // the cache when the last view of it dies. FASTCONV_CPU_CACHE_MIB is read here, once.
+    cpu::output_cache_stats();
+    m.attr("output_cache_min_bytes") = cpu::kMinCachedBytes;
+    m.def("empty", [](size_t nbytes) {
+        struct Owned {
+            void* block;
+            size_t size;
+        };
+        Owned* owned = new Owned{nullptr, 0};
+        try {
+            owned->block = cpu::output_take(nbytes, &owned->size);
+        } catch (...) {
+            delete owned;
+            throw;
+        }
+        py::capsule owner(owned, [](void* o) {
+            Owned* done = static_cast<Owned*>(o);
+            cpu::output_give(done->block, done->size);
+            delete done;
+        });
+        return py::array_t<uint8_t>({py::ssize_t(nbytes)}, {py::ssize_t(1)},
+                                    static_cast<uint8_t*>(owned->block), owner);
+    }, "A uint8 array of nbytes, 64-byte aligned, its memory from the output cache.");
+    // What the CPU backend holds between calls, and a way to give it back.
+    m.def("memory", [] {
+        const cpu::OutputCacheStats c = cpu::output_cache_stats();
+        size_t scratch = 0;
+#pragma omp parallel reduction(+ : scratch)
+        scratch += cpu::workspace_held() + cpu::gemm_scratch_held();
+        py::dict d;
+        d["output_cache_bytes"] = c.held_bytes;
+        d["output_cache_blocks"] = c.held_blocks;
+        d["output_cache_limit"] = c.limit_bytes;
+        d["output_cache_hits"] = c.hits;
+        d["output_cache_misses"] = c.misses;
+        d["scratch_bytes"] = scratch;
+        return d;
+    });
+    m.def("empty_cache", [] {
+        size_t freed = cpu::output_cache_release();
+        py::gil_scoped_release release;
+#pragma omp parallel reduction(+ : freed)
+        freed += cpu::workspace_release() + cpu::gemm_scratch_release();
+        return freed;
+    });
+    m.def("set_output_cache_limit", [](size_t bytes) { cpu::output_cache_set_limit(bytes); });
 
     // r: the residual added before the activation, or 0 for none.
     m.def("conv2d_fwd", [](const Conv2dParams& p, std::string variant, std::string dtype, U x, U w, U b, U y,

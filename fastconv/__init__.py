@@ -44,6 +44,25 @@ def cuda_unavailable_reason():
     return None if count > 0 else "no CUDA device on this machine"
 
 
+def empty_cache():
+    """Frees the memory the CPU backend keeps between calls: the cached blocks of outputs
+    the caller has dropped, and each thread's kernel scratch (im2col, Winograd, packing).
+    Returns the bytes freed. Arrays still alive are not touched."""
+    from . import _cpu
+
+    return int(_cpu.empty_cache())
+
+
+def cpu_memory():
+    """What the CPU backend holds between calls, in bytes: `output_cache_bytes` (blocks of
+    dropped outputs kept for the next call's output; at most `output_cache_limit`, set with
+    FASTCONV_CPU_CACHE_MIB, default 256, 0 for none) and `scratch_bytes` (kernel scratch,
+    all threads), with the cache's block count, hits and misses."""
+    from . import _cpu
+
+    return dict(_cpu.memory())
+
+
 def conv2d_variants(backend="cpu"):
     """The conv2d kernel variants of a backend ("cpu" or "cuda"), for `variant=`."""
     if backend == "cpu":
@@ -58,6 +77,6 @@ def conv2d_variants(backend="cpu"):
 __all__ = [
     "avg_pool2d", "avg_pool2d_backward", "conv1d", "conv2d", "conv2d_avgpool",
     "conv2d_avgpool_backward", "conv2d_backward",
-    "conv2d_variants", "cuda_available", "cuda_unavailable_reason", "filter2d", "global_avg_pool2d",
+    "conv2d_variants", "cpu_memory", "cuda_available", "empty_cache", "cuda_unavailable_reason", "filter2d", "global_avg_pool2d",
     "global_avg_pool2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "sobel",
 ]

@@ -5,7 +5,9 @@ The caller never names a backend: the arrays decide. NumPy arrays and PyTorch CP
 tensors run on the CPU backend (fastconv._cpu); CuPy arrays, PyTorch CUDA tensors and
 other objects exposing __cuda_array_interface__ or DLPack on a CUDA device run on the
 GPU backend (fastconv._cuda), on the caller's current stream. Outputs are of the
-caller's library, allocated by that library's allocator, on the inputs' device.
+caller's library, allocated by that library's allocator, on the inputs' device; one
+exception: NumPy outputs of 64 KiB and more are ndarrays over blocks of the CPU backend's
+output cache (csrc/cpu/output_cache.h: fresh pages cost a fault each).
 Inputs are used in place when C-contiguous; other views are copied to a contiguous
 array by their own library first.
 """
@@ -67,7 +69,16 @@ class _NumPy:
 
     @staticmethod
     def empty(shape, dtype, like):
-        return np.empty(shape, dtype=dtype)
+        # Outputs of 64 KiB and more come from the CPU backend's output cache
+        # (csrc/cpu/output_cache.h says why: fresh pages cost a fault each), as ndarrays.
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        cpu = sys.modules.get("fastconv._cpu")
+        if cpu is None or nbytes < cpu.output_cache_min_bytes:
+            return np.empty(shape, dtype=dtype)
+        return cpu.empty(nbytes).view(dtype).reshape(shape)
 
     @staticmethod
     def fill(a, value):

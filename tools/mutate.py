@@ -59,6 +59,7 @@ FWD, BWD, COMMON = "csrc/cpu/conv2d_fwd.cpp", "csrc/cpu/conv2d_bwd.cpp", "csrc/c
 WINO_H, WINO = "csrc/common/winograd.h", "csrc/cpu/winograd.cpp"
 WINO_TESTS = ("tests/test_conv2d.py", "tests/test_winograd.py")
 POOL_CPP, SHAPES_H = "csrc/cpu/pool.cpp", "csrc/common/shapes.h"
+CACHE, CACHE_TESTS = "csrc/cpu/output_cache.cpp", ("tests/test_output_cache.py",)
 
 MUTANTS = [
     # The seven that the mutation run at 8533058 found missed (issue 18).
@@ -207,6 +208,13 @@ MUTANTS = [
     Mutant("winograd-dw-transform-stride", "transform operand stride", WINO_H,
            "apply<TransposeOf<GOf<m>>>(du + j * dus, a * dus, t + j, a);",
            "apply<TransposeOf<GOf<m>>>(du + j * dus, dus, t + j, a);", WINO_TESTS),
+    # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
+    # list (two live outputs on one block); a block taken for a larger request.
+    Mutant("output-cache-kept-twice", "ownership", CACHE,
+           "            c.kept.erase(c.kept.begin() + best);\n", "", CACHE_TESTS),
+    Mutant("output-cache-too-small", "size check", CACHE,
+           "if (s >= want && s <= want + want / 4", "if (s >= want / 2 && s <= want + want / 4",
+           CACHE_TESTS),
     Mutant("packed-b-last-block", "packed layout offset", "csrc/cpu/gemm.h",
            "const int64_t pc = k / KC * KC, kc = K - pc < KC ? K - pc : KC;",
            "const int64_t pc = k / KC * KC, kc = KC;", WINO_TESTS),

@@ -361,11 +361,12 @@ void bwd_filter_blocked_vk(const Conv2dParams& p, BlockedChunk chunk, const floa
     std::vector<float> parts(chunks * taps * KV);
 #pragma omp parallel
     {
-        std::vector<float> xp(p.C * b.Hp * b.Wp), dyt(p.P * p.Q * KV);
+        float* const xp = workspace<float>(Slot::Padded, p.C * b.Hp * b.Wp);
+        float* const dyt = workspace<float>(Slot::Rows, p.P * p.Q * KV);
 #pragma omp for schedule(dynamic)
         for (int64_t ch = 0; ch < chunks; ++ch)
-            chunk(p, b, dy, x, ch * kChunk, std::min(p.N, (ch + 1) * kChunk), xp.data(),
-                  dyt.data(), parts.data() + ch * taps * KV);
+            chunk(p, b, dy, x, ch * kChunk, std::min(p.N, (ch + 1) * kChunk), xp, dyt,
+                  parts.data() + ch * taps * KV);
     }
     // Chunks added in order; dw is (K, C, R, S), taps innermost.
 #pragma omp parallel for schedule(static)

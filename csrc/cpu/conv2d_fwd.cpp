@@ -538,20 +538,20 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
     if (p.N >= 2 * omp_get_max_threads()) {
 #pragma omp parallel
         {
-            std::vector<float> xp(image);
+            float* const xp = workspace<float>(Slot::Padded, image);
 #pragma omp for schedule(dynamic)
             for (int64_t n = 0; n < p.N; ++n) {
-                pad_image(p, b, x + n * in, xp.data());
-                image_fn(p, b, xp.data(), wt.data(), y + n * out, 0, p.P);
+                pad_image(p, b, x + n * in, xp);
+                image_fn(p, b, xp, wt.data(), y + n * out, 0, p.P);
             }
         }
-    } else {  // few large images: one scratch, rows shared out
-        std::vector<float> xp(image);
+    } else {  // few large images: the calling thread's scratch, rows shared out
+        float* const xp = workspace<float>(Slot::Padded, image);
         for (int64_t n = 0; n < p.N; ++n) {
-            pad_image(p, b, x + n * in, xp.data());
+            pad_image(p, b, x + n * in, xp);
 #pragma omp parallel for schedule(static)
             for (int64_t oh = 0; oh < p.P; ++oh)
-                image_fn(p, b, xp.data(), wt.data(), y + n * out, oh, oh + 1);
+                image_fn(p, b, xp, wt.data(), y + n * out, oh, oh + 1);
         }
     }
 }

@@ -62,6 +62,7 @@
 #include "../common/check.h"
 #include "isa.h"
 #include "simd.h"
+#include "workspace.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -374,24 +375,16 @@ void pack(const T* src, int64_t sx, int64_t sk, int64_t nx, int64_t kc, PackRows
     }
 }
 
-// Grow-only 64-byte aligned scratch, one per thread and element type.
+// Grow-only 64-byte aligned scratch per thread: 0 packs A, 1 packs B (float and double
+// share them).
+HeldBlock* gemm_scratch() {
+    thread_local HeldBlock bufs[2];
+    return bufs;
+}
+
 template <typename T>
 T* scratch(int which, int64_t elems) {
-    struct Buf {
-        void* p = nullptr;
-        size_t bytes = 0;
-        ~Buf() { std::free(p); }
-    };
-    thread_local Buf bufs[2];
-    Buf& b = bufs[which];
-    const size_t need = (size_t(elems) * sizeof(T) + 63) / 64 * 64;
-    if (need > b.bytes) {
-        std::free(b.p);
-        b.p = std::aligned_alloc(64, need);
-        b.bytes = b.p ? need : 0;
-        if (!b.p) throw std::bad_alloc();
-    }
-    return static_cast<T*>(b.p);
+    return static_cast<T*>(gemm_scratch()[which].grow((size_t(elems) * sizeof(T) + 63) / 64 * 64));
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -578,6 +571,9 @@ void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, in
     static const GemmPath<T> path = pick_path<T>();
     path(Problem<T>{trans_a, false, M, N, K, A, lda, nullptr, 0, beta, C, ldc, packed_b});
 }
+
+size_t gemm_scratch_release() { return gemm_scratch()[0].release() + gemm_scratch()[1].release(); }
+size_t gemm_scratch_held() { return gemm_scratch()[0].bytes + gemm_scratch()[1].bytes; }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
                           const float*, int64_t, float, float*, int64_t);

@@ -1,6 +1,7 @@
 // Packed, register-blocked GEMM for the CPU backend (the engine behind im2col convolution).
 // Implementation, blocking scheme and measured speed: gemm.cpp.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace fastconv { namespace cpu {
@@ -40,5 +41,9 @@ PackedB packed_b_layout(int64_t K, int64_t N);
 template <typename T>
 void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* packed_b, T beta, T* C, int64_t ldc);
+
+// The calling thread's packing scratch (kept from call to call): freed, or its size in bytes.
+size_t gemm_scratch_release();
+size_t gemm_scratch_held();
 
 }}  // namespace fastconv::cpu

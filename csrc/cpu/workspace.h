@@ -7,7 +7,7 @@
 // layer read 11-14 ms or 27 ms by the heap's history, the same kernel; with its scratch
 // kept, 10.4 ms in any order. benchmarks/NOTES.md, "Winograd v2".
 //
-// A slot is grow-only and freed when its thread ends; the contents are undefined (never
+// A slot is grow-only and freed when its thread ends or by workspace_release; the contents are undefined (never
 // zeroed) and belong to whoever asked last on that thread, so what one call holds at once
 // on one thread must use distinct slots. Held at most: the largest request each thread made
 // per slot and element type (ResNet-50 at batch 32: ~57 MB on the calling thread, for the
@@ -30,29 +30,60 @@ enum class Slot {
     TilesOut,  // winograd.cpp: a chunk's products M, or grad weight's transformed dy
     Bands,     // winograd.cpp: one run of tiles' input or output band (each_run)
     Columns,   // conv2d_fwd.cpp / conv2d_bwd.cpp: an im2col matrix
-    Rows,      // conv2d_fwd.cpp / conv2d_bwd.cpp: a GEMM's output (or dy) rows beside Columns
+    Rows,      // conv2d_fwd.cpp / conv2d_bwd.cpp: a GEMM's output (or dy) rows beside Columns;
+               //   the blocked grad weight's transposed dy
+    Padded,    // conv2d_fwd.cpp / conv2d_bwd.cpp: the blocked kernels' zero-padded image
     Count
 };
+
+struct HeldBlock {
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~HeldBlock() { std::free(p); }
+    // At least `need` bytes (a multiple of 64), 64-byte aligned; the old block freed first.
+    void* grow(size_t need) {
+        if (need > bytes) {
+            std::free(p);  // the old block first: never both at once
+            bytes = 0;
+            p = std::aligned_alloc(64, need);
+            if (!p) throw std::bad_alloc();
+            bytes = need;
+        }
+        return p;
+    }
+    size_t release() {
+        const size_t freed = bytes;
+        std::free(p);
+        p = nullptr, bytes = 0;
+        return freed;
+    }
+};
+
+// The calling thread's slots (float and double share them: one call holds one type).
+inline HeldBlock* workspace_slots() {
+    thread_local HeldBlock held[static_cast<int>(Slot::Count)];
+    return held;
+}
 
 // At least `elems` elements of T, 64-byte aligned.
 template <typename T>
 T* workspace(Slot slot, int64_t elems) {
-    struct Held {
-        void* p = nullptr;
-        size_t bytes = 0;
-        ~Held() { std::free(p); }
-    };
-    thread_local Held held[static_cast<int>(Slot::Count)];
-    Held& h = held[static_cast<int>(slot)];
     const size_t need = (size_t(elems > 0 ? elems : 1) * sizeof(T) + 63) / 64 * 64;
-    if (need > h.bytes) {
-        std::free(h.p);  // the old block first: never both at once
-        h.bytes = 0;
-        h.p = std::aligned_alloc(64, need);
-        if (!h.p) throw std::bad_alloc();
-        h.bytes = need;
-    }
-    return static_cast<T*>(h.p);
+    return static_cast<T*>(workspace_slots()[static_cast<int>(slot)].grow(need));
+}
+
+// Frees the calling thread's slots (fastconv.empty_cache runs it on every thread of the
+// pool); returns the bytes freed. No kernel may be running on this thread.
+inline size_t workspace_release() {
+    size_t freed = 0;
+    for (int i = 0; i < static_cast<int>(Slot::Count); ++i) freed += workspace_slots()[i].release();
+    return freed;
+}
+
+inline size_t workspace_held() {
+    size_t held = 0;
+    for (int i = 0; i < static_cast<int>(Slot::Count); ++i) held += workspace_slots()[i].bytes;
+    return held;
 }
 
 }  // namespace cpu
