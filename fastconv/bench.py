@@ -73,6 +73,7 @@ MODEL_BATCHES = (1, 32)
 # (as a training loop that mixes the two libraries runs them), both sides.
 NEIGHBOUR = {
     "conv1x1_b2": ("conv", (2, 64, 56, 56, 256, 1, 1, 0, 1)),
+    "conv1_b1": ("conv", (1, 3, 224, 224, 64, 7, 2, 3, 1)),  # a 3.2 MB output: fresh pages?
     "maxpool3s2p1_b8": ("pool", (8, 64, 112, 112)),
     "lenet_c2_block_b128": ("block", (128, 6, 14, 14, 16, 5, 1, 0, 1)),
 }

@@ -296,6 +296,9 @@ EDGE = {
     # stride 2 downsampling, where three phases of four have no tap (grad input 0 there).
     "3x3-stride2-c70": dict(N=2, C=70, K=40, H=15, W=14, R=3, S=3, groups=1, stride=2,
                             dilation=1, padding=1),
+    # ResNet-50's l2_3x3s2 in small: the blocked forward's filter blocks (64, 64, 2).
+    "3x3-stride2-k130": dict(N=1, C=9, K=130, H=15, W=13, R=3, S=3, groups=1, stride=2,
+                             dilation=1, padding=1),
     "1x1-stride2-grouped-c80": dict(N=2, C=80, K=36, H=9, W=11, R=1, S=1, groups=2, stride=2,
                                     dilation=1, padding=0),
 }
@@ -335,7 +338,13 @@ def test_edge_cases(backend, variant, dtype, layout, name):
 #                    (float64); 25x41 = 1025: two, the last of one pixel (float32), three.
 #   blocked K        kBlockedMaxK = 24 and register widths of 8, 16, 24 channels: K = 8 | 9,
 #                    16 | 17, 24 | 25; 13 output columns leave a partial block of pixels
-#                    for each width (blocks of 12, 6 and 4 pixels).
+#                    for each width (blocks of 12, 6 and 4 pixels). On avx512 the forward
+#                    takes any K in blocks of 64 filters (kBlockedMaxK512 = 512): K = 64,
+#                    65 (a last block of one filter), 130 (three blocks, the last of two).
+#   gemm transposed  one NCHW GEMM for the layer, computed as pixels x filters where that
+#                    pads less (conv2d_fwd.cpp, transposed_gemm_pays): 64 filters x 49
+#                    pixels (7x7) pads to 70 x 64 on avx512 (66 x 64 on avx2), 49 x 64 to
+#                    56 x 64 (54 x 64).
 #   winograd chunk   csrc/cpu/winograd.cpp: a chunk's V and M (alpha^2 x tiles x (Cg + Kg))
 #                    within kWinogradBudget = 1 MiB, and at least kMinChunkTiles = 64 tiles.
 #                    Cg + Kg = 228: 64 tiles a chunk for F(4x4) (float32: 31 fit, float64:
@@ -354,7 +363,9 @@ THRESHOLDS = {
     "gemm-512px-3-images": dict(N=3, C=2, K=4, H=18, W=34, R=3, S=3),
     "chunk-1024px": dict(N=2, C=64, K=6, H=35, W=35, R=4, S=4),
     "chunk-1025px": dict(N=2, C=64, K=6, H=28, W=44, R=4, S=4),
-    **{f"blocked-k{k}": dict(N=2, C=3, K=k, H=9, W=15, R=3, S=3) for k in (8, 9, 16, 17, 24, 25)},
+    **{f"blocked-k{k}": dict(N=2, C=3, K=k, H=9, W=15, R=3, S=3)
+       for k in (8, 9, 16, 17, 24, 25, 64, 65, 130)},
+    "gemm-transposed-7x7": dict(N=1, C=5, K=64, H=9, W=9, R=3, S=3),
     "winograd-chunks": dict(N=6, C=201, K=27, H=27, W=27, R=3, S=3),
 }
 

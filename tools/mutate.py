@@ -133,9 +133,12 @@ MUTANTS = [
     # Thresholds of the kernel variants (each side has a test in test_conv2d THRESHOLDS).
     Mutant("forward-last-chunk", "im2col chunks", COMMON,
            "chunks = ceil_div(PQ, chunk);", "chunks = PQ / chunk;", CONV),
-    Mutant("blocked-width-8", "blocked channel limit", FWD,
-           "} else if (p.K <= 8) {", "} else if (p.K <= 9) {",
-           CONV + ISA),  # avx2 (avx512 takes K = 9 to its one-zmm kernel first)
+    # (blocked-width-8, K = 9 sent to the 8-wide kernel, retired: since the blocked forward
+    # runs any K in filter blocks, that is a correct if slower choice. Its successor: every
+    # block through the first block's weights.)
+    Mutant("blocked-filter-block-weights", "weight offset", FWD,
+           "image_fn(q, b, xp, wt.data() + kb * taps * KV,", "image_fn(q, b, xp, wt.data(),",
+           CONV + ISA),
     Mutant("conv1d-last-tap", "off-by-one reduction", "csrc/cpu/conv1d.cpp",
            "for (int64_t t = 0; t < p.n; ++t) acc += s[t] * w[t];",
            "for (int64_t t = 0; t + 1 < p.n; ++t) acc += s[t] * w[t];", FILTERS),
@@ -151,8 +154,9 @@ MUTANTS = [
            "table[(nv - 1) * B::MR + mr - 1]", "table[(nv - 1) * B::MR + mr - (mr > 1 ? 2 : 1)]",
            ISA, "avx512"),
     Mutant("avx512-blocked-two-zmm", "blocked channel limit", FWD,
-           "blocked_vk<32>(p, k512_2[pb - kMinPB], pb, x, w, y);",
-           "blocked_vk<32>(p, k512_1[pb - kMinPB], pb, x, w, y);", ISA, "avx512"),
+           "blocked_pb(p, 8, 12);\n            blocked_vk<32>(p, k512_2[pb - kMinPB], pb, x, w, y);",
+           "blocked_pb(p, 8, 12);\n            blocked_vk<32>(p, k512_1[pb - kMinPB], pb, x, w, y);",
+           ISA, "avx512"),
     Mutant("avx512-blocked-rowvec-mask", "blocked tail", FWD,
            "const auto last = S::mask(int(p.Q - (VQ - 1) * L));",
            "const auto last = S::mask(int(p.Q - (VQ - 1) * L) - 1);", ISA, "avx512"),
@@ -208,6 +212,14 @@ MUTANTS = [
     Mutant("winograd-dw-transform-stride", "transform operand stride", WINO_H,
            "apply<TransposeOf<GOf<m>>>(du + j * dus, a * dus, t + j, a);",
            "apply<TransposeOf<GOf<m>>>(du + j * dus, dus, t + j, a);", WINO_TESTS),
+    # One layer's GEMM computed transposed (conv2d_fwd.cpp, gemm_variant): the tile read
+    # along the wrong side. The blocked forward's filter blocks: every block's output
+    # written to the first block's channels.
+    Mutant("gemm-transposed-copy", "transpose index", FWD,
+           "out[k * s.PQ + j] = tile[j * s.Kg + k];", "out[k * s.PQ + j] = tile[k * (j1 - j0) + j];",
+           CONV),
+    Mutant("blocked-filter-block-offset", "output offset", FWD,
+           "y + (n * p.K + kb * KV) * PQ, r0, r1);", "y + n * p.K * PQ, r0, r1);", CONV, "avx512"),
     # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
     # list (two live outputs on one block); a block taken for a larger request.
     Mutant("output-cache-kept-twice", "ownership", CACHE,

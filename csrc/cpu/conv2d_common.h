@@ -258,7 +258,7 @@ void bias_activation(const Conv2dParams& p, const T* b, T* y, const T* residual 
 // for portable (where blocked runs as gemm).
 #define FC_BLOCKED FC_X86_ISA
 constexpr int64_t kBlockedMaxK = 24;
-constexpr int64_t kBlockedMaxK512 = 64;  // the forward on avx512: up to 4 zmm of channels
+constexpr int64_t kBlockedMaxK512 = 512;  // the forward on avx512: blocks of up to 4 zmm of channels
 
 // The forward's variant="blocked" (elsewhere it runs gemm).
 inline bool blocked_applies(const Conv2dParams& p) {
@@ -273,10 +273,25 @@ inline bool blocked_bwd_applies(const Conv2dParams& p) {
 
 // Where the forward's auto takes blocked: few filters (K <= 24), or on avx512 up to 64 of
 // them over a short reduction from few channels (a network's first layer: ResNet's conv1,
-// 3 x 7 x 7, where gemm's im2col matrix is 49 times the image), not 1x1.
+// 3 x 7 x 7, where gemm's im2col matrix is 49 times the image), not 1x1; or on avx512 a
+// layer of stride 2 along the row, rows of a run or more, whose weights stay in L2: each
+// 32-filter block's (taps x 32) within kBlockedBlockWeights, and where images are few (each
+// shared by the threads, which then each stream every block) all of them within
+// kBlockedAllWeights. Measured, 2 Zen 5 threads, blocked against gemm (ms):
+//   ResNet-50 3x3 stride 2     weights   batch 1        batch 8       batch 32
+//   64 ch (l2's, 64 filters)   147 KiB   0.165 / 0.23                 4.6 / 6.7
+//   128 ch (l2_3x3s2)          590 KiB   0.57 / 0.68    4.08 / 5.23   16.4 / 20.9
+//   256 ch (l3's)              2.3 MiB   0.82 / 0.65                  16.3 / 19.7
+//   512 ch (l4's)              9.4 MiB   2.37 / 0.70
+constexpr int64_t kBlockedBlockWeights = int64_t(384) << 10, kBlockedAllWeights = int64_t(1) << 20;
 inline bool blocked_auto(const Conv2dParams& p) {
-    return blocked_applies(p) &&
-           (p.K <= kBlockedMaxK || (p.C <= 4 && p.R * p.S > 1 && p.C * p.R * p.S <= 256));
+    if (!blocked_applies(p)) return false;
+    if (p.K <= kBlockedMaxK || (p.K <= 64 && p.C <= 4 && p.R * p.S > 1 && p.C * p.R * p.S <= 256))
+        return true;
+    const int64_t tap_bytes = p.C * p.R * p.S * int64_t(sizeof(float));
+    const bool few_images = p.N < 2 * max_threads();
+    return isa() == Isa::Avx512 && p.stride_w == 2 && p.R * p.S > 1 && p.Q >= 12 &&
+           tap_bytes * 32 <= kBlockedBlockWeights && (!few_images || tap_bytes * p.K <= kBlockedAllWeights);
 }
 
 // Whether the blocked forward of p runs its rowvec kernel (conv2d_fwd.cpp, blocked): avx512,
@@ -302,9 +317,12 @@ struct BlockedShape {
           Qb(ceil_div(p.Q, pb) * pb) {}
 };
 
-inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp) {
-    for (int64_t c = 0; c < p.C; ++c)
-        for (int64_t i = 0; i < b.Hp; ++i) {
+// Rows [row0, row1) of the padded image, counted over channels (row c * Hp + i).
+inline void pad_image_rows(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp,
+                           int64_t row0, int64_t row1) {
+    for (int64_t row = row0; row < row1; ++row) {
+        const int64_t c = row / b.Hp, i = row % b.Hp;
+        {
             float* dst = xp + (c * b.Hp + i) * b.Wp;
             const int64_t h = i - p.pad_h;
             if (h < 0 || h >= p.H) {
@@ -317,6 +335,11 @@ inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float*
             if (j1 > j0) std::copy(x + (c * p.H + h) * p.W, x + (c * p.H + h) * p.W + (j1 - j0), dst + j0);
             std::fill(dst + std::max(j0, j1), dst + b.Wp, 0.f);
         }
+    }
+}
+
+inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp) {
+    pad_image_rows(p, b, x, xp, 0, p.C * b.Hp);
 }
 
 // ----------------------------------------------------------------------- winograd

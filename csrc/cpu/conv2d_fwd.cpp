@@ -124,6 +124,19 @@ void small_images(const Conv2dParams& p, const ConvGemmShape& s, int64_t batch, 
         });
 }
 
+// One NCHW GEMM for a whole layer (a single task) computed transposed, (pixels x CgRS) .
+// (CgRS x Kg) into a tile whose columns are then copied out as the filters' rows: where the
+// GEMM's micro-tiles (avx512: 14 rows x 32 columns) cover pixels x filters with a tenth less
+// padding than filters x pixels, and the tile is small enough that the copy is noise.
+// ResNet-50's l4_3x3 at batch 1: 512 filters x 49 pixels run as 518 x 64, 49 x 512 as 56 x
+// 512; the GEMM alone 0.81 -> 0.62 ms on 2 Zen 5 threads (benchmarks/NOTES.md).
+constexpr int64_t kTransposedTileMax = int64_t(1) << 16;
+template <typename T>
+bool transposed_gemm_pays(const ConvGemmShape& s, int64_t pixels) {
+    return pixels * s.Kg <= kTransposedTileMax &&
+           10 * gemm_tile_work<T>(pixels, s.Kg) <= 9 * gemm_tile_work<T>(s.Kg, pixels);
+}
+
 template <typename T>
 void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
                   const T* residual) {
@@ -155,9 +168,19 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
                         im2col_nchw_shared(p, x, n, g, j0, j1, col, j1 - j0);
                         B = col;
                     }
-                    gemm<T>(false, false, s.Kg, j1 - j0, s.red, w + g * s.Kg * s.red, s.red, B,
-                            s.is_pointwise ? s.PQ : j1 - j0, T(0),
-                            y + (n * p.K + g * s.Kg) * s.PQ + j0, s.PQ);
+                    const int64_t ldb = s.is_pointwise ? s.PQ : j1 - j0;
+                    T* const out = y + (n * p.K + g * s.Kg) * s.PQ + j0;
+                    if (tasks == 1 && transposed_gemm_pays<T>(s, j1 - j0)) {
+                        T* const tile = workspace<T>(Slot::Rows, (j1 - j0) * s.Kg);
+                        gemm<T>(true, true, j1 - j0, s.Kg, s.red, B, ldb, w + g * s.Kg * s.red,
+                                s.red, T(0), tile, s.Kg);
+#pragma omp parallel for schedule(static)
+                        for (int64_t k = 0; k < s.Kg; ++k)
+                            for (int64_t j = 0; j < j1 - j0; ++j) out[k * s.PQ + j] = tile[j * s.Kg + k];
+                    } else {
+                        gemm<T>(false, false, s.Kg, j1 - j0, s.red, w + g * s.Kg * s.red, s.red, B,
+                                ldb, T(0), out, s.PQ);
+                    }
                 } else {
                     // (pixels x RSCg) . (RSCg x Kg) -> y[n, j0..j1), g*Kg..]
                     im2col_nhwc(p, x, n, g, j0, j1, col);
@@ -530,11 +553,20 @@ template <int KV>
 void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const float* x,
                 const float* w, float* y) {
     const BlockedShape b(p, pb);
-    const int64_t taps = p.C * p.R * p.S;
-    std::vector<float> wt(taps * KV, 0.f);  // (c, r, s) x k, as the accumulators hold them
+    const int64_t taps = p.C * p.R * p.S, kblocks = ceil_div(p.K, int64_t(KV)), PQ = p.P * p.Q;
+    // Filter blocks of KV: block kb's weights (c, r, s) x k, as the accumulators hold them.
+    std::vector<float> wt(kblocks * taps * KV, 0.f);
     for (int64_t k = 0; k < p.K; ++k)
-        for (int64_t t = 0; t < taps; ++t) wt[t * KV + k] = w[k * taps + t];
-    const int64_t image = p.C * b.Hp * b.Wp, in = p.C * p.H * p.W, out = p.K * p.P * p.Q;
+        for (int64_t t = 0; t < taps; ++t) wt[((k / KV) * taps + t) * KV + k % KV] = w[k * taps + t];
+    // Rows [r0, r1) of image n's output, each filter block in turn (its params say K <= KV).
+    auto rows = [&](const float* xp, int64_t n, int64_t r0, int64_t r1) {
+        for (int64_t kb = 0; kb < kblocks; ++kb) {
+            Conv2dParams q = p;
+            q.K = std::min<int64_t>(KV, p.K - kb * KV);
+            image_fn(q, b, xp, wt.data() + kb * taps * KV, y + (n * p.K + kb * KV) * PQ, r0, r1);
+        }
+    };
+    const int64_t image = p.C * b.Hp * b.Wp, in = p.C * p.H * p.W;
     if (p.N >= 2 * omp_get_max_threads()) {
 #pragma omp parallel
         {
@@ -542,16 +574,22 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
 #pragma omp for schedule(dynamic)
             for (int64_t n = 0; n < p.N; ++n) {
                 pad_image(p, b, x + n * in, xp);
-                image_fn(p, b, xp, wt.data(), y + n * out, 0, p.P);
+                rows(xp, n, 0, p.P);
             }
         }
-    } else {  // few large images: the calling thread's scratch, rows shared out
+    } else {  // few large images: the calling thread's scratch, padded and used by all
         float* const xp = workspace<float>(Slot::Padded, image);
         for (int64_t n = 0; n < p.N; ++n) {
-            pad_image(p, b, x + n * in, xp);
-#pragma omp parallel for schedule(static)
-            for (int64_t oh = 0; oh < p.P; ++oh)
-                image_fn(p, b, xp, wt.data(), y + n * out, oh, oh + 1);
+#pragma omp parallel
+            {
+                // The copy shared out too: alone it was ~7% of ResNet-50's conv1 at batch 1.
+                const int64_t rows_in = p.C * b.Hp, t = omp_get_thread_num(), nt = omp_get_num_threads();
+                pad_image_rows(p, b, x + n * in, xp, rows_in * t / nt, rows_in * (t + 1) / nt);
+#pragma omp barrier
+                // Each thread's rows [r0, r1), filter block by filter block.
+                const int64_t r0 = p.P * t / nt, r1 = p.P * (t + 1) / nt;
+                if (r0 < r1) rows(xp, n, r0, r1);
+            }
         }
     }
 }
@@ -586,7 +624,12 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         } else if (isa() == Isa::Avx512 && p.K > 32 && p.K <= 48) {
             blocked_vk<48>(p, blocked_image_avx512<3, 8>, 8, x, w, y);  // 24 zmm accumulating
         } else if (isa() == Isa::Avx512 && p.K > 48) {
-            blocked_vk<64>(p, blocked_image_avx512<4, 6>, 6, x, w, y);  // 24 (+ 4 weights + 1 input: 29 of 32)
+            // Blocks of 32 filters, runs of up to 14 pixels (28 zmm accumulating). Against
+            // blocks of 64 x 6 pixels, 2 Zen 5 threads: ResNet-50's conv1 at batch 1 0.55 ->
+            // 0.51 ms, l2_3x3s2 0.62 -> 0.57 (b1), 18.9 -> 16.4 (b32): half the weights in L1d
+            // per block, and its rows (112, 28) split into whole runs of 14.
+            const int pb = blocked_pb(p, 8, 14);
+            blocked_vk<32>(p, k512_2[pb - kMinPB], pb, x, w, y);
         } else if (p.K <= 8) {
             const int pb = blocked_pb(p, 8, 12);
             blocked_vk<8>(p, k2_1[pb - kMinPB], pb, x, w, y);

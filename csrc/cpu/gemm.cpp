@@ -564,6 +564,14 @@ PackedB packed_b_layout(int64_t K, int64_t N) {
 }
 
 template <typename T>
+int64_t gemm_tile_work(int64_t M, int64_t N) {
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return round_up(M, Avx512Blocking<T>::MR) * round_up(N, Avx512Blocking<T>::NR);
+#endif
+    return round_up(M, Avx2Blocking<T>::MR) * round_up(N, Avx2Blocking<T>::NR);
+}
+
+template <typename T>
 void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* packed_b, T beta, T* C, int64_t ldc) {
     FC_CHECK(K > 0, "gemm_packed_b needs K > 0");
@@ -579,6 +587,8 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, i
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
                            const double*, int64_t, double, double*, int64_t);
+template int64_t gemm_tile_work<float>(int64_t, int64_t);
+template int64_t gemm_tile_work<double>(int64_t, int64_t);
 template PackedB packed_b_layout<float>(int64_t, int64_t);
 template PackedB packed_b_layout<double>(int64_t, int64_t);
 template void gemm_packed_b<float>(bool, int64_t, int64_t, int64_t, const float*, int64_t,

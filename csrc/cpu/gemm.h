@@ -42,6 +42,11 @@ template <typename T>
 void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* packed_b, T beta, T* C, int64_t ldc);
 
+// Multiply-adds per unit of K that this machine's path spends on an M x N product, counting
+// its micro-tiles whole (M rounded up to MR rows, N to NR columns): what an edge costs.
+template <typename T>
+int64_t gemm_tile_work(int64_t M, int64_t N);
+
 // The calling thread's packing scratch (kept from call to call): freed, or its size in bytes.
 size_t gemm_scratch_release();
 size_t gemm_scratch_held();
