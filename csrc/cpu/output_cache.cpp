@@ -1,6 +1,8 @@
 // The output cache (output_cache.h): a short list of freed blocks, oldest first.
 #include "output_cache.h"
 
+#include "workspace.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
@@ -71,10 +73,8 @@ void* output_take(size_t bytes, size_t* size) {
         }
         ++c.misses;
     }
-    void* p = std::aligned_alloc(64, want);
-    if (!p) throw std::bad_alloc();
     *size = want;
-    return p;
+    return alloc_block(want);
 }
 
 void output_give(void* block, size_t size) {

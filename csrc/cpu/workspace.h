@@ -18,6 +18,10 @@
 #include <cstdlib>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace fastconv {
 namespace cpu {
 
@@ -36,6 +40,26 @@ enum class Slot {
     Count
 };
 
+// 64-byte aligned memory for scratch and outputs. Blocks of 4 MiB and more are 2 MiB
+// aligned and advised as transparent huge pages, as NumPy does for its arrays: where the
+// kernel's THP mode is "madvise" (the default on many distributions), a 537 MB pooling
+// grad input otherwise faults in 131072 pages, 0.13 s, against 768. Free with std::free.
+inline void* alloc_block(size_t bytes) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    void* p = nullptr;
+    if (bytes >= 2 * kHuge) {
+        bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+        p = std::aligned_alloc(kHuge, bytes);
+#ifdef MADV_HUGEPAGE
+        if (p) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
+    } else {
+        p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    }
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+
 struct HeldBlock {
     void* p = nullptr;
     size_t bytes = 0;
@@ -44,9 +68,8 @@ struct HeldBlock {
     void* grow(size_t need) {
         if (need > bytes) {
             std::free(p);  // the old block first: never both at once
-            bytes = 0;
-            p = std::aligned_alloc(64, need);
-            if (!p) throw std::bad_alloc();
+            p = nullptr, bytes = 0;
+            p = alloc_block(need);
             bytes = need;
         }
         return p;
