@@ -89,8 +89,10 @@ def test_avg_pool(backend, dtype, layout, data, seed):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("backend,dtype", cases())
+# (2, 1100, 9, 15), NHWC: channel chunks of 512, 512 and 76 (pool.cpp, kMeanChunk), 128-wide
+# register blocks and a scalar tail, and 135 rows in runs of 64.
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (3, 5, 13, 4), (1, 64, 9, 11),
-                                   (2, 3, 5, 5), (1, 2, 67, 65)])
+                                   (2, 3, 5, 5), (1, 2, 67, 65), (2, 1100, 9, 15), (1, 300, 5, 3)])
 def test_global_avg_pool(backend, dtype, layout, shape):
     rng = np.random.default_rng(5)
     x = nhwc(random(rng, shape, dtype), layout)

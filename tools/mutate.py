@@ -220,6 +220,11 @@ MUTANTS = [
            CONV),
     Mutant("blocked-filter-block-offset", "output offset", FWD,
            "y + (n * p.K + kb * KV) * PQ, r0, r1);", "y + n * p.K * PQ, r0, r1);", CONV, "avx512"),
+    # NHWC global average pooling (pool.cpp, nhwc_means_simd): a run of 64 rows replacing
+    # the sums of the runs before it.
+    Mutant("gap-nhwc-runs", "accumulation across runs", POOL_CPP,
+           "for (int j = 0; j < NV * L; ++j) acc[c + j] += double(part[j]);",
+           "for (int j = 0; j < NV * L; ++j) acc[c + j] = double(part[j]);", POOL),
     # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
     # list (two live outputs on one block); a block taken for a larger request.
     Mutant("output-cache-kept-twice", "ownership", CACHE,

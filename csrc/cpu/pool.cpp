@@ -9,6 +9,7 @@
 // Backward passes are deterministic: each plane (NCHW) or image (NHWC) is scattered by
 // one thread, in output raster order.
 #include <algorithm>
+#include <type_traits>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include "../common/shapes.h"
 #include "cpu_ops.h"
 #include "isa.h"
+#include "simd.h"
 
 #if FC_X86_ISA
 #include <immintrin.h>
@@ -843,6 +845,80 @@ void plane_means(const T* x, int64_t count, int64_t HW, T* y) {
         plane_means_block_any(x, k * block, min64(count, (k + 1) * block), HW, y);
 }
 
+// One image's channel means, NHWC, for channels [c0, c0 + kMeanChunk): rows added as T in
+// runs of 64, each run's sums then into double (as accurate as the NCHW path's float partial
+// sums folded in double). Compiled per ISA from the same loops: with double sums per element
+// and the baseline's SSE2, ResNet-50's head (32 x 7 x 7 x 2048) ran at 20 GB/s, 0.6x PyTorch.
+constexpr int64_t kMeanChunk = 512;
+template <typename T>
+__attribute__((always_inline)) inline void nhwc_means(const T* x, int64_t HW, int64_t C, int64_t c0,
+                                                      T* y) {
+    const int64_t n = min64(kMeanChunk, C - c0);
+    T part[kMeanChunk];
+    double acc[kMeanChunk];
+    for (int64_t c = 0; c < n; ++c) acc[c] = 0.0;
+    for (int64_t i0 = 0; i0 < HW; i0 += 64) {
+        for (int64_t c = 0; c < n; ++c) part[c] = T(0);
+        for (int64_t i = i0; i < min64(HW, i0 + 64); ++i) {
+            const T* row = x + i * C + c0;
+            for (int64_t c = 0; c < n; ++c) part[c] += row[c];
+        }
+        for (int64_t c = 0; c < n; ++c) acc[c] += double(part[c]);
+    }
+    for (int64_t c = 0; c < n; ++c) y[c0 + c] = T(acc[c] / double(HW));
+}
+#if FC_X86_ISA
+// The same with the run's sums of 8 vectors of channels held in registers (left to the
+// compiler, each row's sums went through memory: 38 GB/s on the head above, against the
+// NCHW path's 109 on the same cache-resident input).
+template <typename S>
+__attribute__((always_inline)) inline void nhwc_means_simd(const typename S::T* x, int64_t HW,
+                                                           int64_t C, int64_t c0, typename S::T* y) {
+    using T = typename S::T;
+    using V = typename S::V;
+    constexpr int L = S::L, NV = 8;
+    const int64_t n = min64(kMeanChunk, C - c0);
+    double acc[kMeanChunk];
+    for (int64_t c = 0; c < n; ++c) acc[c] = 0.0;
+    for (int64_t i0 = 0; i0 < HW; i0 += 64) {
+        const int64_t i1 = min64(HW, i0 + 64);
+        int64_t c = 0;
+        for (; c + NV * L <= n; c += NV * L) {
+            V a[NV];
+            for (int v = 0; v < NV; ++v) a[v] = S::zero();
+            for (int64_t i = i0; i < i1; ++i) {
+                const T* row = x + i * C + c0 + c;
+                for (int v = 0; v < NV; ++v) a[v] = S::add(a[v], S::load(row + v * L));
+            }
+            alignas(64) T part[NV * L];
+            for (int v = 0; v < NV; ++v) S::store(part + v * L, a[v]);
+            for (int j = 0; j < NV * L; ++j) acc[c + j] += double(part[j]);
+        }
+        for (; c < n; ++c) {
+            T part = T(0);
+            for (int64_t i = i0; i < i1; ++i) part += x[i * C + c0 + c];
+            acc[c] += double(part);
+        }
+    }
+    for (int64_t c = 0; c < n; ++c) y[c0 + c] = T(acc[c] / double(HW));
+}
+template <typename T>
+FC_TARGET_AVX512 void nhwc_means_avx512(const T* x, int64_t HW, int64_t C, int64_t c0, T* y) {
+    nhwc_means_simd<std::conditional_t<sizeof(T) == 4, Avx512Float, Avx512Double>>(x, HW, C, c0, y);
+}
+template <typename T>
+FC_TARGET_AVX2 void nhwc_means_avx2(const T* x, int64_t HW, int64_t C, int64_t c0, T* y) {
+    nhwc_means_simd<std::conditional_t<sizeof(T) == 4, Avx2Float, Avx2Double>>(x, HW, C, c0, y);
+}
+#endif
+template <typename T>
+void nhwc_means_any(const T* x, int64_t HW, int64_t C, int64_t c0, T* y) {
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return nhwc_means_avx512(x, HW, C, c0, y);
+    if (isa() == Isa::Avx2) return nhwc_means_avx2(x, HW, C, c0, y);
+#endif
+    nhwc_means(x, HW, C, c0, y);
+}
 template <typename T>
 void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
     const int64_t HW = p.H * p.W;
@@ -850,17 +926,11 @@ void global_avg_pool_fwd(const GlobalPoolParams& p, const T* x, T* y) {
         plane_means(x, p.N * p.C, HW, y);
         return;
     }
-#pragma omp parallel
-    {
-        std::vector<double> acc(p.C);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < p.N; ++n) {
-            std::fill(acc.begin(), acc.end(), 0.0);
-            for (int64_t i = 0; i < HW; ++i)
-                for (int64_t c = 0; c < p.C; ++c) acc[c] += x[(n * HW + i) * p.C + c];
-            for (int64_t c = 0; c < p.C; ++c) y[n * p.C + c] = T(acc[c] / double(HW));
-        }
-    }
+    const int64_t chunks = ceil_div(p.C, kMeanChunk);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t k = 0; k < chunks; ++k)
+            nhwc_means_any(x + n * HW * p.C, HW, p.C, k * kMeanChunk, y + n * p.C);
 }
 
 // Every input pixel gets dy / HW: a fill per plane (NCHW), a copy of the image's row of
