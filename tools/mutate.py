@@ -225,6 +225,14 @@ MUTANTS = [
     Mutant("gap-nhwc-runs", "accumulation across runs", POOL_CPP,
            "for (int j = 0; j < NV * L; ++j) acc[c + j] += double(part[j]);",
            "for (int j = 0; j < NV * L; ++j) acc[c + j] = double(part[j]);", POOL),
+    # Average pooling's grad input where windows tile the plane (pool.cpp, NCHW): the second
+    # of each pair of columns left unwritten; the other window widths' columns all from the
+    # row's first output.
+    Mutant("avg-bwd-tiles-pair", "unwritten output", POOL_CPP,
+           "d[2 * ow] = d[2 * ow + 1] = q[ow];", "d[2 * ow] = q[ow];", POOL),
+    Mutant("avg-bwd-tiles-width", "gather index", POOL_CPP,
+           "for (int64_t j = 0; j < p.kw; ++j) d[ow * p.kw + j] = q[ow];",
+           "for (int64_t j = 0; j < p.kw; ++j) d[ow * p.kw + j] = q[0];", POOL),
     # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
     # list (two live outputs on one block); a block taken for a larger request.
     Mutant("output-cache-kept-twice", "ownership", CACHE,

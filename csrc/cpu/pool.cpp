@@ -692,6 +692,31 @@ template <typename T>
 void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
     const std::vector<PoolTaps> cols = column_taps(p, 1);
     const int64_t HW = p.H * p.W;
+    const bool tiles = p.stride_h == p.kh && p.stride_w == p.kw && p.pad_h == 0 && p.pad_w == 0 &&
+                       p.H == p.P * p.kh && p.W == p.Q * p.kw;
+    if (p.layout == Layout::NCHW && tiles) {
+        // Windows that tile the plane exactly: each dx row is its output row's quotients,
+        // each repeated kw times, written once (no zeroing, no adds). 64 x 128 x 128^2,
+        // 2x2, Zen 5: 87 ms (7.8 GB/s) by the scatter below.
+#pragma omp parallel
+        {
+            std::vector<T> q(p.Q);
+#pragma omp for collapse(2) schedule(static)
+            for (int64_t plane = 0; plane < p.N * p.C; ++plane)
+                for (int64_t oh = 0; oh < p.P; ++oh) {
+                    const T* g = dy + (plane * p.P + oh) * p.Q;
+                    for (int64_t ow = 0; ow < p.Q; ++ow) q[ow] = g[ow] / T(pool_avg_divisor(p, oh, ow));
+                    T* d = dx + plane * HW + oh * p.kh * p.W;
+                    if (p.kw == 2)
+                        for (int64_t ow = 0; ow < p.Q; ++ow) d[2 * ow] = d[2 * ow + 1] = q[ow];
+                    else
+                        for (int64_t ow = 0; ow < p.Q; ++ow)
+                            for (int64_t j = 0; j < p.kw; ++j) d[ow * p.kw + j] = q[ow];
+                    for (int64_t i = 1; i < p.kh; ++i) std::copy_n(d, p.W, d + i * p.W);
+                }
+        }
+        return;
+    }
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
@@ -712,8 +737,7 @@ void avg_pool_bwd(const Pool2dParams& p, const T* dy, T* dx) {
         }
         return;
     }
-    if (p.stride_h == p.kh && p.stride_w == p.kw && p.pad_h == 0 && p.pad_w == 0 &&
-        p.H == p.P * p.kh && p.W == p.Q * p.kw) {
+    if (tiles) {
         // Windows that tile the image exactly (LeNet's 2x2 pools): every input pixel takes
         // one output's gradient, so each output's row of C quotients is copied to its
         // kh x kw pixels and nothing is zeroed or added (256 x 28^2 x 6, Zen 5: 0.64 ms
