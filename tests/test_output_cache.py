@@ -130,3 +130,18 @@ def test_a_block_is_taken_only_when_it_fits_and_wastes_at_most_a_quarter():
             fastconv.empty_cache()
             big = fastconv.conv2d(rng.standard_normal((2, 3, 64, 64)).astype(np.float32), w, None, padding=1)
             del big
+
+
+def test_torch_cpu_outputs_come_from_the_cache_too(data, tmp_path):
+    torch = pytest.importorskip("torch")
+    x, w, want = data
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    y = fastconv.conv2d(xt, wt, None, stride=1, padding=1)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    first = y.data_ptr()
+    del y
+    y = fastconv.conv2d(xt, wt, None, stride=1, padding=1)
+    assert y.data_ptr() == first
+    assert_close(y.numpy(), want, "float32")
+    torch.save(y, tmp_path / "y.pt")  # an ordinary tensor to torch
+    assert torch.equal(torch.load(tmp_path / "y.pt"), y)
