@@ -338,9 +338,10 @@ def test_edge_cases(backend, variant, dtype, layout, name):
 #                    (float64); 25x41 = 1025: two, the last of one pixel (float32), three.
 #   blocked K        kBlockedMaxK = 24 and register widths of 8, 16, 24 channels: K = 8 | 9,
 #                    16 | 17, 24 | 25; 13 output columns leave a partial block of pixels
-#                    for each width (blocks of 12, 6 and 4 pixels). On avx512 the forward
-#                    takes any K in blocks of 64 filters (kBlockedMaxK512 = 512): K = 64,
-#                    65 (a last block of one filter), 130 (three blocks, the last of two).
+#                    for each width (blocks of 12, 6 and 4 pixels). The forward takes any
+#                    K (kBlockedFwdMaxK = 512) in blocks of 32 filters on avx512 past 48,
+#                    16 on avx2 past 24: K = 64, 65 (a last block of one filter), 130
+#                    (the last block of two).
 #   gemm transposed  one NCHW GEMM for the layer, computed as pixels x filters where that
 #                    pads less (conv2d_fwd.cpp, transposed_gemm_pays): 64 filters x 49
 #                    pixels (7x7) pads to 70 x 64 on avx512 (66 x 64 on avx2), 49 x 64 to

@@ -75,8 +75,10 @@ def check_gemm(rng, dtype, M, N, K, trans_a, trans_b, beta, integer):
 
 
 # ------------------------------------------------------------------ convolutions
-# NCHW blocked applies for K <= 24 (avx512: 64): K 5 (avx2 and avx512: 8 lanes), 9, 13 and 16
-# (avx2: two ymm; avx512: one zmm), 17 and 24 (avx2: three ymm; avx512: two zmm). Output widths leave
+# NCHW blocked runs any K, in filter blocks past 24 (avx2: 16 filters) or 48 (avx512: 32): K 5
+# (avx2 and avx512: 8 lanes), 9, 13 and 16 (avx2: two ymm; avx512: one zmm), 17 and 24 (avx2:
+# three ymm; avx512: two zmm), 29 (avx2: blocks of 16 and 13), 40, 64 (avx2: four blocks; avx512:
+# two of 32), 70 (avx2: five, the last of 6; avx512: three, the last of 6). Output widths leave
 # partial pixel blocks; C*R*S is ragged for the GEMM's K.
 CONV_SHAPES = [
     dict(N=2, C=3, K=5, H=11, W=13, R=3, S=3, stride=1, padding=1, dilation=1),
@@ -85,7 +87,7 @@ CONV_SHAPES = [
     dict(N=1, C=4, K=16, H=14, W=14, R=5, S=5, stride=1, padding=0, dilation=1),
     dict(N=2, C=3, K=17, H=10, W=15, R=3, S=3, stride=1, padding="same", dilation=1),
     dict(N=9, C=2, K=24, H=7, W=9, R=2, S=3, stride=1, padding=1, dilation=1),
-    dict(N=1, C=37, K=29, H=9, W=11, R=3, S=3, stride=1, padding=1, dilation=1),  # avx2: gemm
+    dict(N=1, C=37, K=29, H=9, W=11, R=3, S=3, stride=1, padding=1, dilation=1),
     # The blocked kernels' block shapes on avx512: rows of two vectors of pixels (6 filters,
     # 30-pixel rows) and of one (11 filters, 12-pixel dilated rows); runs of 8 pixels for a
     # 7-pixel row (one zero column computed) and of 10 for a 29-pixel one (two zero columns);
@@ -94,10 +96,11 @@ CONV_SHAPES = [
     dict(N=3, C=3, K=11, H=9, W=12, R=3, S=3, stride=1, padding=(1, 2), dilation=(1, 2)),
     dict(N=2, C=2, K=12, H=8, W=7, R=3, S=3, stride=1, padding=1, dilation=1),
     dict(N=1, C=2, K=14, H=6, W=31, R=2, S=3, stride=1, padding=0, dilation=1),
-    # avx512's blocked up to 64 filters (avx2: gemm): four zmm in runs of stride 2 with the
-    # 7-tap loop unrolled (ResNet's conv1 shape), three zmm in blocks of stride 3.
+    # Filter blocks: runs of stride 2 with the 7-tap loop unrolled (ResNet's conv1 shape),
+    # blocks of stride 3 (avx512: three zmm), and 70 filters in a ResNet l2_3x3s2-like layer.
     dict(N=1, C=3, K=64, H=23, W=29, R=7, S=7, stride=2, padding=3, dilation=1),
     dict(N=3, C=2, K=40, H=10, W=17, R=3, S=2, stride=(1, 3), padding=1, dilation=1),
+    dict(N=2, C=9, K=70, H=27, W=29, R=3, S=3, stride=2, padding=1, dilation=1),
 ]
 
 

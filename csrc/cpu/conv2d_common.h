@@ -258,12 +258,12 @@ void bias_activation(const Conv2dParams& p, const T* b, T* y, const T* residual 
 // for portable (where blocked runs as gemm).
 #define FC_BLOCKED FC_X86_ISA
 constexpr int64_t kBlockedMaxK = 24;
-constexpr int64_t kBlockedMaxK512 = 512;  // the forward on avx512: blocks of up to 4 zmm of channels
+constexpr int64_t kBlockedFwdMaxK = 512;  // the forward: any K up to this, in filter blocks
 
 // The forward's variant="blocked" (elsewhere it runs gemm).
 inline bool blocked_applies(const Conv2dParams& p) {
     return FC_BLOCKED && isa() >= Isa::Avx2 && p.layout == Layout::NCHW && p.groups == 1 &&
-           p.K <= (isa() == Isa::Avx512 ? kBlockedMaxK512 : kBlockedMaxK);
+           p.K <= kBlockedFwdMaxK;
 }
 
 // The grad weight's blocked kernel: K <= 24 on both paths.
@@ -271,10 +271,10 @@ inline bool blocked_bwd_applies(const Conv2dParams& p) {
     return blocked_applies(p) && p.K <= kBlockedMaxK;
 }
 
-// Where the forward's auto takes blocked: few filters (K <= 24), or on avx512 up to 64 of
+// Where the forward's auto takes blocked: few filters (K <= 24), or up to 64 of
 // them over a short reduction from few channels (a network's first layer: ResNet's conv1,
-// 3 x 7 x 7, where gemm's im2col matrix is 49 times the image), not 1x1; or on avx512 a
-// layer of stride 2 along the row, rows of a run or more, whose weights stay in L2: each
+// 3 x 7 x 7, where gemm's im2col matrix is 49 times the image), not 1x1; or a layer of
+// stride 2 along the row, rows of a run or more, whose weights stay in L2: on avx512 each
 // 32-filter block's (taps x 32) within kBlockedBlockWeights, and where images are few (each
 // shared by the threads, which then each stream every block) all of them within
 // kBlockedAllWeights. Measured, 2 Zen 5 threads, blocked against gemm (ms):
@@ -283,6 +283,8 @@ inline bool blocked_bwd_applies(const Conv2dParams& p) {
 //   128 ch (l2_3x3s2)          590 KiB   0.57 / 0.68    4.08 / 5.23   16.4 / 20.9
 //   256 ch (l3's)              2.3 MiB   0.82 / 0.65                  16.3 / 19.7
 //   512 ch (l4's)              9.4 MiB   2.37 / 0.70
+// On avx2 (16-filter blocks) the 256-channel layer lost at batch 32 too (38.4 / 33.6), so
+// there all the weights must fit: l2_3x3s2 1.21 / 1.49 (b1), 32.4 / 35.8 (b32).
 constexpr int64_t kBlockedBlockWeights = int64_t(384) << 10, kBlockedAllWeights = int64_t(1) << 20;
 inline bool blocked_auto(const Conv2dParams& p) {
     if (!blocked_applies(p)) return false;
@@ -290,8 +292,10 @@ inline bool blocked_auto(const Conv2dParams& p) {
         return true;
     const int64_t tap_bytes = p.C * p.R * p.S * int64_t(sizeof(float));
     const bool few_images = p.N < 2 * max_threads();
-    return isa() == Isa::Avx512 && p.stride_w == 2 && p.R * p.S > 1 && p.Q >= 12 &&
-           tap_bytes * 32 <= kBlockedBlockWeights && (!few_images || tap_bytes * p.K <= kBlockedAllWeights);
+    if (p.stride_w != 2 || p.R * p.S == 1 || p.Q < 12) return false;
+    if (isa() == Isa::Avx512)
+        return tap_bytes * 32 <= kBlockedBlockWeights && (!few_images || tap_bytes * p.K <= kBlockedAllWeights);
+    return tap_bytes * p.K <= kBlockedAllWeights;
 }
 
 // Whether the blocked forward of p runs its rowvec kernel (conv2d_fwd.cpp, blocked): avx512,

@@ -633,7 +633,7 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         } else if (p.K <= 8) {
             const int pb = blocked_pb(p, 8, 12);
             blocked_vk<8>(p, k2_1[pb - kMinPB], pb, x, w, y);
-        } else if (p.K <= 16) {
+        } else if (p.K <= 16 || p.K > 24) {
             blocked_vk<16>(p, blocked_image_avx2<2, 6>, 6, x, w, y);
         } else {
             blocked_vk<24>(p, blocked_image_avx2<3, 4>, 4, x, w, y);
