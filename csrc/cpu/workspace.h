@@ -7,11 +7,12 @@
 // layer read 11-14 ms or 27 ms by the heap's history, the same kernel; with its scratch
 // kept, 10.4 ms in any order. benchmarks/NOTES.md, "Winograd v2".
 //
-// A slot is grow-only and freed when its thread ends or by workspace_release; the contents are undefined (never
-// zeroed) and belong to whoever asked last on that thread, so what one call holds at once
-// on one thread must use distinct slots. Held at most: the largest request each thread made
-// per slot and element type (ResNet-50 at batch 32: ~57 MB on the calling thread, for the
-// 512-channel layer's Winograd filters and one chunk's V and M, a few MB on the others).
+// A slot is grow-only and freed when its thread ends or by workspace_release
+// (fastconv.empty_cache); the contents are undefined (never zeroed) and belong to whoever
+// asked last on that thread, so what one call holds at once on one thread must use
+// distinct slots. Held at most: the largest request each thread made per slot, float and
+// double alike (ResNet-50 at batch 32: ~57 MB on the calling thread, for the 512-channel
+// layer's Winograd filters and one chunk's V and M, a few MB on the others).
 #pragma once
 #include <cstddef>
 #include <cstdint>
