@@ -108,7 +108,7 @@ PYBIND11_MODULE(_cpu, m) {
         });
         return py::array_t<uint8_t>({py::ssize_t(nbytes)}, {py::ssize_t(1)},
                                     static_cast<uint8_t*>(owned->block), owner);
-    }, "A uint8 array of nbytes, 64-byte aligned, its memory from the output cache.");
+    }, "A uint8 array of nbytes, page-aligned, its memory from the output cache.");
     // What the CPU backend holds between calls, and a way to give it back.
     m.def("memory", [] {
         const cpu::OutputCacheStats c = cpu::output_cache_stats();

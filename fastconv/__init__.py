@@ -76,7 +76,7 @@ def conv2d_variants(backend="cpu"):
 
 __all__ = [
     "avg_pool2d", "avg_pool2d_backward", "conv1d", "conv2d", "conv2d_avgpool",
-    "conv2d_avgpool_backward", "conv2d_backward",
-    "conv2d_variants", "cpu_memory", "cuda_available", "empty_cache", "cuda_unavailable_reason", "filter2d", "global_avg_pool2d",
+    "conv2d_avgpool_backward", "conv2d_backward", "conv2d_variants", "cpu_memory",
+    "cuda_available", "cuda_unavailable_reason", "empty_cache", "filter2d", "global_avg_pool2d",
     "global_avg_pool2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "sobel",
 ]

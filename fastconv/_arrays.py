@@ -49,7 +49,20 @@ def _dtype_name(dtype):
 
 
 
-_CACHED_NUMPY_DTYPES = ("float32", "float64", "int64")
+def _cached_empty(shape, dtype):
+    """An ndarray over a block of the CPU backend's output cache (csrc/cpu/output_cache.h
+    says why: fresh pages cost a fault each), or None below the size it keeps (64 KiB)."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    cpu = sys.modules.get("fastconv._cpu")
+    if cpu is None or nbytes < cpu.output_cache_min_bytes:
+        return None
+    return cpu.empty(nbytes).view(dtype).reshape(shape)
+
+
+_CACHED_TORCH_DTYPES = ("float32", "float64", "int64")  # those NumPy has too
 
 
 class _NumPy:
@@ -73,16 +86,8 @@ class _NumPy:
 
     @staticmethod
     def empty(shape, dtype, like):
-        # Outputs of 64 KiB and more come from the CPU backend's output cache
-        # (csrc/cpu/output_cache.h says why: fresh pages cost a fault each), as ndarrays.
-        dtype = np.dtype(dtype)
-        nbytes = dtype.itemsize
-        for d in shape:
-            nbytes *= d
-        cpu = sys.modules.get("fastconv._cpu")
-        if cpu is None or nbytes < cpu.output_cache_min_bytes:
-            return np.empty(shape, dtype=dtype)
-        return cpu.empty(nbytes).view(dtype).reshape(shape)
+        a = _cached_empty(shape, dtype)
+        return np.empty(shape, dtype=dtype) if a is None else a
 
     @staticmethod
     def fill(a, value):
@@ -124,12 +129,12 @@ class _Torch:
     @staticmethod
     def empty(shape, dtype, like):
         torch = _module("torch")
-        if like.device.type == "cpu" and dtype in _CACHED_NUMPY_DTYPES:
+        if like.device.type == "cpu" and dtype in _CACHED_TORCH_DTYPES:
             # CPU outputs of 64 KiB and more from the output cache too, as NumPy's are: a
             # LeNet-5 training step at batch 128 took 234 page faults a step through
             # torch.empty. (The tensor's storage is the block's; it cannot be resized.)
-            a = _NumPy.empty(shape, dtype, None)
-            if a.base is not None:
+            a = _cached_empty(shape, dtype)
+            if a is not None:
                 return torch.from_numpy(a)
         return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
 

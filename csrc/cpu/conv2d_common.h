@@ -290,9 +290,9 @@ inline bool blocked_auto(const Conv2dParams& p) {
     if (!blocked_applies(p)) return false;
     if (p.K <= kBlockedMaxK || (p.K <= 64 && p.C <= 4 && p.R * p.S > 1 && p.C * p.R * p.S <= 256))
         return true;
+    if (p.stride_w != 2 || p.R * p.S == 1 || p.Q < 12) return false;
     const int64_t tap_bytes = p.C * p.R * p.S * int64_t(sizeof(float));
     const bool few_images = p.N < 2 * max_threads();
-    if (p.stride_w != 2 || p.R * p.S == 1 || p.Q < 12) return false;
     if (isa() == Isa::Avx512)
         return tap_bytes * 32 <= kBlockedBlockWeights && (!few_images || tap_bytes * p.K <= kBlockedAllWeights);
     return tap_bytes * p.K <= kBlockedAllWeights;
@@ -325,20 +325,17 @@ struct BlockedShape {
 inline void pad_image_rows(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp,
                            int64_t row0, int64_t row1) {
     for (int64_t row = row0; row < row1; ++row) {
-        const int64_t c = row / b.Hp, i = row % b.Hp;
-        {
-            float* dst = xp + (c * b.Hp + i) * b.Wp;
-            const int64_t h = i - p.pad_h;
-            if (h < 0 || h >= p.H) {
-                std::fill(dst, dst + b.Wp, 0.f);
-                continue;
-            }
-            // Columns j = w + pad_w for w in [0, W), clipped to the scratch; zeros around.
-            const int64_t j0 = std::min(p.pad_w, b.Wp), j1 = std::min(p.pad_w + p.W, b.Wp);
-            std::fill(dst, dst + j0, 0.f);
-            if (j1 > j0) std::copy(x + (c * p.H + h) * p.W, x + (c * p.H + h) * p.W + (j1 - j0), dst + j0);
-            std::fill(dst + std::max(j0, j1), dst + b.Wp, 0.f);
+        const int64_t c = row / b.Hp, h = row % b.Hp - p.pad_h;
+        float* dst = xp + row * b.Wp;
+        if (h < 0 || h >= p.H) {
+            std::fill(dst, dst + b.Wp, 0.f);
+            continue;
         }
+        // Columns j = w + pad_w for w in [0, W), clipped to the scratch; zeros around.
+        const int64_t j0 = std::min(p.pad_w, b.Wp), j1 = std::min(p.pad_w + p.W, b.Wp);
+        std::fill(dst, dst + j0, 0.f);
+        if (j1 > j0) std::copy(x + (c * p.H + h) * p.W, x + (c * p.H + h) * p.W + (j1 - j0), dst + j0);
+        std::fill(dst + std::max(j0, j1), dst + b.Wp, 0.f);
     }
 }
 

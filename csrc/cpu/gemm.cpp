@@ -375,8 +375,8 @@ void pack(const T* src, int64_t sx, int64_t sk, int64_t nx, int64_t kc, PackRows
     }
 }
 
-// Grow-only 64-byte aligned scratch per thread: 0 packs A, 1 packs B (float and double
-// share them).
+// Grow-only scratch per thread (workspace.h's blocks: whole pages): 0 packs A, 1 packs B
+// (float and double share them).
 HeldBlock* gemm_scratch() {
     thread_local HeldBlock bufs[2];
     return bufs;
