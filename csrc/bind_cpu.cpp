@@ -15,6 +15,7 @@
 #include "common/winograd.h"
 #include "cpu/cpu_ops.h"
 #include "cpu/gemm.h"
+#include "cpu/parallel.h"
 #include "cpu/isa.h"
 #include "cpu/output_cache.h"
 #include "cpu/workspace.h"
@@ -84,6 +85,10 @@ PYBIND11_MODULE(_cpu, m) {
     // The block runs any conv variant, then the average pool (no fused variant here).
     m.attr("conv2d_avgpool_variants") = m.attr("conv2d_variants");
     m.def("num_threads", [] { return omp_get_max_threads(); });
+    m.def("core_round_trip_ns", [](int rounds) { return cpu::core_round_trip_ns(rounds); },
+          py::arg("rounds") = 20000, py::call_guard<py::gil_scoped_release>(),
+          "One cache line's round trip between the first two threads of the pool (ns): "
+          "~100 where they share an L3, several hundred where they do not (cpu/parallel.h).");
 
     // Output memory (cpu/output_cache.h): a uint8 array of `nbytes` whose block goes back to
     // the cache when the last view of it dies. FASTCONV_CPU_CACHE_MIB is read here, once.

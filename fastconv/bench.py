@@ -155,13 +155,24 @@ def error_row(suite, case, op, layout, mode, peer, exc):
             "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
+# Where the CPU threads sit, probed after every CPU row (run() sets it; None on the GPU):
+# a cache line's round trip between the pool's first two threads. A VM's vCPUs move between
+# cores that share an L3 and cores that do not (on the 2-vCPU Zen 5: ~75-140 ns against
+# ~370-390), and a row that moves data between threads reads differently in the two; the
+# JSON keeps the figure beside every row so that a reader can tell (cpu/parallel.h).
+_placement_probe = None
+
+
 def _row(suite, case, op, layout, ours, peer, peer_ms, work, unit, ceilings, mode="eager"):
     ceiling = ceilings["fp32_TFLOPs"] if unit == "TFLOP/s" else ceilings["copy_GBps"]
     achieved = work / ours / (1e12 if unit == "TFLOP/s" else 1e9)
-    return {"suite": suite, "case": case, "op": op, "dtype": "float32", "layout": layout,
-            "mode": mode, "fastconv_ms": ours * 1e3, "peer": peer, "peer_ms": peer_ms * 1e3,
-            "speedup": peer_ms / ours, "achieved": achieved, "unit": unit,
-            "of_ceiling": achieved / ceiling}
+    row = {"suite": suite, "case": case, "op": op, "dtype": "float32", "layout": layout,
+           "mode": mode, "fastconv_ms": ours * 1e3, "peer": peer, "peer_ms": peer_ms * 1e3,
+           "speedup": peer_ms / ours, "achieved": achieved, "unit": unit,
+           "of_ceiling": achieved / ceiling}
+    if _placement_probe is not None:
+        row["core_rtt_ns"] = _placement_probe()
+    return row
 
 
 def _conv_rows(suite, table, quick, torch, timer, ceilings, rng):
@@ -505,31 +516,8 @@ def _peer_isa(torch):
             "onednn_max": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL")}
 
 
-def run(device="cpu", suites=SUITES, quick=False, repeat=None):
-    """Runs the suites and returns the results dict (the --json layout)."""
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeError("the peers need PyTorch: pip install torch") from None
-    if device == "cuda":
-        from . import bench_gpu
-
-        suites = [s for s in suites if s not in CPU_SUITES]
-        if not suites:
-            raise ValueError(f"suites {', '.join(CPU_SUITES)} are CPU-only: use --device cpu")
-
-        ceilings, rows, dev = bench_gpu.run(suites, quick, repeat)
-        commit, _ = _environment()
-        return {"commit": commit, "date": _now(), "device": {**dev, "quick": quick},
-                "ceilings": ceilings, "rows": rows}
-    if device != "cpu":
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    from . import _cpu
-
-    torch.set_num_threads(_cpu.num_threads())
-    timer = Timer(repeat or (5 if quick else 15))
-    rng = np.random.default_rng(0)
-    ceilings = measure_ceilings(torch, timer)
+def _cpu_rows(suites, quick, torch, timer, ceilings, rng):
+    """The CPU suites' rows, in order."""
     rows = []
     for suite in suites:
         if suite == "lenet":
@@ -555,6 +543,42 @@ def run(device="cpu", suites=SUITES, quick=False, repeat=None):
                                Timer(min(timer.repeat, 3 if quick else 5)).pair, ceilings)
         else:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    return rows
+
+
+def run(device="cpu", suites=SUITES, quick=False, repeat=None):
+    """Runs the suites and returns the results dict (the --json layout)."""
+    global _placement_probe
+    _placement_probe = None
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError("the peers need PyTorch: pip install torch") from None
+    if device == "cuda":
+        from . import bench_gpu
+
+        suites = [s for s in suites if s not in CPU_SUITES]
+        if not suites:
+            raise ValueError(f"suites {', '.join(CPU_SUITES)} are CPU-only: use --device cpu")
+
+        ceilings, rows, dev = bench_gpu.run(suites, quick, repeat)
+        commit, _ = _environment()
+        return {"commit": commit, "date": _now(), "device": {**dev, "quick": quick},
+                "ceilings": ceilings, "rows": rows}
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    from . import _cpu
+
+    torch.set_num_threads(_cpu.num_threads())
+    timer = Timer(repeat or (5 if quick else 15))
+    rng = np.random.default_rng(0)
+    ceilings = measure_ceilings(torch, timer)
+    ceilings["core_rtt_ns"] = _cpu.core_round_trip_ns()
+    _placement_probe = lambda: round(_cpu.core_round_trip_ns(2000), 1)
+    try:
+        rows = _cpu_rows(suites, quick, torch, timer, ceilings, rng)
+    finally:
+        _placement_probe = None
     commit, cpu = _environment()
     return {"commit": commit, "date": _now(),
             "device": {"name": cpu, "threads": _cpu.num_threads(), "isa": _cpu.isa(),
@@ -587,7 +611,8 @@ def format_table(result):
              "ceilings: " + ", ".join(f"{k} {v:.3g}" for k, v in result["ceilings"].items()),
              f"{'suite':10s} {'case':20s} {'op':22s} {'layout':6s} {'mode':6s} {'timing':13s} "
              f"{'fastconv ms':>11s} {'peer':>19s} {'peer ms':>9s} {'speedup':>8s} "
-             f"{'achieved':>16s} {'of ceil':>8s}"]
+             f"{'achieved':>16s} {'of ceil':>8s}"
+             + (" rtt ns" if any("core_rtt_ns" in r for r in result["rows"]) else "")]
     for r in result["rows"]:
         head = (f"{r['suite']:10s} {r['case']:20s} {r['op']:22s} {r['layout']:6s} "
                 f"{r['mode']:6s} ")
@@ -598,6 +623,7 @@ def format_table(result):
         lines.append(head + f"{_timing(r):13s} {r['fastconv_ms']:11.3f} {r['peer']:>19s} "
                      f"{r['peer_ms']:9.3f} {r['speedup']:7.2f}x {r['achieved']:9.3g} "
                      f"{r['unit']:>6s} {100 * r['of_ceiling']:7.1f}%"
+                     + (f" {r['core_rtt_ns']:6.0f}" if "core_rtt_ns" in r else "")
                      + (f"  (x alone: fastconv {slow['fastconv']:.2f}, peer {slow['peer']:.2f})"
                         if slow and r["mode"] == "alternating" else ""))
     return "\n".join(lines)

@@ -60,6 +60,10 @@ def test_cpu_bench_command_writes_json_and_plot(tiny_shapes, tmp_path, capsys):
     assert {"commit", "date", "device", "ceilings", "rows"} <= set(result)
     assert {r["suite"] for r in result["rows"]} == set(bench.SUITES)
     assert all(ROW_KEYS <= set(r) for r in result["rows"])
+    # Where the threads sat when each row was timed (cpu/parallel.h): beside every CPU row.
+    assert result["ceilings"]["core_rtt_ns"] >= 0
+    assert all(r["core_rtt_ns"] >= 0 for r in result["rows"])
+    assert bench._placement_probe is None  # not left on for rows made outside run()
     assert {r["op"] for r in result["rows"] if r["suite"] == "pool"} >= {
         "max_pool2d_indices", "max_pool2d_backward", "avg_pool2d_backward",
         "global_avg_pool2d_backward"}

@@ -169,8 +169,7 @@ def test_backward_matches_reference(backend, variant, dtype, layout, data, seed)
     dy = random(rng, y.shape, dtype)
     expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation=cfg["activation"],
                                  output=y, layout=layout)
-    if dtype == "float32":
-        assume_well_conditioned(expect, dy, x, w, y, cfg, layout)
+    assume_well_conditioned(expect, dy, x, w, y, cfg, layout, dtype)
     got = fastconv.conv2d_backward(
         to_backend(dy, backend), to_backend(x, backend), to_backend(w, backend), **conv_args(cfg),
         activation=cfg["activation"], output=to_backend(y, backend), layout=layout,
@@ -201,10 +200,10 @@ def assume_forward_conditioned(x, w, b, cfg, layout, pool=None, limit=50, residu
     assume(np.linalg.norm(terms) <= limit * np.linalg.norm(out))
 
 
-GRAD_LIMIT = 50  # see assume_well_conditioned
+GRAD_LIMIT = {"float32": 50, "float64": 2000}  # see assume_well_conditioned
 
 
-def assume_well_conditioned(expect, dy, x, w, y, cfg, layout, limit=GRAD_LIMIT):
+def assume_well_conditioned(expect, dy, x, w, y, cfg, layout, dtype):
     """Skip draws whose gradients cancel to under 1/limit of the magnitude of their terms.
 
     A float32 gradient element is a sum of terms that each carry a rounding of up to
@@ -219,9 +218,13 @@ def assume_well_conditioned(expect, dy, x, w, y, cfg, layout, limit=GRAD_LIMIT):
     about as sqrt(terms) * eps32 for random data). test_forward's guard uses the same 50.
     Skipped draws test the data's conditioning, not the kernel: hypothesis draws others,
     and the small-integer tests still check the indexing of every draw exactly.
+    float64 likewise: eps64 = 2^-53 = 1.1e-16 against its 1e-12 bound, so limit 2000
+    (eps64 * ratio <= 2.2e-13). Unguarded, a grad_bias of ratio 14636 (N=2, K=1, a 7x1
+    image, tanh; seed 284074) read 1.13e-12 on every variant, the reference's own sum
+    order aside.
     """
     for ratio in gradient_ratios(expect, dy, x, w, y, cfg, layout):
-        assume(ratio < limit)
+        assume(ratio < GRAD_LIMIT[dtype])
 
 
 def gradient_ratios(expect, dy, x, w, y, cfg, layout):
@@ -247,7 +250,22 @@ def test_conditioning_guard_skips_cancelling_gradients():
     expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation="tanh", output=y,
                                  layout="NHWC")
     ratios = gradient_ratios(expect, dy, x, w, y, cfg, "NHWC")
-    assert 780 < ratios[2] < 785 and max(ratios) >= GRAD_LIMIT
+    assert 780 < ratios[2] < 785 and max(ratios) >= GRAD_LIMIT["float32"]
+
+
+def test_conditioning_guard_skips_cancelling_float64_gradients():
+    """The float64 draw that failed on correct code (every variant, 1.13e-12 relative):
+    a grad_bias of 14 terms summing to 7e-5 of their magnitude. The guard must skip it."""
+    cfg = dict(N=2, C=2, K=1, H=7, W=1, R=3, S=3, groups=1, stride=1, dilation=1,
+               padding=(2, 1), activation="tanh", bias=True)
+    rng = np.random.default_rng(284074)
+    x, w, b = make_inputs(cfg, "NCHW", "float64", rng)
+    y = ref.conv2d(x, w, b, **conv_args(cfg), activation="tanh", layout="NCHW")
+    dy = random(rng, y.shape, "float64")
+    expect = ref.conv2d_backward(dy, x, w, **conv_args(cfg), activation="tanh", output=y,
+                                 layout="NCHW")
+    ratios = gradient_ratios(expect, dy, x, w, y, cfg, "NCHW")
+    assert 14000 < ratios[2] < 15000 and max(ratios) >= GRAD_LIMIT["float64"]
 
 
 # Named edge cases from the foundation issue, each in both layouts on every backend.

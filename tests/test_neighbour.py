@@ -52,3 +52,40 @@ def test_the_gemm_runs_on_the_pools_threads_not_threads_made_per_call(n, r, pad,
     assert main + others > 0
     # The split is static (half the C tiles each), so the pool's thread holds about half.
     assert others >= 0.25 * (main + others), (main, others, total)
+
+
+def test_work_is_shared_out_statically():
+    """Every CPU work-sharing loop is static: thread t owns the same part in every call
+    (parallel.h, "Same owner every call"). With schedule(dynamic), which thread wrote an
+    image's output changed from call to call, and where the host put the two vCPUs on
+    cores without a shared L3 LeNet C1 ran 1.40 ms instead of 0.65."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "csrc" / "cpu"
+    found = [f"{p.name}:{i}: {line.strip()}"
+             for p in sorted(root.glob("*.[ch]*"))
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"#pragma omp .*schedule\s*\(\s*(dynamic|guided|runtime|auto)", line)]
+    assert not found, "work shared out dynamically:\n" + "\n".join(found)
+
+
+PROBE = r"""
+from fastconv import _cpu
+print(_cpu.core_round_trip_ns(2000))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_placement_probe_times_a_round_trip_with_two_threads(threads):
+    """core_round_trip_ns: a line's round trip between the pool's first two threads (what
+    fastconv bench records beside every CPU row); 0 with one thread, never a hang."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ns = float(out.stdout)
+    if threads == 1:
+        assert ns == 0.0
+    else:
+        assert 1.0 < ns < 1e6, ns  # 75-390 ns on the 2-vCPU Zen 5 VM

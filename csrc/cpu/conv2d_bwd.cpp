@@ -363,7 +363,7 @@ void bwd_filter_blocked_vk(const Conv2dParams& p, BlockedChunk chunk, const floa
     {
         float* const xp = workspace<float>(Slot::Padded, p.C * b.Hp * b.Wp);
         float* const dyt = workspace<float>(Slot::Rows, p.P * p.Q * KV);
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
         for (int64_t ch = 0; ch < chunks; ++ch)
             chunk(p, b, dy, x, ch * kChunk, std::min(p.N, (ch + 1) * kChunk), xp, dyt,
                   parts.data() + ch * taps * KV);

@@ -571,7 +571,7 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
 #pragma omp parallel
         {
             float* const xp = workspace<float>(Slot::Padded, image);
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
             for (int64_t n = 0; n < p.N; ++n) {
                 pad_image(p, b, x + n * in, xp);
                 rows(xp, n, 0, p.P);

@@ -14,7 +14,20 @@
 // after a PyTorch op, whose pool worker keeps spinning for libgomp's 300000-spin wait, the
 // new thread made three runnable threads on two cores and every barrier waited out the
 // spin: 6-7 ms a call, alternating with torch.nn.functional.conv2d.
+//
+// Same owner every call: work is shared out statically (thread t takes the t-th contiguous
+// part, the same part in every call and every op), never dynamically. Why (measured
+// 2026-11-30, the 2-vCPU Zen 5 VM): the host places the two vCPUs sometimes on cores that
+// share an L3 (a cache line's round trip between them 75-140 ns) and sometimes on cores
+// that do not (370-390 ns), and moves them while a process runs. LeNet C1 (256 images,
+// schedule(dynamic)) took 0.63 ms in the near placement and 1.40 ms in the far one, slower
+// than one thread (1.25): which thread wrote an image's 18 KB output changed from call to
+// call, so half the output lines came from the other L3, dirty. schedule(static): 0.65 ms
+// in both. This was the "slow mode" of benchmarks/NOTES.md. core_round_trip_ns() measures
+// the placement; fastconv bench records it with every run.
 #pragma once
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 
 #ifdef _OPENMP
@@ -43,7 +56,8 @@ inline bool in_region() {
 }
 
 // Runs body(t, scratch) for t in [0, tasks). With at least two tasks per thread the tasks
-// are shared out (dynamically) and each thread makes its own scratch = make_scratch(), so
+// are shared out (statically: see "Same owner" above) and each thread makes its own
+// scratch = make_scratch(), so
 // the GEMMs inside run on one thread each; otherwise the tasks run in turn on the calling
 // thread with one scratch and no region open, so a GEMM inside opens the top-level region
 // and uses every thread.
@@ -53,7 +67,7 @@ void for_each_task(int64_t tasks, MakeScratch make_scratch, Body body) {
 #pragma omp parallel
         {
             auto scratch = make_scratch();
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
             for (int64_t t = 0; t < tasks; ++t) body(t, scratch);
         }
     } else {
@@ -61,6 +75,10 @@ void for_each_task(int64_t tasks, MakeScratch make_scratch, Body body) {
         for (int64_t t = 0; t < tasks; ++t) body(t, scratch);
     }
 }
+
+// The round trip of one cache line between threads 0 and 1 of a two-thread team, in
+// nanoseconds (the median of `rounds` trips timed in batches); 0 with fewer than two threads.
+double core_round_trip_ns(int rounds = 20000);
 
 }  // namespace cpu
 }  // namespace fastconv

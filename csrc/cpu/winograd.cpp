@@ -472,7 +472,7 @@ void each_product(int64_t a2, F f) {
         for (int64_t e = 0; e < a2; ++e) f(e);
         return;
     }
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(static)
     for (int64_t e = 0; e < a2; ++e) f(e);
 }
 
