@@ -385,6 +385,11 @@ THRESHOLDS = {
     **{f"blocked-k{k}": dict(N=2, C=3, K=k, H=9, W=15, R=3, S=3)
        for k in (8, 9, 16, 17, 24, 25, 64, 65, 130)},
     "gemm-transposed-7x7": dict(N=1, C=5, K=64, H=9, W=9, R=3, S=3),
+    "gemm-transposed-k32": dict(N=1, C=5, K=32, H=9, W=9, R=3, S=3),  # too few to split
+    # One image split by filters among the threads (gemm_by_filters, tiles_by_filters):
+    # uneven parts, transposed and not.
+    "split-filters-k70": dict(N=1, C=3, K=70, H=9, W=11, R=3, S=3),
+    "split-filters-k70-wide": dict(N=1, C=2, K=70, H=40, W=40, R=3, S=3),
     "winograd-chunks": dict(N=6, C=201, K=27, H=27, W=27, R=3, S=3),
 }
 

@@ -101,6 +101,11 @@ CONV_SHAPES = [
     dict(N=1, C=3, K=64, H=23, W=29, R=7, S=7, stride=2, padding=3, dilation=1),
     dict(N=3, C=2, K=40, H=10, W=17, R=3, S=2, stride=(1, 3), padding=1, dilation=1),
     dict(N=2, C=9, K=70, H=27, W=29, R=3, S=3, stride=2, padding=1, dilation=1),
+    # One image's GEMM split by filters among the threads (conv2d_fwd.cpp, gemm_by_filters):
+    # transposed, 70 filters in uneven parts (avx512 slivers of 32, avx2 of 16), and not
+    # transposed (a 1600-pixel tile: rows of MR filters).
+    dict(N=1, C=6, K=70, H=9, W=11, R=3, S=3, stride=1, padding=1, dilation=1),
+    dict(N=1, C=2, K=70, H=40, W=40, R=3, S=3, stride=1, padding=0, dilation=1),
 ]
 
 
@@ -109,6 +114,9 @@ CONV_SHAPES = [
 WINOGRAD_SHAPES = [
     dict(N=2, C=11, K=9, H=13, W=17, R=3, S=3, stride=1, padding=1, dilation=1),
     dict(N=1, C=17, K=24, H=10, W=9, R=3, S=3, stride=1, padding=0, dilation=1),
+    # Batch 1 split by filters among the threads (winograd.cpp, tiles_by_filters): 70 filters,
+    # uneven slivers of the packed U.
+    dict(N=1, C=5, K=70, H=11, W=9, R=3, S=3, stride=1, padding=1, dilation=1),
 ]
 
 

@@ -137,8 +137,32 @@ MUTANTS = [
     # runs any K in filter blocks, that is a correct if slower choice. Its successor: every
     # block through the first block's weights.)
     Mutant("blocked-filter-block-weights", "weight offset", FWD,
-           "image_fn(q, b, xp, wt.data() + kb * taps * KV,", "image_fn(q, b, xp, wt.data(),",
+           "image_fn(q, bb, xp, wt.data() + kb * taps * KV,", "image_fn(q, bb, xp, wt.data(),",
            CONV + ISA),
+    # Batch 1, each thread its own rows from a band it pads itself (blocked_vk): the band one
+    # row short (the last output row reads past it), and started at the first row.
+    Mutant("blocked-band-height", "halo off by one", FWD,
+           "band.Hp = (r1 - r0 - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;",
+           "band.Hp = (r1 - r0 - 1) * p.stride_h + (p.R - 1) * p.dil_h;", CONV + ISA),
+    Mutant("blocked-band-origin", "band offset", FWD,
+           "pad_band(p, band, x + n * in, xp, r0 * p.stride_h);",
+           "pad_band(p, band, x + n * in, xp, r0);", CONV + ISA),
+    # One image's GEMM split by filters (gemm_by_filters): a thread's part copied back from
+    # the wrong column of its tile, and the second part starting one micro-tile late.
+    Mutant("gemm-split-copy", "transpose index", FWD,
+           "y[(k0 + k) * s.PQ + j] = part[j * nk + k];", "y[(k0 + k) * s.PQ + j] = part[j * nk];",
+           CONV + ISA),
+    Mutant("gemm-split-parts", "work split", FWD,
+           "const int64_t k0 = std::min(s.Kg, units * t / nt * unit);",
+           "const int64_t k0 = std::min(s.Kg, (units * t / nt + t) * unit);", CONV + ISA),
+    # Winograd at batch 1 split by filters (tiles_by_filters): the thread's products on the
+    # wrong slivers, and its channels scattered to the first ones.
+    Mutant("winograd-split-columns", "work split", WINO,
+           "U + (g * a2 + e) * filter_stride<T>(layout), k0, k1,",
+           "U + (g * a2 + e) * filter_stride<T>(layout), 0, k1 - k0,", WINO_TESTS + ISA),
+    Mutant("winograd-split-scatter", "output offset", WINO,
+           "scatter_band(q, band, n, g, th * m, tw0 * m, m, cols, k0, nk, y);",
+           "scatter_band(q, band, n, g, th * m, tw0 * m, m, cols, 0, nk, y);", WINO_TESTS + ISA),
     Mutant("conv1d-last-tap", "off-by-one reduction", "csrc/cpu/conv1d.cpp",
            "for (int64_t t = 0; t < p.n; ++t) acc += s[t] * w[t];",
            "for (int64_t t = 0; t + 1 < p.n; ++t) acc += s[t] * w[t];", FILTERS),
@@ -219,7 +243,8 @@ MUTANTS = [
            "out[k * s.PQ + j] = tile[j * s.Kg + k];", "out[k * s.PQ + j] = tile[k * (j1 - j0) + j];",
            CONV),
     Mutant("blocked-filter-block-offset", "output offset", FWD,
-           "y + (n * p.K + kb * KV) * PQ, r0, r1);", "y + n * p.K * PQ, r0, r1);", CONV, "avx512"),
+           "y + (n * p.K + kb * KV) * PQ + r0 * p.Q, 0, r1 - r0);",
+           "y + n * p.K * PQ + r0 * p.Q, 0, r1 - r0);", CONV, "avx512"),
     # NHWC global average pooling (pool.cpp, nhwc_means_simd): a run of 64 rows replacing
     # the sums of the runs before it.
     Mutant("gap-nhwc-runs", "accumulation across runs", POOL_CPP,

@@ -321,26 +321,29 @@ struct BlockedShape {
           Qb(ceil_div(p.Q, pb) * pb) {}
 };
 
-// Rows [row0, row1) of the padded image, counted over channels (row c * Hp + i).
-inline void pad_image_rows(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp,
-                           int64_t row0, int64_t row1) {
-    for (int64_t row = row0; row < row1; ++row) {
-        const int64_t c = row / b.Hp, h = row % b.Hp - p.pad_h;
-        float* dst = xp + row * b.Wp;
-        if (h < 0 || h >= p.H) {
-            std::fill(dst, dst + b.Wp, 0.f);
-            continue;
+// The band of the padded image that starts at its row i0 and is b.Hp rows high, each
+// channel's rows contiguous (the whole image: i0 = 0 and the image's BlockedShape).
+inline void pad_band(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp,
+                     int64_t i0) {
+    // Columns j = w + pad_w for w in [0, W), clipped to the scratch; zeros around.
+    const int64_t j0 = std::min(p.pad_w, b.Wp), j1 = std::min(p.pad_w + p.W, b.Wp);
+    for (int64_t c = 0; c < p.C; ++c)
+        for (int64_t i = 0; i < b.Hp; ++i) {
+            const int64_t h = i0 + i - p.pad_h;
+            float* dst = xp + (c * b.Hp + i) * b.Wp;
+            if (h < 0 || h >= p.H) {
+                std::fill(dst, dst + b.Wp, 0.f);
+                continue;
+            }
+            const float* src = x + (c * p.H + h) * p.W;
+            std::fill(dst, dst + j0, 0.f);
+            if (j1 > j0) std::copy(src, src + (j1 - j0), dst + j0);
+            std::fill(dst + std::max(j0, j1), dst + b.Wp, 0.f);
         }
-        // Columns j = w + pad_w for w in [0, W), clipped to the scratch; zeros around.
-        const int64_t j0 = std::min(p.pad_w, b.Wp), j1 = std::min(p.pad_w + p.W, b.Wp);
-        std::fill(dst, dst + j0, 0.f);
-        if (j1 > j0) std::copy(x + (c * p.H + h) * p.W, x + (c * p.H + h) * p.W + (j1 - j0), dst + j0);
-        std::fill(dst + std::max(j0, j1), dst + b.Wp, 0.f);
-    }
 }
 
 inline void pad_image(const Conv2dParams& p, const BlockedShape& b, const float* x, float* xp) {
-    pad_image_rows(p, b, x, xp, 0, p.C * b.Hp);
+    pad_band(p, b, x, xp, 0);
 }
 
 // ----------------------------------------------------------------------- winograd

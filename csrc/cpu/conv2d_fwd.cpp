@@ -137,6 +137,56 @@ bool transposed_gemm_pays(const ConvGemmShape& s, int64_t pixels) {
            10 * gemm_tile_work<T>(pixels, s.Kg) <= 9 * gemm_tile_work<T>(s.Kg, pixels);
 }
 
+// Whether gemm_variant runs one image's single GEMM split by filters (gemm_by_filters):
+// NCHW, one group, one chunk of pixels, several threads and at least a micro-tile's worth
+// of filters each.
+template <typename T>
+bool gemm_splits_filters(const Conv2dParams& p, const ConvGemmShape& s, int64_t tasks) {
+    const int64_t nt = max_threads();
+    if (tasks != 1 || nt < 2 || in_region() || p.layout != Layout::NCHW || p.groups != 1 ||
+        s.is_pointwise)
+        return false;
+    const MicroTile tile = gemm_micro_tile<T>();
+    return s.Kg >= nt * std::max(tile.MR, tile.NR);
+}
+
+// One image's GEMM (Kg x red) . (red x PQ), thread t computing its own filters [k0, k1) from
+// an im2col matrix it builds whole itself, into y directly or (transposed_gemm_pays) through
+// its own tile. Nothing one thread writes is read by another. With the im2col shared
+// (im2col_nchw_shared builds each thread a part and every GEMM thread reads all of it), half
+// of it crossed from one core's cache to the other's every call: ResNet-50's l4_3x3 at batch
+// 1 took 0.93-1.03 ms where the host put the two vCPUs on cores without a shared L3, against
+// 0.70-0.72 where they share one; split, 0.71-0.72 and 0.71-0.75 (parallel.h, "Same owner").
+// The cost where they share a cache: each thread writes the whole im2col (l2_3x3 at batch 1,
+// variant gemm: 0.62 -> 0.73 ms there, 0.83 -> 0.71 on far cores).
+template <typename T>
+void gemm_by_filters(const Conv2dParams& p, const ConvGemmShape& s, const T* x, const T* w,
+                     T* y) {
+    const bool transposed = transposed_gemm_pays<T>(s, s.PQ);
+    const MicroTile tile = gemm_micro_tile<T>();
+    const int64_t unit = transposed ? tile.NR : tile.MR, units = ceil_div(s.Kg, unit);
+#pragma omp parallel
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t k0 = std::min(s.Kg, units * t / nt * unit);
+        const int64_t k1 = std::min(s.Kg, units * (t + 1) / nt * unit), nk = k1 - k0;
+        if (nk > 0) {
+            T* const col = workspace<T>(Slot::Columns, s.red * s.PQ);
+            im2col_nchw(p, x, 0, 0, 0, s.PQ, col, s.PQ);
+            if (transposed) {
+                T* const part = workspace<T>(Slot::Rows, s.PQ * nk);
+                gemm<T>(true, true, s.PQ, nk, s.red, col, s.PQ, w + k0 * s.red, s.red, T(0),
+                        part, nk);
+                for (int64_t k = 0; k < nk; ++k)
+                    for (int64_t j = 0; j < s.PQ; ++j) y[(k0 + k) * s.PQ + j] = part[j * nk + k];
+            } else {
+                gemm<T>(false, false, nk, s.PQ, s.red, w + k0 * s.red, s.red, col, s.PQ, T(0),
+                        y + k0 * s.PQ, s.PQ);
+            }
+        }
+    }
+}
+
 template <typename T>
 void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
                   const T* residual) {
@@ -146,6 +196,8 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
     const int64_t batch = images_per_gemm(p, s, sizeof(T));
     if (batch > 1) {
         small_images(p, s, batch, x, w, y);
+    } else if (gemm_splits_filters<T>(p, s, p.N * p.groups * s.chunks)) {
+        gemm_by_filters(p, s, x, w, y);
     } else if (s.is_pointwise && !nchw) {
         // (N*P*Q x C) . (C x K): the NHWC input is the im2col matrix already.
         for (int64_t g = 0; g < p.groups; ++g)
@@ -558,37 +610,45 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
     std::vector<float> wt(kblocks * taps * KV, 0.f);
     for (int64_t k = 0; k < p.K; ++k)
         for (int64_t t = 0; t < taps; ++t) wt[((k / KV) * taps + t) * KV + k % KV] = w[k * taps + t];
-    // Rows [r0, r1) of image n's output, each filter block in turn (its params say K <= KV).
-    auto rows = [&](const float* xp, int64_t n, int64_t r0, int64_t r1) {
+    // Rows [r0, r1) of image n's output, each filter block in turn (its params say K <= KV),
+    // from xp, the padded band (shape bb) whose first row is output row r0's first input row.
+    auto rows = [&](const float* xp, const BlockedShape& bb, int64_t n, int64_t r0, int64_t r1) {
         for (int64_t kb = 0; kb < kblocks; ++kb) {
             Conv2dParams q = p;
             q.K = std::min<int64_t>(KV, p.K - kb * KV);
-            image_fn(q, b, xp, wt.data() + kb * taps * KV, y + (n * p.K + kb * KV) * PQ, r0, r1);
+            image_fn(q, bb, xp, wt.data() + kb * taps * KV,
+                     y + (n * p.K + kb * KV) * PQ + r0 * p.Q, 0, r1 - r0);
         }
     };
-    const int64_t image = p.C * b.Hp * b.Wp, in = p.C * p.H * p.W;
+    const int64_t in = p.C * p.H * p.W;
     if (p.N >= 2 * omp_get_max_threads()) {
 #pragma omp parallel
         {
-            float* const xp = workspace<float>(Slot::Padded, image);
+            float* const xp = workspace<float>(Slot::Padded, p.C * b.Hp * b.Wp);
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < p.N; ++n) {
                 pad_image(p, b, x + n * in, xp);
-                rows(xp, n, 0, p.P);
+                rows(xp, b, n, 0, p.P);
             }
         }
-    } else {  // few large images: the calling thread's scratch, padded and used by all
-        float* const xp = workspace<float>(Slot::Padded, image);
+    } else {  // few large images: each thread its rows of each, from a band it pads itself
         for (int64_t n = 0; n < p.N; ++n) {
 #pragma omp parallel
             {
-                // The copy shared out too: alone it was ~7% of ResNet-50's conv1 at batch 1.
-                const int64_t rows_in = p.C * b.Hp, t = omp_get_thread_num(), nt = omp_get_num_threads();
-                pad_image_rows(p, b, x + n * in, xp, rows_in * t / nt, rows_in * (t + 1) / nt);
-#pragma omp barrier
-                // Each thread's rows [r0, r1), filter block by filter block.
+                // Nothing one thread writes is read by another (parallel.h, "Same owner"):
+                // with the image padded by all threads and shared, ResNet-50's conv1 and
+                // l2_3x3s2 at batch 1 took 0.547 and 0.650 ms where the host put the two
+                // vCPUs on cores without a shared L3; with bands, 0.50 and 0.54-0.58 (the
+                // same as on cores that share one: the halo rows copied twice are noise).
+                const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
                 const int64_t r0 = p.P * t / nt, r1 = p.P * (t + 1) / nt;
-                if (r0 < r1) rows(xp, n, r0, r1);
+                if (r0 < r1) {
+                    BlockedShape band = b;
+                    band.Hp = (r1 - r0 - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+                    float* const xp = workspace<float>(Slot::Padded, p.C * band.Hp * b.Wp);
+                    pad_band(p, band, x + n * in, xp, r0 * p.stride_h);
+                    rows(xp, band, n, r0, r1);
+                }
             }
         }
     }

@@ -407,6 +407,9 @@ struct Problem {
     T* C;
     int64_t ldc;
     const T* packed_b;  // B already packed (gemm.h, PackedB), or null
+    // gemm_packed_b_columns: columns [c_col0, c_col1) only, on the calling thread, C pointing
+    // at column c_col0 of row 0 (c_col1 = 0: all columns, as usual)
+    int64_t c_col0 = 0, c_col1 = 0;
 };
 
 // The reduction block of a K-deep problem: the same in gemm_rect and in PackedB.
@@ -449,7 +452,7 @@ void gemm_rect(const Problem<T>& p, int64_t m0, int64_t m1, int64_t n0, int64_t 
                         const int64_t mr = std::min(MR, mc - ir);
                         const T* a = pa + ir * kc;
                         const T* b = pb + jr * kc;
-                        T* c = p.C + (ic + ir) * p.ldc + jc + jr;
+                        T* c = p.C + (ic + ir) * p.ldc + jc + jr - p.c_col0;
                         if (mr == MR && nr == NR)
                             Path::kernel(kc, a, b, beta, c, p.ldc);
                         else
@@ -500,6 +503,7 @@ int64_t threads_for(int64_t M, int64_t N, int64_t K) {
 // One path's GEMM: the thread grid, then the blocked loops on each thread's rectangle.
 template <typename Path, typename T>
 void gemm_path(const Problem<T>& p) {
+    if (p.c_col1 > 0) return gemm_rect<Path>(p, 0, p.M, p.c_col0, p.c_col1);
 #ifdef _OPENMP
     const int64_t nt = threads_for(p.M, p.N, p.K);
     if (nt == 1) return gemm_rect<Path>(p, 0, p.M, 0, p.N);
@@ -572,12 +576,31 @@ int64_t gemm_tile_work(int64_t M, int64_t N) {
 }
 
 template <typename T>
+MicroTile gemm_micro_tile() {
+#if FC_X86_ISA
+    if (isa() == Isa::Avx512) return {Avx512Blocking<T>::MR, Avx512Blocking<T>::NR};
+#endif
+    return {Avx2Blocking<T>::MR, Avx2Blocking<T>::NR};
+}
+
+template <typename T>
 void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* packed_b, T beta, T* C, int64_t ldc) {
     FC_CHECK(K > 0, "gemm_packed_b needs K > 0");
     if (M <= 0 || N <= 0) return;
     static const GemmPath<T> path = pick_path<T>();
     path(Problem<T>{trans_a, false, M, N, K, A, lda, nullptr, 0, beta, C, ldc, packed_b});
+}
+
+template <typename T>
+void gemm_packed_b_columns(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                           const T* packed_b, int64_t n0, int64_t n1, T beta, T* C, int64_t ldc) {
+    FC_CHECK(K > 0 && 0 <= n0 && n0 <= n1 && n1 <= N, "gemm_packed_b_columns: bad column range");
+    FC_CHECK(n0 % packed_b_layout<T>(K, N).NR == 0, "gemm_packed_b_columns: n0 inside a sliver");
+    if (M <= 0 || n0 == n1) return;
+    static const GemmPath<T> path = pick_path<T>();
+    // N the full width: the packed slivers are laid out for it (PackedB::offset).
+    path(Problem<T>{trans_a, false, M, N, K, A, lda, nullptr, 0, beta, C, ldc, packed_b, n0, n1});
 }
 
 size_t gemm_scratch_release() { return gemm_scratch()[0].release() + gemm_scratch()[1].release(); }
@@ -589,11 +612,18 @@ template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*,
                            const double*, int64_t, double, double*, int64_t);
 template int64_t gemm_tile_work<float>(int64_t, int64_t);
 template int64_t gemm_tile_work<double>(int64_t, int64_t);
+template MicroTile gemm_micro_tile<float>();
+template MicroTile gemm_micro_tile<double>();
 template PackedB packed_b_layout<float>(int64_t, int64_t);
 template PackedB packed_b_layout<double>(int64_t, int64_t);
 template void gemm_packed_b<float>(bool, int64_t, int64_t, int64_t, const float*, int64_t,
                                    const float*, float, float*, int64_t);
 template void gemm_packed_b<double>(bool, int64_t, int64_t, int64_t, const double*, int64_t,
                                     const double*, double, double*, int64_t);
+template void gemm_packed_b_columns<float>(bool, int64_t, int64_t, int64_t, const float*, int64_t,
+                                           const float*, int64_t, int64_t, float, float*, int64_t);
+template void gemm_packed_b_columns<double>(bool, int64_t, int64_t, int64_t, const double*,
+                                            int64_t, const double*, int64_t, int64_t, double,
+                                            double*, int64_t);
 
 }}  // namespace fastconv::cpu

@@ -42,10 +42,24 @@ template <typename T>
 void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                    const T* packed_b, T beta, T* C, int64_t ldc);
 
+// Columns [n0, n1) of gemm_packed_b's product, on the calling thread (n0 at the start of a
+// sliver of the packed layout: a multiple of its NR); C points at column n0 of row 0 and holds
+// n1 - n0 columns (ldc apart). What one thread of a product split by columns computes.
+template <typename T>
+void gemm_packed_b_columns(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                           const T* packed_b, int64_t n0, int64_t n1, T beta, T* C, int64_t ldc);
+
 // Multiply-adds per unit of K that this machine's path spends on an M x N product, counting
 // its micro-tiles whole (M rounded up to MR rows, N to NR columns): what an edge costs.
 template <typename T>
 int64_t gemm_tile_work(int64_t M, int64_t N);
+
+// This machine's micro-tile: MR rows of C by NR columns (gemm_tile_work rounds to them).
+struct MicroTile {
+    int64_t MR, NR;
+};
+template <typename T>
+MicroTile gemm_micro_tile();
 
 // The calling thread's packing scratch (kept from call to call): freed, or its size in bytes.
 size_t gemm_scratch_release();

@@ -400,25 +400,25 @@ FC_WINO_BUILDS(filter_grad_run, (const T* __restrict du, int64_t e_stride, int64
                                  T* __restrict out, int64_t c_stride, int64_t t_stride),
                (du, e_stride, n, out, c_stride, t_stride))
 
-// An output band (rows x cols pixels from (oh0, ow0), Kg channels each) into y, clipped at P, Q.
+// An output band (rows x cols pixels from (oh0, ow0), nk channels each: the group's channels
+// k0 .. k0 + nk - 1) into y, clipped at P, Q.
 template <typename T>
 void scatter_band(const Conv2dParams& q, const T* band, int64_t n, int64_t g, int64_t oh0,
-                  int64_t ow0, int64_t rows, int64_t cols, T* y) {
-    const int64_t Kg = q.K / q.groups;
+                  int64_t ow0, int64_t rows, int64_t cols, int64_t k0, int64_t nk, T* y) {
+    const int64_t Kg = q.K / q.groups, kf = g * Kg + k0;  // kf: y's first channel
     const int64_t nr = std::min(rows, q.P - oh0), nc = std::min(cols, q.Q - ow0);
     for (int64_t i = 0; i < nr; ++i) {
-        const T* src = band + i * cols * Kg;
-        if (q.layout == Layout::NCHW) {  // Kg planes, P * Q apart
-            transpose(src, Kg, y + ((n * q.K + g * Kg) * q.P + oh0 + i) * q.Q + ow0, q.P * q.Q,
-                      nc, Kg);
+        const T* src = band + i * cols * nk;
+        if (q.layout == Layout::NCHW) {  // nk planes, P * Q apart
+            transpose(src, nk, y + ((n * q.K + kf) * q.P + oh0 + i) * q.Q + ow0, q.P * q.Q, nc, nk);
             continue;
         }
-        T* dst = y + ((n * q.P + oh0 + i) * q.Q + ow0) * q.K + g * Kg;
-        if (q.groups == 1)
-            std::memcpy(dst, src, size_t(nc * Kg) * sizeof(T));
+        T* dst = y + ((n * q.P + oh0 + i) * q.Q + ow0) * q.K + kf;
+        if (nk == q.K)
+            std::memcpy(dst, src, size_t(nc * nk) * sizeof(T));
         else
             for (int64_t j = 0; j < nc; ++j)
-                std::memcpy(dst + j * q.K, src + j * Kg, size_t(Kg) * sizeof(T));
+                std::memcpy(dst + j * q.K, src + j * nk, size_t(nk) * sizeof(T));
     }
 }
 
@@ -490,6 +490,65 @@ int64_t chunk_tiles(int64_t tiles, int64_t a2, int64_t Cg, int64_t Kg, size_t el
     return std::min(tiles, std::max({kMinChunkTiles, fit, u_large ? Cg * Kg / (Cg + Kg) : 0}));
 }
 
+// Whether tiles_conv splits each chunk among the threads by filters (tiles_by_filters):
+// where the chunks run in turn (fewer than two a thread: batch 1) and each thread gets at
+// least one sliver of the packed filters.
+bool split_by_filters(int64_t tasks, int64_t Kg, const PackedB& layout) {
+    const int64_t nt = max_threads();
+    return !in_region() && nt > 1 && tasks < 2 * nt && ceil_div(Kg, layout.NR) >= nt;
+}
+
+// tiles_conv's chunks in turn, thread t computing filters [k0, k1) (whole slivers of U) of
+// every tile: its own V of the whole chunk (the input transform done by every thread), its
+// alpha^2 products on its columns of U, its channels' output transform and scatter. Nothing
+// one thread writes is read by another, and the filters' slivers each thread reads are the
+// ones it transformed (transform_filters splits them the same way). Sharing the runs and
+// the products (each_run, each_product) sent half of U, V and M from one thread's cache to
+// the other's every call: where the host put the two vCPUs on cores without a shared L3,
+// ResNet-50's l2_3x3 and l3_3x3 at batch 1 (auto: F(4x4), F(2x2)) took 0.41 and 0.60 ms;
+// split, 0.33-0.34 and 0.45 (parallel.h, "Same owner"). Where the cores share an L3 the
+// duplicated input transforms and V packing cost: 0.238 -> 0.275, 0.39 -> 0.42 ms.
+template <int m, typename T>
+void tiles_by_filters(const Conv2dParams& q, const T* U, const PackedB& layout, const T* x, T* y,
+                      int64_t chunk, int64_t v_stride, int64_t in_elems) {
+    constexpr int64_t a = m + 2, a2 = a * a;
+    const int64_t Cg = q.C / q.groups, Kg = q.K / q.groups;
+    const int64_t TH = winograd::tile_count(q.P, m), TW = winograd::tile_count(q.Q, m);
+    const int64_t tiles = q.N * TH * TW, chunks = ceil_div(tiles, chunk);
+    const int64_t slivers = ceil_div(Kg, layout.NR), run_max = std::min(chunk, TW);
+#pragma omp parallel
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t k0 = std::min(Kg, slivers * t / nt * layout.NR);
+        const int64_t k1 = std::min(Kg, slivers * (t + 1) / nt * layout.NR), nk = k1 - k0;
+        if (nk > 0) {
+            const int64_t z_stride = spread<T>(chunk * nk);
+            T* const v = workspace<T>(Slot::TilesIn, a2 * v_stride);
+            T* const z = workspace<T>(Slot::TilesOut, a2 * z_stride);
+            T* const band = workspace<T>(Slot::Bands, std::max(in_elems, m * run_max * m * nk));
+            for (int64_t task = 0; task < q.groups * chunks; ++task) {
+                const int64_t g = task / chunks, u0 = task % chunks * chunk;
+                const int64_t u1 = std::min(u0 + chunk, tiles);
+                for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
+                    const int64_t cols = (tw1 - tw0) * m + 2;
+                    gather_band(q, x, n, g, winograd::tile_origin(th, m, q.pad_h),
+                                winograd::tile_origin(tw0, m, q.pad_w), a, cols, band);
+                    input_run<m>(band, cols * Cg, Cg, tw1 - tw0, v + j * Cg, v_stride);
+                });
+                for (int64_t e = 0; e < a2; ++e)
+                    gemm_packed_b_columns<T>(false, u1 - u0, Kg, Cg, v + e * v_stride, Cg,
+                                             U + (g * a2 + e) * filter_stride<T>(layout), k0, k1,
+                                             T(0), z + e * z_stride, nk);
+                for_each_tile_run(u0, u1, TH, TW, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t j) {
+                    const int64_t cols = (tw1 - tw0) * m;
+                    output_run<m>(z + j * nk, z_stride, nk, tw1 - tw0, band, cols * nk);
+                    scatter_band(q, band, n, g, th * m, tw0 * m, m, cols, k0, nk, y);
+                });
+            }
+        }
+    }
+}
+
 // y = x (*) w for the 3x3, stride-1 convolution q, w given as U (transform_filters, packed as
 // `layout` says). No bias.
 template <int m, typename T>
@@ -503,6 +562,8 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
     const int64_t run_max = std::min(chunk, TW);  // tiles in one run, at most
     const int64_t v_stride = spread<T>(chunk * Cg), z_stride = spread<T>(chunk * Kg);  // V_e, M_e
     const int64_t in_elems = a * (run_max * m + 2) * Cg, out_elems = m * run_max * m * Kg;  // bands
+    if (split_by_filters(q.groups * chunks, Kg, layout))
+        return tiles_by_filters<m>(q, U, layout, x, y, chunk, v_stride, in_elems);
     struct Scratch {
         T *v, *z;
     };
@@ -533,7 +594,7 @@ void tiles_conv(const Conv2dParams& q, const T* U, const PackedB& layout, const 
             each_run<T>(runs, out_elems, [&](const TileRun& r, T* band) {
                 const int64_t cols = (r.tw1 - r.tw0) * m;
                 output_run<m>(s.z + r.j * Kg, z_stride, Kg, r.tw1 - r.tw0, band, cols * Kg);
-                scatter_band(q, band, r.n, g, r.th * m, r.tw0 * m, m, cols, y);
+                scatter_band(q, band, r.n, g, r.th * m, r.tw0 * m, m, cols, 0, Kg, y);
             });
         });
 }
