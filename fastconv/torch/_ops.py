@@ -307,11 +307,16 @@ def _conv2d_avgpool_setup(ctx, inputs, output):
     ctx.save_for_backward(input, weight, bias if activation != _NONE and not save else None,
                           output[1] if keep else None)
     ctx.mark_non_differentiable(output[1])
+    # The saved activation takes no gradient: without this autograd zero-filled a tensor of
+    # its size every backward (LeNet-5's C1 at batch 128: 2.4 MB, ~0.26 ms of a 3.3 ms step).
+    ctx.set_materialize_grads(False)
 
 
 def _conv2d_avgpool_grad(ctx, grad_output, grad_activation, eager=False):
     conv = _conv2d_impl if eager else _conv2d
     backward = _conv2d_avgpool_backward_impl if eager else _conv2d_avgpool_backward
+    if grad_output is None:  # the pooled output took no part in the loss (set_materialize_grads)
+        return (None,) * 12
     input, weight, bias, act = ctx.saved_tensors
     stride, padding, same, dilation, groups, activation, pool = ctx.conf
     if activation != _NONE and act is None:
