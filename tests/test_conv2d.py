@@ -389,6 +389,8 @@ THRESHOLDS = {
     # One image split by filters among the threads (gemm_by_filters, tiles_by_filters):
     # uneven parts, transposed and not.
     "split-filters-k70": dict(N=1, C=3, K=70, H=9, W=11, R=3, S=3),
+    # Grad bias in chunks of 8 images shared out by images (at least 2 chunks a thread).
+    "grad-bias-33-images": dict(N=33, C=2, K=3, H=6, W=5, R=3, S=3),
     "split-filters-k70-wide": dict(N=1, C=2, K=70, H=40, W=40, R=3, S=3),
     "winograd-chunks": dict(N=6, C=201, K=27, H=27, W=27, R=3, S=3),
 }

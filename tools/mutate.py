@@ -242,6 +242,17 @@ MUTANTS = [
     Mutant("gemm-transposed-copy", "transpose index", FWD,
            "out[k * s.PQ + j] = tile[j * s.Kg + k];", "out[k * s.PQ + j] = tile[k * (j1 - j0) + j];",
            CONV),
+    # Grad bias in chunks of images, shared out by images (conv2d_bwd_bias): a chunk
+    # skipping its first image.
+    Mutant("grad-bias-image-chunks", "grad bias sum", BWD,
+           "part[c * p.K + k] = sum(k, c * kImages, std::min((c + 1) * kImages, p.N));",
+           "part[c * p.K + k] = sum(k, c * kImages + 1, std::min((c + 1) * kImages, p.N));",
+           CONV),
+    # The block's backward, 2-wide windows (avgpool_act_rows): the second pixel of each
+    # window left with the previous pair's gradient.
+    Mutant("avgpool-pair-second", "pooling window", BWD,
+           "d[i] = d[i + 1] = double(g[(i0 + i) / 2]) / area;",
+           "d[i] = double(g[(i0 + i) / 2]) / area;", CONV),
     Mutant("blocked-filter-block-offset", "output offset", FWD,
            "y + (n * p.K + kb * KV) * PQ + r0 * p.Q, 0, r1 - r0);",
            "y + n * p.K * PQ + r0 * p.Q, 0, r1 - r0);", CONV, "avx512"),

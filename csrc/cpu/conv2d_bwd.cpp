@@ -63,12 +63,14 @@ namespace {
 // out[i] = d[i] * act'(a[i]) in double, rounded once (a null: out[i] = d[i]). One loop per
 // activation, so each vectorises with no switch inside.
 template <Activation A, typename T>
-void times_grad(const double* d, const T* a, T* out, int64_t n) {
+__attribute__((always_inline)) inline void times_grad(const double* d, const T* a, T* out,
+                                                      int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = T(d[i] * activate_grad(A, double(a[i])));
 }
 
 template <typename T>
-void times_grad(Activation act, const double* d, const T* a, T* out, int64_t n) {
+__attribute__((always_inline)) inline void times_grad(Activation act, const double* d, const T* a,
+                                                      T* out, int64_t n) {
     if (a) switch (act) {
             case Activation::Relu: return times_grad<Activation::Relu>(d, a, out, n);
             case Activation::Tanh: return times_grad<Activation::Tanh>(d, a, out, n);
@@ -78,22 +80,21 @@ void times_grad(Activation act, const double* d, const T* a, T* out, int64_t n) 
     for (int64_t i = 0; i < n; ++i) out[i] = T(d[i]);
 }
 
-}  // namespace
-
+// Rows [row0, row1) of avgpool_act_bwd's dz (one row: (n, k, h) in NCHW, the K channels of
+// pixel (n, h, w) in NHWC).
 template <typename T>
-void avgpool_act_bwd(const Conv2dPoolParams& bp, const T* dy, const T* a, T* dz) {
+__attribute__((always_inline)) inline void avgpool_act_rows(const Conv2dPoolParams& bp,
+                                                            const T* dy, const T* a, T* dz,
+                                                            int64_t row0, int64_t row1) {
     const Conv2dParams& p = bp.conv;
     const int64_t PP = p.P / bp.pool_h, QQ = p.Q / bp.pool_w;
     const double area = double(bp.pool_h * bp.pool_w);
     const bool nchw = p.layout == Layout::NCHW;
-    // One row of dz at a time: (n, k, h) in NCHW, the K channels of pixel (n, h, w) in NHWC.
-    const int64_t rows = nchw ? p.N * p.K * p.P : p.N * p.P * p.Q;
     const int64_t len = nchw ? p.Q : p.K;
     // The row's elements under a pooled output (NCHW: the columns the floor keeps).
     const int64_t valid = nchw ? std::min(len, QQ * bp.pool_w) : len;
     constexpr int64_t kChunk = 256;
-#pragma omp parallel for schedule(static)
-    for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t row = row0; row < row1; ++row) {
         T* out = dz + row * len;
         const T* act = a ? a + row * len : nullptr;
         int64_t h, w = 0;  // w: the pixel's column (NHWC only)
@@ -118,7 +119,9 @@ void avgpool_act_bwd(const Conv2dPoolParams& bp, const T* dy, const T* a, T* dz)
         int64_t qi = 0, j = 0;  // NCHW: the pooled column and the place in its window
         for (int64_t i0 = 0; i0 < valid; i0 += kChunk) {
             const int64_t n = std::min(kChunk, valid - i0);
-            if (nchw) {
+            if (nchw && bp.pool_w == 2) {  // LeNet's windows: each quotient twice, no counter
+                for (int64_t i = 0; i < n; i += 2) d[i] = d[i + 1] = double(g[(i0 + i) / 2]) / area;
+            } else if (nchw) {
                 for (int64_t i = 0; i < n; ++i) {
                     d[i] = double(g[qi]) / area;
                     if (++j == bp.pool_w) j = 0, ++qi;
@@ -129,6 +132,43 @@ void avgpool_act_bwd(const Conv2dPoolParams& bp, const T* dy, const T* a, T* dz)
             times_grad(p.act, d, act ? act + i0 : nullptr, out + i0, n);
         }
         std::fill(out + valid, out + len, T(0));
+    }
+}
+
+// Per-ISA builds of the rows (isa.h). fp-contract off: a * a and 1 - that stay two roundings
+// on every path, as in the baseline build and the CUDA twin (the emulator compares dz bit
+// for bit), never one FMA.
+#define FC_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+template <typename T>
+FC_TARGET_AVX2 FC_NO_CONTRACT void avgpool_act_rows_avx2(const Conv2dPoolParams& bp, const T* dy,
+                                                         const T* a, T* dz, int64_t r0, int64_t r1) {
+    avgpool_act_rows(bp, dy, a, dz, r0, r1);
+}
+template <typename T>
+FC_TARGET_AVX512 FC_NO_CONTRACT void avgpool_act_rows_avx512(const Conv2dPoolParams& bp,
+                                                             const T* dy, const T* a, T* dz,
+                                                             int64_t r0, int64_t r1) {
+    avgpool_act_rows(bp, dy, a, dz, r0, r1);
+}
+template <typename T>
+FC_NO_CONTRACT void avgpool_act_rows_portable(const Conv2dPoolParams& bp, const T* dy, const T* a,
+                                              T* dz, int64_t r0, int64_t r1) {
+    avgpool_act_rows(bp, dy, a, dz, r0, r1);
+}
+
+}  // namespace
+
+template <typename T>
+void avgpool_act_bwd(const Conv2dPoolParams& bp, const T* dy, const T* a, T* dz) {
+    const Conv2dParams& p = bp.conv;
+    const int64_t rows = p.layout == Layout::NCHW ? p.N * p.K * p.P : p.N * p.P * p.Q;
+    auto* const run = isa() == Isa::Avx512 ? avgpool_act_rows_avx512<T>
+                      : isa() == Isa::Avx2 ? avgpool_act_rows_avx2<T>
+                                           : avgpool_act_rows_portable<T>;
+#pragma omp parallel
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        run(bp, dy, a, dz, rows * t / nt, rows * (t + 1) / nt);
     }
 }
 
@@ -337,12 +377,14 @@ __attribute__((always_inline)) inline void bwd_filter_blocked_chunk(
 using BlockedChunk = void (*)(const Conv2dParams&, const BlockedShape&, const float*, const float*,
                               int64_t, int64_t, float*, float*, float*);
 
-// AVX2: 12 ymm accumulators, 12 / VK taps x VK vectors of 8 channels.
+// AVX2: 12 / VK taps x VK vectors of 8 channels in 12 ymm accumulators; one vector (K <= 8,
+// on avx512 too): 13 taps, so that a 5x5 filter's 25 run in two blocks, not 12, 12 and 1 of
+// 12 (LeNet C1's grad weight and bias at batch 128: 0.69 -> 0.57 ms, 2 Zen 5 threads).
 template <int VK>
 FC_TARGET_AVX2 void bwd_filter_blocked_chunk_avx2(const Conv2dParams& p, const BlockedShape& b,
                                                   const float* dy, const float* x, int64_t n0,
                                                   int64_t n1, float* xp, float* dyt, float* part) {
-    bwd_filter_blocked_chunk<Avx2Float, VK, 12 / VK>(p, b, dy, x, n0, n1, xp, dyt, part);
+    bwd_filter_blocked_chunk<Avx2Float, VK, VK == 1 ? 13 : 12 / VK>(p, b, dy, x, n0, n1, xp, dyt, part);
 }
 // AVX-512: 12 taps x VK vectors of 16 channels, 12 or 24 zmm accumulators.
 template <int VK>
@@ -457,17 +499,20 @@ void conv2d_bwd_filter(const Conv2dParams& p, ConvVariant v, const T* dy, const 
 template <typename T>
 void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
     const int64_t PQ = p.P * p.Q;
-#pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < p.K; ++k) {
-        // A long sum of gradients that largely cancel: accumulated in double, so the
-        // float32 result is within one rounding of the exact sum. Eight partial sums
-        // (element j into sum j % 8 of its plane) added in a fixed tree: independent of
-        // the thread count, and not one chain of dependent adds (v1's single accumulator
-        // ran at one add per FP latency: ~0.3 ms of LeNet C1's 128 x 6 x 784 at 2 threads).
-        constexpr int kSums = 8;
+    const bool nchw = p.layout == Layout::NCHW;
+    // A long sum of gradients that largely cancel: accumulated in double, so the float32
+    // result is within one rounding of the exact sum. Eight partial sums (element j into sum
+    // j % 8 of its plane) added in a fixed tree, not one chain of dependent adds (v1's single
+    // accumulator ran at one add per FP latency: ~0.3 ms of LeNet C1's 128 x 6 x 784 at 2
+    // threads). Images go in fixed chunks of kImages, each chunk's sums added in chunk order:
+    // the bits depend on the shapes only, never on the thread count.
+    constexpr int64_t kImages = 8;
+    constexpr int kSums = 8;
+    const int64_t chunks = ceil_div(p.N, kImages);
+    // The sums of channel k over images [n0, n1), as the tree of kSums partial sums.
+    auto sum = [&](int64_t k, int64_t n0, int64_t n1) {
         double acc[kSums] = {};
-        for (int64_t n = 0; n < p.N; ++n) {
-            const bool nchw = p.layout == Layout::NCHW;
+        for (int64_t n = n0; n < n1; ++n) {
             const T* base = nchw ? dy + (n * p.K + k) * PQ : dy + n * PQ * p.K + k;
             const int64_t step = nchw ? 1 : p.K;
             int64_t j = 0;
@@ -475,7 +520,29 @@ void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
                 for (int l = 0; l < kSums; ++l) acc[l] += base[(j + l) * step];
             for (int l = 0; j < PQ; ++j, ++l) acc[l] += base[j * step];
         }
-        db[k] = T(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    };
+    // Chunks shared out by images: each thread reads the images whose dz it wrote
+    // (avgpool_act_bwd and the grad weight split them the same way; parallel.h, "Same
+    // owner"). Split by channels, LeNet C1's block at batch 128 read half of dz from the
+    // other core's cache, 0.54-0.69 ms for this and avgpool_act_bwd where the two vCPUs
+    // shared no L3; split by images, 0.22 in either placement. Few chunks: by channels.
+    std::vector<double> part(size_t(chunks * p.K));
+    if (chunks >= 2 * int64_t(max_threads())) {
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < chunks; ++c)
+            for (int64_t k = 0; k < p.K; ++k)
+                part[c * p.K + k] = sum(k, c * kImages, std::min((c + 1) * kImages, p.N));
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t k = 0; k < p.K; ++k)
+            for (int64_t c = 0; c < chunks; ++c)
+                part[c * p.K + k] = sum(k, c * kImages, std::min(p.N, (c + 1) * kImages));
+    }
+    for (int64_t k = 0; k < p.K; ++k) {
+        double total = 0.0;
+        for (int64_t c = 0; c < chunks; ++c) total += part[c * p.K + k];
+        db[k] = T(total);
     }
 }
 
