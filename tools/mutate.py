@@ -269,6 +269,14 @@ MUTANTS = [
     Mutant("avg-bwd-tiles-width", "gather index", POOL_CPP,
            "for (int64_t j = 0; j < p.kw; ++j) d[ow * p.kw + j] = q[ow];",
            "for (int64_t j = 0; j < p.kw; ++j) d[ow * p.kw + j] = q[0];", POOL),
+    # The same in NHWC: the window's later dx rows not copied from its first; each pixel's
+    # channels all from the first window's.
+    Mutant("avg-bwd-nhwc-tiles-rows", "unwritten output", POOL_CPP,
+           "for (int64_t i = 1; i < p.kh; ++i) std::copy_n(d0, p.W * p.C, d0 + i * p.W * p.C);",
+           "for (int64_t i = 2; i < p.kh; ++i) std::copy_n(d0, p.W * p.C, d0 + i * p.W * p.C);",
+           POOL),
+    Mutant("avg-bwd-nhwc-tiles-source", "gather index", POOL_CPP,
+           "const T* src = row.data() + ow * p.C;", "const T* src = row.data();", POOL),
     # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
     # list (two live outputs on one block); a block taken for a larger request.
     Mutant("output-cache-kept-twice", "ownership", CACHE,
