@@ -242,6 +242,14 @@ MUTANTS = [
     Mutant("gemm-transposed-copy", "transpose index", FWD,
            "out[k * s.PQ + j] = tile[j * s.Kg + k];", "out[k * s.PQ + j] = tile[k * (j1 - j0) + j];",
            CONV),
+    # The AVX2 blocked kernels' store (store_block_avx2, simd.h store_first): a run's last
+    # two pixels of a half written as one; the second vector of channels stored over the first.
+    Mutant("avx2-store-first-pair", "partial store", "csrc/cpu/simd.h",
+           "        if (m >= 2) {\n            _mm_storel_pi(", "        if (m > 2) {\n            _mm_storel_pi(",
+           ISA),
+    Mutant("avx2-store-block-vector", "output offset", FWD,
+           "S::store_first(out + k * PQ + half * L, r[k - L * v], m);",
+           "S::store_first(out + (k - L * v) * PQ + half * L, r[k - L * v], m);", ISA),
     # Grad bias in chunks of images, shared out by images (conv2d_bwd_bias): a chunk
     # skipping its first image.
     Mutant("grad-bias-image-chunks", "grad bias sum", BWD,

@@ -330,6 +330,29 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
 // vectors in registers: AVX-512's 16 x 16 transpose per vector, or (one vector) AVX2's
 // 8 x 8 over pixels 0-7 and 8-15; then one store per channel (C2's 160 scalar copies a
 // block were ~15% of its time). Otherwise through a pixel-major tile in memory.
+// store_block's AVX2 case, out of line: each vector of channels, pixels 0-7 and 8-15 in
+// turn, transposed in registers; a run's last pixels by store_first. (Through a tile in
+// memory, ResNet-50's conv1 on the avx2 path spent 96 scalar copies a run of 6 pixels x 16
+// filters against 1764 FMAs. Inlined, or handed acc itself, it made GCC keep the
+// accumulators of the generic tap loop on the stack: l2_3x3s2 at batch 1 1.0 -> 1.6 ms.)
+template <int VK, int PB>
+FC_TARGET_AVX2 __attribute__((noinline)) void store_block_avx2(const Conv2dParams& p,
+                                                               const __m256 (&acc)[PB][VK],
+                                                               int n, float* out) {
+    using S = Avx2Float;
+    constexpr int L = S::L;
+    const int64_t PQ = p.P * p.Q;
+    for (int v = 0; v < VK; ++v)
+        for (int half = 0; half * L < n; ++half) {
+            __m256 r[L];
+            for (int j = 0; j < L; ++j) r[j] = half * L + j < PB ? acc[half * L + j][v] : S::zero();
+            S::transpose(r);
+            const int m = std::min(n - half * L, L);
+            for (int64_t k = L * v; k < std::min<int64_t>(p.K, L * (v + 1)); ++k)
+                S::store_first(out + k * PQ + half * L, r[k - L * v], m);
+        }
+}
+
 template <typename S, int VK, int PB>
 __attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
                                                        typename S::V (&acc)[PB][VK], int n,
@@ -337,24 +360,12 @@ __attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
     using V = typename S::V;
     constexpr int L = S::L, KV = L * VK;
     const int64_t PQ = p.P * p.Q;
-    if constexpr (VK == 1 && PB <= 2 * L && std::is_same<S, Avx2Float>::value) {
-        for (int half = 0; half * L < n; ++half) {
-            V r[L];
-            for (int j = 0; j < L; ++j)
-                r[j] = half * L + j < PB ? acc[half * L + j][0] : S::zero();
-            S::transpose(r);
-            const int m = std::min(n - half * L, L);
-            alignas(32) float part[L];
-            for (int64_t k = 0; k < p.K; ++k) {
-                float* o = out + k * PQ + half * L;
-                if (m == L) {
-                    S::store(o, r[k]);
-                } else {
-                    S::store(part, r[k]);
-                    for (int j = 0; j < m; ++j) o[j] = part[j];
-                }
-            }
-        }
+    if constexpr (PB <= 2 * L && std::is_same<S, Avx2Float>::value) {
+        // A copy goes out of line: acc's own address taken, GCC keeps it in memory.
+        V copy[PB][VK];
+        for (int j = 0; j < PB; ++j)
+            for (int v = 0; v < VK; ++v) copy[j][v] = acc[j][v];
+        store_block_avx2<VK, PB>(p, copy, n, out);
     } else if constexpr (PB <= L && std::is_same<S, Avx512Float>::value) {
         const auto m = S::mask(n);
         for (int v = 0; v < VK; ++v) {

@@ -26,6 +26,21 @@ struct Avx2Float {
     FC_TARGET_AVX2 static V zero() { return _mm256_setzero_ps(); }
     FC_TARGET_AVX2 static V load(const T* p) { return _mm256_loadu_ps(p); }
     FC_TARGET_AVX2 static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
+    // Lanes [0, m) of v to p, 0 < m <= 8: at most three plain stores (vmaskmovps is slow
+    // on AMD's cores).
+    FC_TARGET_AVX2 static void store_first(T* p, V v, int m) {
+        if (m == 8) return _mm256_storeu_ps(p, v);
+        __m128 part = _mm256_castps256_ps128(v);
+        if (m >= 4) {
+            _mm_storeu_ps(p, part);
+            part = _mm256_extractf128_ps(v, 1), p += 4, m -= 4;
+        }
+        if (m >= 2) {
+            _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+            part = _mm_movehl_ps(part, part), p += 2, m -= 2;
+        }
+        if (m) _mm_store_ss(p, part);
+    }
     FC_TARGET_AVX2 static V bcast(const T* p) { return _mm256_broadcast_ss(p); }
     FC_TARGET_AVX2 static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
     FC_TARGET_AVX2 static V add(V a, V b) { return _mm256_add_ps(a, b); }
