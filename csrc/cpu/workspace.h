@@ -45,10 +45,10 @@ enum class Slot {
 // aligned and advised as transparent huge pages, as NumPy does for its arrays: where the
 // kernel's THP mode is "madvise" (the default on many distributions), a 537 MB pooling
 // grad input otherwise faults in 131072 pages, 0.13 s, against 768. Smaller ones are page
-// aligned and padded to whole pages, so no two threads' scratch shares a page: with 64-byte
-// alignment, LeNet C1 on the avx2 path (each thread padding its images into a 4.6 KB
-// block) ran 0.63 ms or, in about half the processes (it followed the addresses: never with
-// ASLR off), 1.39 ms, slower than one thread (1.29); page-aligned, 0.63-0.75 in 14 of 14.
+// aligned and padded to whole pages, so no two threads' scratch shares a page. (Page
+// alignment was first credited with curing a "slow mode" of LeNet C1 on the avx2 path,
+// 0.63 or 1.39 ms by process; that was the host moving the two vCPUs between cores with
+// and without a shared L3, cured by static work sharing: parallel.h, "Same owner".)
 // Free with std::free.
 inline void* alloc_block(size_t bytes) {
     constexpr size_t kHuge = size_t(2) << 20;
