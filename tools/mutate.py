@@ -285,6 +285,11 @@ MUTANTS = [
            POOL),
     Mutant("avg-bwd-nhwc-tiles-source", "gather index", POOL_CPP,
            "const T* src = row.data() + ow * p.C;", "const T* src = row.data();", POOL),
+    # NHWC max-pool grad input (max_bwd_nhwc_row_t): each output's indices counted by every
+    # pixel of its window's first row, not by the window's first pixel alone (the count
+    # checks the indices: valid ones refused).
+    Mutant("max-bwd-nhwc-named-once", "count", POOL_CPP,
+           "if (first_row && cols.first[cols.out[k]] == w)", "if (first_row)", POOL + ERRORS),
     # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
     # list (two live outputs on one block); a block taken for a larger request.
     Mutant("output-cache-kept-twice", "ownership", CACHE,
