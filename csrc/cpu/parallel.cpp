@@ -2,6 +2,8 @@
 #include "parallel.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <vector>
 
 namespace fastconv {

@@ -25,9 +25,12 @@
 // call, so half the output lines came from the other L3, dirty. schedule(static): 0.65 ms
 // in both. This was the "slow mode" of benchmarks/NOTES.md. core_round_trip_ns() measures
 // the placement; fastconv bench records it with every run.
+// The same holds within a call: where threads could share a scratch (a padded image, an
+// im2col matrix, a chunk's transformed tiles) each thread writes what it reads itself
+// (conv2d_fwd.cpp: blocked_vk, gemm_by_filters; winograd.cpp: tiles_by_filters), and
+// consecutive passes over one array split it the same way (conv2d_bwd.cpp: avgpool_act_bwd,
+// conv2d_bwd_bias by images).
 #pragma once
-#include <atomic>
-#include <chrono>
 #include <cstdint>
 
 #ifdef _OPENMP
