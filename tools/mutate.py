@@ -250,11 +250,10 @@ MUTANTS = [
     Mutant("avx2-store-block-vector", "output offset", FWD,
            "S::store_first(out + k * PQ + half * L, r[k - L * v], m);",
            "S::store_first(out + (k - L * v) * PQ + half * L, r[k - L * v], m);", ISA),
-    # Grad bias in chunks of images, shared out by images (conv2d_bwd_bias): a chunk
-    # skipping its first image.
+    # Grad bias in chunks of images (conv2d_bwd_bias): a chunk skipping its first image.
     Mutant("grad-bias-image-chunks", "grad bias sum", BWD,
-           "part[c * p.K + k] = sum(k, c * kImages, std::min((c + 1) * kImages, p.N));",
-           "part[c * p.K + k] = sum(k, c * kImages + 1, std::min((c + 1) * kImages, p.N));",
+           "part[c * p.K + k] = sum(k, c * kImages, std::min(p.N, (c + 1) * kImages));",
+           "part[c * p.K + k] = sum(k, c * kImages + 1, std::min(p.N, (c + 1) * kImages));",
            CONV),
     # The block's backward, 2-wide windows (avgpool_act_rows): the second pixel of each
     # window left with the previous pair's gradient.

@@ -527,17 +527,18 @@ void conv2d_bwd_bias(const Conv2dParams& p, const T* dy, T* db) {
     // owner"). Split by channels, LeNet C1's block at batch 128 read half of dz from the
     // other core's cache, 0.54-0.69 ms for this and avgpool_act_bwd where the two vCPUs
     // shared no L3; split by images, 0.22 in either placement. Few chunks: by channels.
-    std::vector<double> part(size_t(chunks * p.K));
+    std::vector<double> part(size_t(chunks * p.K));  // chunk c's sum of channel k at c * K + k
+    auto chunk_sum = [&](int64_t c, int64_t k) {
+        part[c * p.K + k] = sum(k, c * kImages, std::min(p.N, (c + 1) * kImages));
+    };
     if (chunks >= 2 * int64_t(max_threads())) {
 #pragma omp parallel for schedule(static)
         for (int64_t c = 0; c < chunks; ++c)
-            for (int64_t k = 0; k < p.K; ++k)
-                part[c * p.K + k] = sum(k, c * kImages, std::min((c + 1) * kImages, p.N));
+            for (int64_t k = 0; k < p.K; ++k) chunk_sum(c, k);
     } else {
 #pragma omp parallel for schedule(static)
         for (int64_t k = 0; k < p.K; ++k)
-            for (int64_t c = 0; c < chunks; ++c)
-                part[c * p.K + k] = sum(k, c * kImages, std::min(p.N, (c + 1) * kImages));
+            for (int64_t c = 0; c < chunks; ++c) chunk_sum(c, k);
     }
     for (int64_t k = 0; k < p.K; ++k) {
         double total = 0.0;
