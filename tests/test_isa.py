@@ -156,10 +156,16 @@ def check_pooling(rng, dtype):
             got = getattr(fastconv, op)(x, k, stride=s, padding=pad)
             assert_close(got, getattr(ref, op)(x, k, stride=s, padding=pad), dtype,
                          f"{op} {dtype} {x.shape} k={k} s={s} pad={pad}")
+        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # NHWC: few channels, tiling windows
+        assert_close(fastconv.avg_pool2d(xt, k, stride=s, padding=pad, layout="NHWC"),
+                     ref.avg_pool2d(xt, k, stride=s, padding=pad, layout="NHWC"), dtype,
+                     f"avg_pool2d NHWC {dtype} {x.shape} k={k} s={s} pad={pad}")
     # What autograd runs, in both layouts: max with indices, and both backwards (the
     # NHWC row functions and the indexed NCHW rows have a build per path).
+    # 150 channels: the NHWC gradient's whole blocks (128 on avx512, 64 on avx2), then a part
+    # vector, then (avx2) single channels.
     for (N, C, H, W), k, s, pad in [((2, 3, 13, 17), 3, 2, 1), ((1, 20, 16, 23), 2, 2, 0),
-                                    ((2, 9, 11, 10), 3, 1, 1)]:
+                                    ((2, 9, 11, 10), 3, 1, 1), ((1, 150, 9, 11), 3, 2, 1)]:
         x = rng.standard_normal((N, C, H, W)).astype(dtype)
         for layout in ("NCHW", "NHWC"):
             xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -172,6 +178,12 @@ def check_pooling(rng, dtype):
             assert_close(fastconv.max_pool2d_backward(dy, xl, k, s, pad, indices=idx, layout=layout),
                          ref.max_pool2d_backward(dy, xl, k, s, pad, layout=layout), dtype,
                          f"max_pool2d_backward {what}")
+            for c in {0, C // 2, C - 1}:  # a block's channel, a part vector's, the last
+                bad = idx.copy()  # one index k rows away from its own: outside the window
+                where = (0, 1, 2, c) if layout == "NHWC" else (0, c, 1, 2)
+                bad[where] += k * W if bad[where] + k * W < H * W else -k * W
+                with pytest.raises(ValueError, match="outside their pooling windows"):
+                    fastconv.max_pool2d_backward(dy, xl, k, s, pad, indices=bad, layout=layout)
             dy = rng.standard_normal(fastconv.avg_pool2d(xl, k, s, pad, layout=layout).shape).astype(dtype)
             assert_close(fastconv.avg_pool2d_backward(dy, xl, k, s, pad, layout=layout),
                          ref.avg_pool2d_backward(dy, xl, k, s, pad, layout=layout), dtype,

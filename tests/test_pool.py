@@ -226,17 +226,21 @@ def test_2x2_stride_2_shapes(backend, dtype, layout, aligned, shape):
                      dtype, "avg 2x2 backward")
 
 
-# Windows that tile the image exactly take their own grad-input path on the CPU (pool.cpp,
-# avg_pool_bwd: each dx row written once from its output row): window widths 3, 2 and 1,
-# heights 3, 2 and 4.
+# Windows that tile the image take their own paths on the CPU (pool.cpp): the grad input
+# where they tile it exactly (avg_pool_bwd: each dx row written once from its output row),
+# the NHWC forward with under 16 channels wherever they fit (avg_nhwc_tiles_row: whole
+# input rows, unused last rows and columns allowed): window widths 3, 2, 1 and 2, heights
+# 3, 2, 4 and 2; 15 channels: the most that path takes.
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("backend,dtype", cases())
 @pytest.mark.parametrize("shape,kernel", [((2, 3, 9, 12), (3, 3)), ((1, 5, 8, 9), (2, 3)),
-                                          ((2, 2, 8, 5), (4, 1))])
-def test_avg_pool_backward_where_windows_tile_the_image(backend, dtype, layout, shape, kernel):
+                                          ((2, 2, 8, 5), (4, 1)), ((2, 15, 11, 9), (2, 2))])
+def test_avg_pool_where_windows_tile_the_image(backend, dtype, layout, shape, kernel):
     rng = np.random.default_rng(17)
     x = nhwc(random(rng, shape, dtype), layout)
     y_ref = ref.avg_pool2d(x, kernel, kernel, layout=layout)
+    assert_close(fastconv.avg_pool2d(to_backend(x, backend), kernel, kernel, layout=layout), y_ref,
+                 dtype, f"avg_pool2d {kernel}")
     dy = random(rng, y_ref.shape, dtype)
     dx = fastconv.avg_pool2d_backward(to_backend(dy, backend), to_backend(x, backend), kernel, kernel,
                                       layout=layout)

@@ -201,8 +201,8 @@ MUTANTS = [
            "                                    _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);",
            "const __mmask16 t = _mm512_cmp_ps_mask(x, acc[v], _CMP_GT_OQ);", POOL, "avx512"),
     Mutant("avx512-nhwc-max-tail", "tail mask", "csrc/cpu/pool.cpp",
-           "const __mmask16 last = __mmask16((1u << (rest % 16 ? rest % 16 : 16)) - 1);",
-           "const __mmask16 last = __mmask16((1u << (rest % 16 ? rest % 16 - 1 : 15)) - 1);",
+           "return uint16_t((1u << (rest % 16 ? rest % 16 : 16)) - 1);",
+           "return uint16_t((1u << (rest % 16 ? rest % 16 - 1 : 15)) - 1);",
            POOL, "avx512"),
     Mutant("avx512-nhwc-avg-divisor", "pool divisor", "csrc/cpu/pool.cpp",
            "const float div = kMax ? 1.f : float(pool_avg_divisor(p, oh, ow));",
@@ -289,6 +289,30 @@ MUTANTS = [
     # checks the indices: valid ones refused).
     Mutant("max-bwd-nhwc-named-once", "count", POOL_CPP,
            "if (first_row && cols.first[cols.out[k]] == w)", "if (first_row)", POOL + ERRORS),
+    # The NHWC max-pool gradient's written-out rows: the two halves of a mask swapped
+    # (avx512), the part vector's dead lanes counted as named, the narrowed lanes left out
+    # of order (avx2), the single channels keeping one winner's gradient of several.
+    Mutant("max-bwd-avx512-halves", "lane order", POOL_CPP,
+           "_mm512_kunpackb(_mm512_cmpeq_epi64_mask(hi, at),\n"
+           "                                                    _mm512_cmpeq_epi64_mask(lo, at))",
+           "_mm512_kunpackb(_mm512_cmpeq_epi64_mask(lo, at),\n"
+           "                                                    _mm512_cmpeq_epi64_mask(hi, at))",
+           POOL, needs="avx512"),
+    Mutant("max-bwd-avx512-dead-lanes", "count", POOL_CPP,
+           "_mm512_cmpneq_epi64_mask(lo, none)) & lanes);", "_mm512_cmpneq_epi64_mask(lo, none)));",
+           POOL, needs="avx512"),
+    Mutant("max-bwd-avx2-narrow-order", "lane order", POOL_CPP, "0x88)),\n        0xD8));",
+           "0x88)),\n        0xE4));", ISA, needs="avx2"),
+    # The NHWC average pool along whole rows (few channels): a pixel's sums read a tap's
+    # stride too short; the last pixel's first tap left out of the row.
+    Mutant("avg-tiles-pixel-stride", "index", POOL_CPP,
+           "out[q * p.C + c] = u[q * p.kw * p.C + c];", "out[q * p.C + c] = u[q * p.C + c];",
+           POOL),
+    Mutant("avg-tiles-row-length", "bounds", POOL_CPP,
+           "const int64_t L = (p.Q * p.kw - p.kw + 1) * p.C;",
+           "const int64_t L = (p.Q * p.kw - p.kw) * p.C;", POOL),
+    Mutant("max-bwd-avx2-tail-sum", "accumulation", POOL_CPP, "sum += m ? dy[o] : 0.f;",
+           "sum = m ? dy[o] : sum;", ISA, needs="avx2"),
     # The output cache (csrc/cpu/output_cache.cpp): a block handed out but left on the kept
     # list (two live outputs on one block); a block taken for a larger request.
     Mutant("output-cache-kept-twice", "ownership", CACHE,
