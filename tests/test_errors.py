@@ -149,20 +149,24 @@ def test_max_pool_backward_bad_indices():
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("at", [-2, 1, 10**12], ids=["negative", "neighbour_window", "huge"])
-def test_max_pool_backward_refuses_one_bad_index(layout, at):
+@pytest.mark.parametrize("at", [-2, 1, 10**12, 2**32], ids=["negative", "neighbour_window", "huge",
+                                                           "wraps_in_32_bits"])
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0)], ids=["3x3s2p1", "2x2"])
+def test_max_pool_backward_refuses_one_bad_index(layout, at, window):
     """One index in thousands that names a pixel outside its window (or no pixel) is
-    refused in both layouts: the NHWC gather finds it by counting the winners it took
-    against the indices that are not -1, the NCHW scatter by checking each."""
-    x = np.random.default_rng(3).standard_normal((2, 9, 11, 13)).astype(np.float32)
+    refused in both layouts: the NHWC gather and the NCHW 2-wide rows find it by counting
+    the winners they took against the indices that are not -1, the NCHW scatter by
+    checking each. 2**32 on: the index's own pixel once cut to 32 bits (the 2-wide rows
+    compare in int32, saturated)."""
+    x = np.random.default_rng(3).standard_normal((2, 9, 11, 37)).astype(np.float32)
     xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    y, idx = fastconv.max_pool2d(xl, 3, 2, 1, return_indices=True, layout=layout)
-    fastconv.max_pool2d_backward(y, xl, 3, 2, 1, indices=idx, layout=layout)  # the good ones pass
+    y, idx = fastconv.max_pool2d(xl, *window, return_indices=True, layout=layout)
+    fastconv.max_pool2d_backward(y, xl, *window, indices=idx, layout=layout)  # the good ones pass
     bad = idx.copy()
     where = (1, 2, 3, 4)
-    bad[where] = at if at != 1 else idx[where] + 4  # four columns on: outside a 3-wide window
+    bad[where] = {1: idx[where] + 4, 2**32: idx[where] + 2**32}.get(at, at)  # 4 columns on: outside
     with raises(ValueError, "indices hold positions outside their pooling windows"):
-        fastconv.max_pool2d_backward(y, xl, 3, 2, 1, indices=bad, layout=layout)
+        fastconv.max_pool2d_backward(y, xl, *window, indices=bad, layout=layout)
 
 
 def test_filter_bad_input():

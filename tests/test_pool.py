@@ -187,7 +187,9 @@ def test_max_pool_propagates_nan(backend, dtype):
 
 # (C, H, W) on each side of the GPU's 16-byte 2x2 path: even sides with W % 4 == 0
 # (NCHW) and C % 4 == 0 (NHWC); W and C = 2 mod 4; odd sides.
-SHAPES_2X2 = {"vector": (8, 10, 12), "mod4=2": (6, 10, 14), "odd": (5, 11, 13)}
+# "rows": 18 outputs a row, the CPU's NCHW grad input in whole steps of 8 (avx512) and 4
+# (avx2) and a part one.
+SHAPES_2X2 = {"vector": (8, 10, 12), "mod4=2": (6, 10, 14), "odd": (5, 11, 13), "rows": (4, 7, 37)}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES_2X2))

@@ -303,6 +303,18 @@ MUTANTS = [
            POOL, needs="avx512"),
     Mutant("max-bwd-avx2-narrow-order", "lane order", POOL_CPP, "0x88)),\n        0xD8));",
            "0x88)),\n        0xE4));", ISA, needs="avx2"),
+    # The NCHW max-pool grad input along 2-wide windows: indices cut to 32 bits rather than
+    # saturated (avx512), even and odd pixels swapped (avx2), the last step's pixels masked
+    # as outputs (avx512), negative indices other than -1 left uncounted.
+    Mutant("max-pairs-truncate", "narrowing", POOL_CPP, "_mm512_maskz_cvtsepi64_epi32(0xFF, v64)",
+           "_mm512_maskz_cvtepi64_epi32(0xFF, v64)", ERRORS, needs="avx512"),
+    Mutant("max-pairs-avx2-blend", "lane order", POOL_CPP, "_mm256_cmpeq_epi64(v, odd), 0xAA));",
+           "_mm256_cmpeq_epi64(v, odd), 0x55));", ISA, needs="avx2"),
+    Mutant("max-pairs-tail-pixels", "tail mask", POOL_CPP,
+           "const __mmask16 pixels = __mmask16((1u << (2 * left)) - 1);",
+           "const __mmask16 pixels = __mmask16((1u << left) - 1);", POOL, needs="avx512"),
+    Mutant("max-pairs-named", "count", POOL_CPP, "for (int64_t o = 0; o < PQ; ++o) named += ix[o] != -1;",
+           "for (int64_t o = 0; o < PQ; ++o) named += ix[o] >= 0;", ERRORS),
     # The NHWC average pool along whole rows (few channels): a pixel's sums read a tap's
     # stride too short; the last pixel's first tap left out of the row.
     Mutant("avg-tiles-pixel-stride", "index", POOL_CPP,
