@@ -145,3 +145,21 @@ def test_torch_cpu_outputs_come_from_the_cache_too(data, tmp_path):
     assert_close(y.numpy(), want, "float32")
     torch.save(y, tmp_path / "y.pt")  # an ordinary tensor to torch
     assert torch.equal(torch.load(tmp_path / "y.pt"), y)
+
+
+@pytest.mark.parametrize("value,mib", [(None, None), ("", None), ("300", 300), ("0", 0)],
+                         ids=["unset", "empty", "300", "none"])
+def test_the_default_limit_is_a_sixteenth_of_memory_within_256_mib_and_4_gib(value, mib):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("FASTCONV_CPU_CACHE_MIB", None)
+    if value is not None:
+        env["FASTCONV_CPU_CACHE_MIB"] = value
+    out = subprocess.run([sys.executable, "-c", "import fastconv; print(fastconv.cpu_memory()['output_cache_limit'])"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if mib is None:
+        sixteenth = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE") // 16
+        mib_bytes = 1 << 20
+        assert int(out.stdout) == min(max(sixteenth, 256 * mib_bytes), 4096 * mib_bytes)
+    else:
+        assert int(out.stdout) == mib << 20

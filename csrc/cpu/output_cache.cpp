@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace fastconv {
 namespace cpu {
 namespace {
@@ -20,9 +22,21 @@ struct Block {
     size_t size;
 };
 
+// The default: a sixteenth of the machine's memory, at least 256 MiB and at most 4 GiB
+// (1.5 GiB on a 24 GiB machine). Why so much: an output larger than the limit is fresh
+// pages at every call, and the kernel zeroing them cost as much as the op itself. 64 x
+// 128 x 128^2 NHWC average pool's grad input (537 MB), Zen 5: 26 ms a call with 256 MiB,
+// 14 ms kept (benchmarks/NOTES.md, session 10).
+size_t default_limit() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const size_t mib = size_t(1) << 20;
+    const size_t sixteenth = pages > 0 && page > 0 ? size_t(pages) * size_t(page) / 16 : 256 * mib;
+    return std::min(std::max(sixteenth, 256 * mib), 4096 * mib);
+}
+
 size_t limit_from_environment() {
     const char* env = std::getenv("FASTCONV_CPU_CACHE_MIB");
-    if (!env || !*env) return size_t(256) << 20;
+    if (!env || !*env) return default_limit();
     char* end = nullptr;
     const long long mib = std::strtoll(env, &end, 10);
     if (*end != '\0' || mib < 0)
