@@ -292,6 +292,14 @@ EDGE = {
     "1x1-grouped": dict(N=2, C=6, K=9, H=7, W=5, R=1, S=1, groups=3, stride=1, dilation=1, padding=0),
     "depthwise-dilated": dict(N=2, C=4, K=8, H=9, W=11, R=3, S=3, groups=4, stride=1,
                               dilation=(2, 3), padding="same"),
+    # 5x5 depthwise (the CPU's whole-plane passes, conv2d_fwd.cpp): MobileNet's 7x7 planes;
+    # strides along the row of 2 and 3 (column phases) with dilation, a multiplier of 2.
+    "depthwise-5x5-7x7": dict(N=3, C=7, K=7, H=7, W=7, R=5, S=5, groups=7, stride=1, dilation=1,
+                              padding=2),
+    "depthwise-5x5-phases": dict(N=2, C=5, K=10, H=9, W=17, R=5, S=5, groups=5, stride=(1, 2),
+                                 dilation=(1, 2), padding=(2, 3)),
+    "depthwise-5x5-stride3": dict(N=1, C=3, K=3, H=8, W=14, R=4, S=6, groups=3, stride=(2, 3),
+                                  dilation=1, padding="valid"),
     # 3x3 / stride 1, the Winograd variants' shapes: one output from one pixel of image in a
     # patch of padding; one output from a 3x3 image; padding 2 (grad input then pads 0);
     # padding 3 above and 0 at the sides (grad input pads -1: it crops); groups with

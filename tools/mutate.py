@@ -303,6 +303,16 @@ MUTANTS = [
            POOL, needs="avx512"),
     Mutant("max-bwd-avx2-narrow-order", "lane order", POOL_CPP, "0x88)),\n        0xD8));",
            "0x88)),\n        0xE4));", ISA, needs="avx2"),
+    # The NCHW depthwise whole-plane passes (filters 5 or more wide): each row's residual
+    # taken from the plane's first row, a tap read from the next column phase's offset, the
+    # zeros right of the image left stale.
+    Mutant("depthwise-plane-residual", "offset", FWD, "res ? res + oh * p.Q : nullptr",
+           "res ? res : nullptr", ("tests/test_residual.py",)),
+    Mutant("depthwise-plane-phase", "index", FWD,
+           "const int64_t a = s * p.dil_w / p.stride_w;",
+           "const int64_t a = s * p.dil_w / p.stride_w + (f > 0);", CONV),
+    Mutant("depthwise-plane-right-zeros", "padding", FWD,
+           "                for (int64_t j = j1; j < G; ++j) row[j] = T(0);\n", "", CONV),
     # The NCHW max-pool grad input along 2-wide windows: indices cut to 32 bits rather than
     # saturated (avx512), even and odd pixels swapped (avx2), the last step's pixels masked
     # as outputs (avx512), negative indices other than -1 left uncounted.
