@@ -109,6 +109,20 @@ CONV_SHAPES = [
 ]
 
 
+# NCHW depthwise, each of its kernels (conv2d_fwd.cpp): 16 or 8 planes a block by channels
+# (small planes: a 7x7 with 20 channels, a last part block; 28x28 with stride 2), rows in
+# registers (stride 1 along the row: 83 columns, chunks and a tail; a multiplier of 2),
+# the row loops (stride 2 on a larger plane).
+DEPTHWISE_SHAPES = [
+    dict(N=2, C=20, K=20, H=7, W=7, R=5, S=5, stride=1, padding=2, dilation=1, groups=20),
+    dict(N=1, C=5, K=5, H=28, W=27, R=5, S=5, stride=2, padding=2, dilation=1, groups=5),
+    dict(N=2, C=3, K=6, H=5, W=83, R=3, S=3, stride=1, padding=1, dilation=1, groups=3),
+    dict(N=1, C=2, K=2, H=19, W=37, R=3, S=5, stride=(2, 1), padding=(1, 3), dilation=(1, 2),
+         groups=2),
+    dict(N=1, C=3, K=3, H=35, W=33, R=3, S=3, stride=2, padding=1, dilation=1, groups=3),
+]
+
+
 # 3x3 stride-1 layers for the Winograd variants: ragged tiles, more than 8 channels
 # (the 8x8 transposes), and enough outputs that float F(4x4) runs in float.
 WINOGRAD_SHAPES = [
@@ -125,8 +139,9 @@ def check_conv(rng, dtype, layout, variant, cfg, activation):
     from conftest import assert_close
 
     args = {k: cfg[k] for k in ("stride", "padding", "dilation")}
+    args["groups"] = cfg.get("groups", 1)
     x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"])).astype(dtype)
-    w = rng.standard_normal((cfg["K"], cfg["C"], cfg["R"], cfg["S"])).astype(dtype)
+    w = rng.standard_normal((cfg["K"], cfg["C"] // args["groups"], cfg["R"], cfg["S"])).astype(dtype)
     b = rng.standard_normal(cfg["K"]).astype(dtype)
     if layout == "NHWC":
         x, w = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(w.transpose(2, 3, 1, 0))
@@ -212,6 +227,8 @@ def child(isa, seed):
             for layout in ("NCHW", "NHWC"):
                 for variant in ("gemm", "blocked"):
                     check_conv(rng, dtype, layout, variant, cfg, ("tanh", "sigmoid")[i % 2])
+        for i, cfg in enumerate(DEPTHWISE_SHAPES):
+            check_conv(rng, dtype, "NCHW", "depthwise", cfg, ("tanh", "sigmoid")[i % 2])
         for cfg in WINOGRAD_SHAPES:  # the GEMMs in the transformed domain, AVX2 transposes
             for layout in ("NCHW", "NHWC"):
                 for variant in ("winograd2", "winograd4"):

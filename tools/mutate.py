@@ -303,16 +303,25 @@ MUTANTS = [
            POOL, needs="avx512"),
     Mutant("max-bwd-avx2-narrow-order", "lane order", POOL_CPP, "0x88)),\n        0xD8));",
            "0x88)),\n        0xE4));", ISA, needs="avx2"),
-    # The NCHW depthwise whole-plane passes (filters 5 or more wide): each row's residual
-    # taken from the plane's first row, a tap read from the next column phase's offset, the
-    # zeros right of the image left stale.
-    Mutant("depthwise-plane-residual", "offset", FWD, "res ? res + oh * p.Q : nullptr",
-           "res ? res : nullptr", ("tests/test_residual.py",)),
-    Mutant("depthwise-plane-phase", "index", FWD,
-           "const int64_t a = s * p.dil_w / p.stride_w;",
-           "const int64_t a = s * p.dil_w / p.stride_w + (f > 0);", CONV),
-    Mutant("depthwise-plane-right-zeros", "padding", FWD,
-           "                for (int64_t j = j1; j < G; ++j) row[j] = T(0);\n", "", CONV),
+    # The NCHW depthwise by channels (small planes): each plane's residual taken from the
+    # block's first plane, the image's last row left out of the scratch, a column read from
+    # the vertical padding's offset.
+    Mutant("depthwise-channels-residual", "offset", FWD,
+           "add_residual(out, residual ? residual + at : nullptr, PQ);",
+           "add_residual(out, residual ? residual + (n * p.K + c0) * PQ : nullptr, PQ);",
+           ("tests/test_residual.py",)),
+    Mutant("depthwise-channels-rows", "bounds", FWD,
+           "h1 = std::min(Hp, p.H + p.pad_h);", "h1 = std::min(Hp, p.H + p.pad_h - 1);", CONV),
+    Mutant("depthwise-channels-column", "index", FWD,
+           "xs[(hp * Wp + wp) * L + l] = plane[(hp - p.pad_h) * p.W + wp - p.pad_w];",
+           "xs[(hp * Wp + wp) * L + l] = plane[(hp - p.pad_h) * p.W + wp - p.pad_h];", CONV),
+    # The NCHW depthwise rows in registers: a chunk's last part vector dropped; the row's
+    # left padding taken from the vertical one.
+    Mutant("depthwise-regs-tail", "tail", FWD, "} else if (q < p.Q) {", "} else if (false) {",
+           CONV),
+    Mutant("depthwise-regs-left-padding", "padding", FWD,
+           "const int64_t j0 = std::min(Wp, p.pad_w), j1 = std::min(Wp, p.pad_w + p.W);",
+           "const int64_t j0 = std::min(Wp, p.pad_h), j1 = std::min(Wp, p.pad_h + p.W);", CONV),
     # The NCHW max-pool grad input along 2-wide windows: indices cut to 32 bits rather than
     # saturated (avx512), even and odd pixels swapped (avx2), the last step's pixels masked
     # as outputs (avx512), negative indices other than -1 left uncounted.

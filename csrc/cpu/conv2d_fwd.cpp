@@ -53,6 +53,7 @@
 #include "cpu_ops.h"
 #include "isa.h"
 #include "parallel.h"
+#include "simd.h"
 #include "gemm.h"
 
 namespace fastconv {
@@ -244,155 +245,302 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
     bias_activation(p, b, y, residual);
 }
 
-// One NCHW depthwise plane as whole-plane passes: for each filter row r and column phase
-// f (stride_w phases), B = the plane's input rows oh * stride_h + r * dil_h, columns
-// q' * stride_w + f (zeros outside the image), P rows of G; then each tap (r, s) whose
-// column offset s * dil_w is a * stride_w + f adds w[r, s] * B[i + a] to grid[i] over the
-// flat P x G grid. G >= Q + a for every a, so a pixel's taps stay in its row; columns
-// q >= Q are computed and dropped. Plane rows are short in the later layers of mobile
-// networks (7 and 14 wide): the row loops ran a 7-wide loop per tap, and MobileNetV3's
-// 5x5 layers took 6.8 ms against PyTorch's 0.26 (32 x 576 x 7^2, Zen 5).
-// grid and B: P * G elements of scratch each, G = depthwise_grid_width(p).
-inline int64_t depthwise_grid_width(const Conv2dParams& p) {
-    return p.Q + (p.S - 1) * p.dil_w / p.stride_w + 1;
-}
+// One NCHW depthwise plane along its output rows: each row the bias, then per tap a pass
+// along the row (vectorised over output columns), then residual and activation. Built per
+// ISA path: at baseline SSE2 (4 lanes) ResNet-like 56 x 56 planes ran at 12-13 GMAC/s.
+// Each tap's span of output columns is computed once per plane (two divisions a tap and
+// row were most of the time on 56 x 56 planes).
 template <typename T>
-__attribute__((always_inline)) inline void depthwise_plane_t(const Conv2dParams& p,
-                                                             const T* xp, const T* wk, T bias,
-                                                             T* yp, const T* res, T* grid,
-                                                             T* B) {
-    const int64_t G = depthwise_grid_width(p), n = p.P * G;
-    for (int64_t i = 0; i < n; ++i) grid[i] = bias;
-    for (int64_t r = 0; r < p.R; ++r)
-        for (int64_t f = 0; f < p.stride_w; ++f) {
-            bool any = false;
-            for (int64_t s = 0; s < p.S; ++s) any |= (s * p.dil_w) % p.stride_w == f;
-            if (!any) continue;
-            for (int64_t oh = 0; oh < p.P; ++oh) {
-                const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-                T* row = B + oh * G;
-                if (h < 0 || h >= p.H) {
-                    for (int64_t j = 0; j < G; ++j) row[j] = T(0);
-                    continue;
-                }
-                // Columns j * stride_w + f - pad_w: zeros left of the image, its pixels,
-                // zeros right of it.
-                const int64_t off = f - p.pad_w;
-                const int64_t j0 = std::min(G, valid_out_begin(off, p.stride_w));
-                const int64_t j1 = std::max(j0, std::min(G, valid_out_end(off, p.stride_w, p.W, G)));
-                const T* xr = xp + h * p.W + off;
-                for (int64_t j = 0; j < j0; ++j) row[j] = T(0);
-                if (p.stride_w == 1)
-                    for (int64_t j = j0; j < j1; ++j) row[j] = xr[j];
-                else
-                    for (int64_t j = j0; j < j1; ++j) row[j] = xr[j * p.stride_w];
-                for (int64_t j = j1; j < G; ++j) row[j] = T(0);
-            }
+__attribute__((always_inline)) inline void depthwise_rows_t(const Conv2dParams& p, const T* xp,
+                                                            const T* wk, T bias, T* yp,
+                                                            const T* res) {
+    constexpr int64_t kMaxS = 16;
+    int64_t span0[kMaxS], span1[kMaxS];
+    const int64_t spans = std::min(p.S, kMaxS);
+    for (int64_t s = 0; s < spans; ++s) {
+        span0[s] = valid_out_begin(s * p.dil_w - p.pad_w, p.stride_w);
+        span1[s] = valid_out_end(s * p.dil_w - p.pad_w, p.stride_w, p.W, p.Q);
+    }
+    for (int64_t oh = 0; oh < p.P; ++oh) {
+        T* row = yp + oh * p.Q;
+        for (int64_t q = 0; q < p.Q; ++q) row[q] = bias;
+        for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
+            if (h < 0 || h >= p.H) continue;
+            const T* xr = xp + h * p.W;
             for (int64_t s = 0; s < p.S; ++s) {
-                if ((s * p.dil_w) % p.stride_w != f) continue;
-                const int64_t a = s * p.dil_w / p.stride_w;
+                const int64_t off = s * p.dil_w - p.pad_w;
+                const int64_t q0 = s < spans ? span0[s] : valid_out_begin(off, p.stride_w);
+                const int64_t q1 = s < spans ? span1[s] : valid_out_end(off, p.stride_w, p.W, p.Q);
                 const T wv = wk[r * p.S + s];
-                const T* src = B + a;
-                for (int64_t i = 0; i < n - a; ++i) grid[i] += wv * src[i];
+                if (p.stride_w == 1) {
+                    const T* xs = xr + off;
+                    for (int64_t q = q0; q < q1; ++q) row[q] += wv * xs[q];
+                } else {
+                    for (int64_t q = q0; q < q1; ++q) row[q] += wv * xr[q * p.stride_w + off];
+                }
             }
         }
-    for (int64_t oh = 0; oh < p.P; ++oh) {
-        T* out = yp + oh * p.Q;
-        for (int64_t q = 0; q < p.Q; ++q) out[q] = grid[oh * G + q];
-        add_residual(out, res ? res + oh * p.Q : nullptr, p.Q);
-        activate_span(p.act, out, p.Q, T(0));
+        add_residual(row, res ? res + oh * p.Q : nullptr, p.Q);
+        activate_span(p.act, row, p.Q, T(0));
     }
 }
-void depthwise_plane_portable(const Conv2dParams& p, const float* xp, const float* wk, float bias,
-                              float* yp, const float* res, float* grid, float* B) {
-    depthwise_plane_t(p, xp, wk, bias, yp, res, grid, B);
+void depthwise_rows_portable(const Conv2dParams& p, const float* xp, const float* wk, float bias,
+                             float* yp, const float* res) {
+    depthwise_rows_t(p, xp, wk, bias, yp, res);
 }
 #if FC_X86_ISA
-FC_TARGET_AVX2 void depthwise_plane_avx2(const Conv2dParams& p, const float* xp, const float* wk,
-                                         float bias, float* yp, const float* res, float* grid,
-                                         float* B) {
-    depthwise_plane_t(p, xp, wk, bias, yp, res, grid, B);
+FC_TARGET_AVX2 void depthwise_rows_avx2(const Conv2dParams& p, const float* xp, const float* wk,
+                                        float bias, float* yp, const float* res) {
+    depthwise_rows_t(p, xp, wk, bias, yp, res);
 }
-FC_TARGET_AVX512 void depthwise_plane_avx512(const Conv2dParams& p, const float* xp,
-                                             const float* wk, float bias, float* yp,
-                                             const float* res, float* grid, float* B) {
-    depthwise_plane_t(p, xp, wk, bias, yp, res, grid, B);
+FC_TARGET_AVX512 void depthwise_rows_avx512(const Conv2dParams& p, const float* xp,
+                                            const float* wk, float bias, float* yp,
+                                            const float* res) {
+    depthwise_rows_t(p, xp, wk, bias, yp, res);
 }
 #endif
-inline void depthwise_plane(const Conv2dParams& p, const float* xp, const float* wk, float bias,
-                            float* yp, const float* res, float* grid, float* B) {
+inline void depthwise_rows(const Conv2dParams& p, const float* xp, const float* wk, float bias,
+                           float* yp, const float* res) {
 #if FC_X86_ISA
-    if (isa() == Isa::Avx512) return depthwise_plane_avx512(p, xp, wk, bias, yp, res, grid, B);
-    if (isa() == Isa::Avx2) return depthwise_plane_avx2(p, xp, wk, bias, yp, res, grid, B);
+    if (isa() == Isa::Avx512) return depthwise_rows_avx512(p, xp, wk, bias, yp, res);
+    if (isa() == Isa::Avx2) return depthwise_rows_avx2(p, xp, wk, bias, yp, res);
 #endif
-    depthwise_plane_portable(p, xp, wk, bias, yp, res, grid, B);
+    depthwise_rows_portable(p, xp, wk, bias, yp, res);
 }
-inline void depthwise_plane(const Conv2dParams& p, const double* xp, const double* wk,
-                            double bias, double* yp, const double* res, double* grid,
-                            double* B) {
-    depthwise_plane_t(p, xp, wk, bias, yp, res, grid, B);
+inline void depthwise_rows(const Conv2dParams& p, const double* xp, const double* wk, double bias,
+                           double* yp, const double* res) {
+    depthwise_rows_t(p, xp, wk, bias, yp, res);
 }
+
+// One NCHW depthwise plane, stride 1 along the row, on the avx2 / avx512 paths: the plane
+// copied into a zero-padded scratch xs (Hp x Wp), then each output row in chunks of up to
+// four vectors held in registers over all taps and stored once (depthwise_rows_t loads and
+// stores its row at every tap: 9 passes of 56 columns for a 3x3 row).
+template <typename S>
+__attribute__((always_inline)) inline void depthwise_regs_t(const Conv2dParams& p,
+                                                            const float* xp, const float* wk,
+                                                            float bias, float* yp,
+                                                            const float* res, float* xs) {
+    using V = typename S::V;
+    constexpr int L = S::L, NV = 4;
+    const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+    const int64_t Wp = p.Q + (p.S - 1) * p.dil_w + L;  // a vector past the last column
+    for (int64_t hp = 0; hp < Hp; ++hp) {
+        float* row = xs + hp * Wp;
+        const int64_t h = hp - p.pad_h;
+        if (h < 0 || h >= p.H) {
+            for (int64_t j = 0; j < Wp; ++j) row[j] = 0.f;
+            continue;
+        }
+        const int64_t j0 = std::min(Wp, p.pad_w), j1 = std::min(Wp, p.pad_w + p.W);
+        for (int64_t j = 0; j < j0; ++j) row[j] = 0.f;
+        for (int64_t j = j0; j < j1; ++j) row[j] = xp[h * p.W + j - p.pad_w];
+        for (int64_t j = j1; j < Wp; ++j) row[j] = 0.f;
+    }
+    const V bv = S::bcast(&bias);
+    for (int64_t oh = 0; oh < p.P; ++oh) {
+        float* out = yp + oh * p.Q;
+        for (int64_t q0 = 0; q0 < p.Q; q0 += NV * L) {
+            V acc[NV];
+            for (int v = 0; v < NV; ++v) acc[v] = bv;
+            const int64_t nv = std::min<int64_t>(NV, ceil_div(p.Q - q0, int64_t(L)));
+            for (int64_t r = 0; r < p.R; ++r) {
+                const float* src = xs + (oh * p.stride_h + r * p.dil_h) * Wp + q0;
+                for (int64_t s = 0; s < p.S; ++s) {
+                    const V wv = S::bcast(wk + r * p.S + s);
+                    const float* at = src + s * p.dil_w;
+                    for (int v = 0; v < NV; ++v)
+                        if (v < nv) acc[v] = S::fma(S::load(at + v * L), wv, acc[v]);
+                }
+            }
+            for (int v = 0; v < NV; ++v) {
+                const int64_t q = q0 + v * L;
+                if (q + L <= p.Q) {
+                    S::store(out + q, acc[v]);
+                } else if (q < p.Q) {
+                    alignas(64) float tail[L];
+                    S::store(tail, acc[v]);
+                    for (int64_t j = 0; q + j < p.Q; ++j) out[q + j] = tail[j];
+                }
+            }
+        }
+        add_residual(out, res ? res + oh * p.Q : nullptr, p.Q);
+        activate_span(p.act, out, p.Q, 0.f);
+    }
+}
+#if FC_X86_ISA
+FC_TARGET_AVX2 void depthwise_regs_avx2(const Conv2dParams& p, const float* xp, const float* wk,
+                                        float bias, float* yp, const float* res, float* xs) {
+    depthwise_regs_t<Avx2Float>(p, xp, wk, bias, yp, res, xs);
+}
+FC_TARGET_AVX512 void depthwise_regs_avx512(const Conv2dParams& p, const float* xp,
+                                            const float* wk, float bias, float* yp,
+                                            const float* res, float* xs) {
+    depthwise_regs_t<Avx512Float>(p, xp, wk, bias, yp, res, xs);
+}
+#endif
+
+// NCHW depthwise (one channel a group) on small planes, L channels at a time (simd.h's
+// width): the L planes copied pixel-major into a zero-padded scratch xs (Hp x Wp pixels of
+// L channels), each output pixel's L channels summed tap by tap as vectors, 4 pixels of a
+// row at a time (one weight load per tap for 4 FMAs), written back plane by plane. A plane
+// of 7 x 7 has rows too short to vectorise along; its channels are many.
+// Scratch: xs Hp * Wp * L (zeroed before the first block), ys P * Q * L, wt R * S * L
+// floats.
+template <typename S>
+__attribute__((always_inline)) inline void depthwise_channels_t(
+    const Conv2dParams& p, int64_t n, int64_t c0, const float* x, const float* w,
+    const float* b, float* y, const float* residual, float* xs, float* ys, float* wt) {
+    using V = typename S::V;
+    constexpr int L = S::L, PB = 4;
+    const int64_t nc = std::min<int64_t>(L, p.C - c0), RS = p.R * p.S, PQ = p.P * p.Q;
+    const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+    const int64_t Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1;
+    // xs starts zeroed (the caller's std::vector) and only the image's pixels are written,
+    // the same positions for every block: its padding stays zero.
+    const int64_t h0 = std::max<int64_t>(0, p.pad_h), h1 = std::min(Hp, p.H + p.pad_h);
+    const int64_t v0 = std::max<int64_t>(0, p.pad_w), v1 = std::min(Wp, p.W + p.pad_w);
+    for (int64_t l = 0; l < nc; ++l) {
+        const float* plane = x + (n * p.C + c0 + l) * p.H * p.W;
+        for (int64_t hp = h0; hp < h1; ++hp)
+            for (int64_t wp = v0; wp < v1; ++wp)
+                xs[(hp * Wp + wp) * L + l] = plane[(hp - p.pad_h) * p.W + wp - p.pad_w];
+    }
+    for (int64_t t = 0; t < RS; ++t)
+        for (int64_t l = 0; l < L; ++l) wt[t * L + l] = l < nc ? w[(c0 + l) * RS + t] : 0.f;
+    alignas(64) float bias[L];
+    for (int64_t l = 0; l < L; ++l) bias[l] = p.has_bias && l < nc ? b[c0 + l] : 0.f;
+    const V bv = S::load(bias);
+    const int64_t step_w = p.stride_w * L, tap_w = p.dil_w * L;
+    for (int64_t oh = 0; oh < p.P; ++oh) {
+        int64_t ow = 0;
+        for (; ow + PB <= p.Q; ow += PB) {
+            V acc[PB];
+            for (int j = 0; j < PB; ++j) acc[j] = bv;
+            for (int64_t r = 0; r < p.R; ++r) {
+                const float* row = xs + ((oh * p.stride_h + r * p.dil_h) * Wp + ow * p.stride_w) * L;
+                for (int64_t s = 0; s < p.S; ++s) {
+                    const V wv = S::load(wt + (r * p.S + s) * L);
+                    for (int j = 0; j < PB; ++j)
+                        acc[j] = S::fma(S::load(row + s * tap_w + j * step_w), wv, acc[j]);
+                }
+            }
+            for (int j = 0; j < PB; ++j) S::store(ys + (oh * p.Q + ow + j) * L, acc[j]);
+        }
+        for (; ow < p.Q; ++ow) {
+            V acc = bv;
+            for (int64_t r = 0; r < p.R; ++r) {
+                const float* row = xs + ((oh * p.stride_h + r * p.dil_h) * Wp + ow * p.stride_w) * L;
+                for (int64_t s = 0; s < p.S; ++s)
+                    acc = S::fma(S::load(row + s * tap_w), S::load(wt + (r * p.S + s) * L), acc);
+            }
+            S::store(ys + (oh * p.Q + ow) * L, acc);
+        }
+    }
+    for (int64_t l = 0; l < nc; ++l) {
+        const int64_t at = (n * p.K + c0 + l) * PQ;
+        float* out = y + at;
+        for (int64_t i = 0; i < PQ; ++i) out[i] = ys[i * L + l];
+        add_residual(out, residual ? residual + at : nullptr, PQ);
+        activate_span(p.act, out, PQ, 0.f);
+    }
+}
+#if FC_X86_ISA
+FC_TARGET_AVX2 void depthwise_channels_avx2(const Conv2dParams& p, int64_t n, int64_t c0,
+                                            const float* x, const float* w, const float* b,
+                                            float* y, const float* residual, float* xs,
+                                            float* ys, float* wt) {
+    depthwise_channels_t<Avx2Float>(p, n, c0, x, w, b, y, residual, xs, ys, wt);
+}
+FC_TARGET_AVX512 void depthwise_channels_avx512(const Conv2dParams& p, int64_t n, int64_t c0,
+                                                const float* x, const float* w, const float* b,
+                                                float* y, const float* residual, float* xs,
+                                                float* ys, float* wt) {
+    depthwise_channels_t<Avx512Float>(p, n, c0, x, w, b, y, residual, xs, ys, wt);
+}
+#endif
+
+// Whether depthwise_channels runs p: avx2 or avx512, float, NCHW, a multiplier of 1, input
+// planes of at most 16 x 16 pixels, 32 x 32 where the stride along the row is not 1 (the
+// copies in and out are element by element; stride 1 on larger planes: depthwise_regs).
+// 2 Zen 5 threads, batch 32, MobileNetV3-small's layers, ms, row loops -> channels, or ->
+// rows in registers (PyTorch):
+//   5x5  576 x 7^2 6.0 -> 0.84, regs 1.8 (1.6-3.1); 240 x 14^2 4.0 -> 1.06, regs 1.6
+//        (2.5-4.8); 288 x 14^2 stride 2 3.9 -> 0.61 (0.25-0.38); 96 x 28^2 stride 2
+//        3.0 -> 0.83-0.88 (0.35-0.55)
+//   3x3  88 x 28^2 2.5 -> 1.3, regs 0.89 (4.1-6.1); 72 x 56^2 stride 2 2.9 -> 3.3 and
+//        16 x 112^2 stride 2 1.9 -> 2.2 (these stay on the row loops: 2.4-2.5, 1.6)
+//   batch 1: 576 x 7^2 5x5 0.142 -> 0.035 (0.05-0.07).
+constexpr int64_t kChannelsMaxPlaneStride1 = 16 * 16, kChannelsMaxPlane = 32 * 32;
+template <typename T>
+inline bool depthwise_by_channels(const Conv2dParams& p) {
+    return FC_X86_ISA && std::is_same<T, float>::value && isa() != Isa::Portable &&
+           p.layout == Layout::NCHW && p.K == p.C &&
+           p.H * p.W <= (p.stride_w == 1 ? kChannelsMaxPlaneStride1 : kChannelsMaxPlane);
+}
+inline void depthwise_channels(const Conv2dParams& p, const float* x, const float* w,
+                               const float* b, float* y, const float* residual) {
+#if FC_X86_ISA
+    const int64_t L = isa() == Isa::Avx512 ? 16 : 8, blocks = ceil_div(p.C, L);
+    const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+    const int64_t Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1;
+    const int64_t xs_n = Hp * Wp * L, ys_n = p.P * p.Q * L, wt_n = p.R * p.S * L;
+#pragma omp parallel
+    {
+        std::vector<float> scratch(size_t(xs_n + ys_n + wt_n));
+        float *xs = scratch.data(), *ys = xs + xs_n, *wt = ys + ys_n;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t blk = 0; blk < blocks; ++blk) {
+                if (L == 16)
+                    depthwise_channels_avx512(p, n, blk * L, x, w, b, y, residual, xs, ys, wt);
+                else
+                    depthwise_channels_avx2(p, n, blk * L, x, w, b, y, residual, xs, ys, wt);
+            }
+    }
+#endif
+}
+inline void depthwise_channels(const Conv2dParams&, const double*, const double*, const double*,
+                               double*, const double*) {}
 
 template <typename T>
 void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
                const T* residual) {
+    if (depthwise_by_channels<T>(p)) return depthwise_channels(p, x, w, b, y, residual);
     const int64_t Kg = p.K / p.groups;  // channel multiplier
-    // Whole-plane passes for filters 5 or more wide; the row loops below for narrower ones.
-    // 2 Zen 5 threads, batch 32, MobileNetV3-small's layers (ms, row loops -> passes):
-    //   5x5: 576 x 7^2 6.6 -> 3.5-4.1, 240 x 14^2 6.4 -> 3.8-4.0, 288 x 14^2 stride 2
-    //        4.6 -> 2.5-3.7, 96 x 28^2 stride 2 3.5 -> 2.4-2.9;
-    //   3x3: 88 x 28^2 2.4 -> 1.8-2.4, 16 x 112^2 stride 2 1.8 -> 3.2-3.4, 72 x 56^2
-    //        stride 2 2.8 -> 3.5 (the bench's 256 x 56^2 18.9 -> 15.7-25.9: noisy).
-    // PyTorch (oneDNN, channel-blocked layouts) runs the 5x5 ones in 0.26-0.44 ms: a
-    // kernel vectorised across channels is what small planes need.
-    if (p.layout == Layout::NCHW && p.S >= 5) {
-        const int64_t cells = p.P * depthwise_grid_width(p);
+#if FC_X86_ISA
+    // Stride 1 along the row, on the vector paths: rows in registers (depthwise_regs_t).
+    // The bench's 32 x 256 x 56^2 3x3: 16.3 -> 8.3 ms; at batch 1 0.50 -> 0.20 (PyTorch
+    // 0.18-0.22), Zen 5, avx512.
+    if constexpr (std::is_same<T, float>::value) {
+        if (p.layout == Layout::NCHW && p.stride_w == 1 && isa() != Isa::Portable) {
+            const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+            const int64_t Wp = p.Q + (p.S - 1) * p.dil_w + 16;
+            const auto plane = isa() == Isa::Avx512 ? depthwise_regs_avx512 : depthwise_regs_avx2;
 #pragma omp parallel
-        {
-            std::vector<T> scratch(size_t(2 * cells));
+            {
+                std::vector<float> xs(size_t(Hp * Wp));
 #pragma omp for collapse(2) schedule(static)
-            for (int64_t n = 0; n < p.N; ++n)
-                for (int64_t k = 0; k < p.K; ++k) {
-                    const int64_t at = (n * p.K + k) * p.P * p.Q;
-                    depthwise_plane(p, x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
-                                    p.has_bias ? b[k] : T(0), y + at,
-                                    residual ? residual + at : nullptr, scratch.data(),
-                                    scratch.data() + cells);
-                }
+                for (int64_t n = 0; n < p.N; ++n)
+                    for (int64_t k = 0; k < p.K; ++k) {
+                        const int64_t at = (n * p.K + k) * p.P * p.Q;
+                        plane(p, x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
+                              p.has_bias ? b[k] : 0.f, y + at, residual ? residual + at : nullptr,
+                              xs.data());
+                    }
+            }
+            return;
         }
-        return;
     }
+#endif
     if (p.layout == Layout::NCHW) {
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t n = 0; n < p.N; ++n)
             for (int64_t k = 0; k < p.K; ++k) {
-                const T* xp = x + (n * p.C + k / Kg) * p.H * p.W;
-                const T* wk = w + k * p.R * p.S;
-                T* yp = y + (n * p.K + k) * p.P * p.Q;
-                for (int64_t oh = 0; oh < p.P; ++oh) {
-                    T* row = yp + oh * p.Q;
-                    std::fill(row, row + p.Q, p.has_bias ? b[k] : T(0));
-                    for (int64_t r = 0; r < p.R; ++r) {
-                        const int64_t h = oh * p.stride_h - p.pad_h + r * p.dil_h;
-                        if (h < 0 || h >= p.H) continue;
-                        const T* xr = xp + h * p.W;
-                        for (int64_t s = 0; s < p.S; ++s) {
-                            const int64_t off = s * p.dil_w - p.pad_w;
-                            const int64_t q0 = valid_out_begin(off, p.stride_w);
-                            const int64_t q1 = valid_out_end(off, p.stride_w, p.W, p.Q);
-                            const T wv = wk[r * p.S + s];
-                            if (p.stride_w == 1) {
-                                const T* xs = xr + off;
-                                for (int64_t q = q0; q < q1; ++q) row[q] += wv * xs[q];
-                            } else {
-                                for (int64_t q = q0; q < q1; ++q)
-                                    row[q] += wv * xr[q * p.stride_w + off];
-                            }
-                        }
-                    }
-                    add_residual(row, residual ? residual + (row - y) : nullptr, p.Q);
-                    activate_span(p.act, row, p.Q, T(0));
-                }
+                const int64_t at = (n * p.K + k) * p.P * p.Q;
+                depthwise_rows(p, x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
+                               p.has_bias ? b[k] : T(0), y + at, residual ? residual + at : nullptr);
             }
     } else {
         // NHWC, weight (R, S, 1, K): every output pixel is a K-vector, accumulated tap
