@@ -298,6 +298,9 @@ EDGE = {
                               padding=2),
     "depthwise-5x5-phases": dict(N=2, C=5, K=10, H=9, W=17, R=5, S=5, groups=5, stride=(1, 2),
                                  dilation=(1, 2), padding=(2, 3)),
+    # 29 channels: NHWC's channels in registers, avx512's 16, then 8, then 5 one by one.
+    "depthwise-k29": dict(N=2, C=29, K=29, H=6, W=7, R=3, S=3, groups=29, stride=1, dilation=1,
+                          padding=1),
     "depthwise-5x5-stride3": dict(N=1, C=3, K=3, H=8, W=14, R=4, S=6, groups=3, stride=(2, 3),
                                   dilation=1, padding="valid"),
     # 3x3 / stride 1, the Winograd variants' shapes: one output from one pixel of image in a

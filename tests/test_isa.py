@@ -109,7 +109,7 @@ CONV_SHAPES = [
 ]
 
 
-# NCHW depthwise, each of its kernels (conv2d_fwd.cpp): 16 or 8 planes a block by channels
+# Depthwise, each of its kernels (conv2d_fwd.cpp), both layouts: 16 or 8 planes a block by channels
 # (small planes: a 7x7 with 20 channels, a last part block; 28x28 with stride 2), rows in
 # registers (stride 1 along the row: 83 columns, chunks and a tail; a multiplier of 2),
 # the row loops (stride 2 on a larger plane).
@@ -120,6 +120,11 @@ DEPTHWISE_SHAPES = [
     dict(N=1, C=2, K=2, H=19, W=37, R=3, S=5, stride=(2, 1), padding=(1, 3), dilation=(1, 2),
          groups=2),
     dict(N=1, C=3, K=3, H=35, W=33, R=3, S=3, stride=2, padding=1, dilation=1, groups=3),
+    # NHWC's channels in registers: 29 (avx512: 16, then 8, then 5 one by one) and 150
+    # (chunks of four vectors, one of one, 6 one by one).
+    dict(N=2, C=29, K=29, H=6, W=7, R=3, S=3, stride=1, padding=1, dilation=1, groups=29),
+    dict(N=1, C=150, K=150, H=5, W=6, R=3, S=2, stride=(1, 2), padding=1, dilation=(2, 1),
+         groups=150),
 ]
 
 
@@ -228,7 +233,8 @@ def child(isa, seed):
                 for variant in ("gemm", "blocked"):
                     check_conv(rng, dtype, layout, variant, cfg, ("tanh", "sigmoid")[i % 2])
         for i, cfg in enumerate(DEPTHWISE_SHAPES):
-            check_conv(rng, dtype, "NCHW", "depthwise", cfg, ("tanh", "sigmoid")[i % 2])
+            for layout in ("NCHW", "NHWC"):
+                check_conv(rng, dtype, layout, "depthwise", cfg, ("tanh", "sigmoid")[i % 2])
         for cfg in WINOGRAD_SHAPES:  # the GEMMs in the transformed domain, AVX2 transposes
             for layout in ("NCHW", "NHWC"):
                 for variant in ("winograd2", "winograd4"):

@@ -322,6 +322,10 @@ MUTANTS = [
     Mutant("depthwise-regs-left-padding", "padding", FWD,
            "const int64_t j0 = std::min(Wp, p.pad_w), j1 = std::min(Wp, p.pad_w + p.W);",
            "const int64_t j0 = std::min(Wp, p.pad_h), j1 = std::min(Wp, p.pad_h + p.W);", CONV),
+    # The NHWC depthwise channels in registers: the avx512 path's 8-wide chunk skipped.
+    Mutant("depthwise-nhwc-eight", "tail", FWD,
+           "if (vec > wide) depthwise_nhwc_chunks_t<Avx2Float>", "if (false) depthwise_nhwc_chunks_t<Avx2Float>",
+           CONV, needs="avx512"),
     # The NCHW max-pool grad input along 2-wide windows: indices cut to 32 bits rather than
     # saturated (avx512), even and odd pixels swapped (avx2), the last step's pixels masked
     # as outputs (avx512), negative indices other than -1 left uncounted.
