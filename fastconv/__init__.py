@@ -56,9 +56,9 @@ def empty_cache():
 def cpu_memory():
     """What the CPU backend holds between calls, in bytes: `output_cache_bytes` (blocks of
     dropped outputs kept for the next call's output; at most `output_cache_limit`, set with
-    FASTCONV_CPU_CACHE_MIB, default a sixteenth of the machine's memory within 256 MiB to
-    4 GiB, 0 for none) and `scratch_bytes` (kernel scratch,
-    all threads), with the cache's block count, hits and misses."""
+    FASTCONV_CPU_CACHE_MIB, default a sixteenth of the machine's or the container's memory
+    within 256 MiB to 4 GiB, 0 for none) and `scratch_bytes` (kernel scratch, all threads),
+    with the cache's block count, hits and misses."""
     from . import _cpu
 
     return dict(_cpu.memory())

@@ -4,6 +4,7 @@
 #include "workspace.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -22,15 +23,31 @@ struct Block {
     size_t size;
 };
 
-// The default: a sixteenth of the machine's memory, at least 256 MiB and at most 4 GiB
-// (1.5 GiB on a 24 GiB machine). Why so much: an output larger than the limit is fresh
+// The default: a sixteenth of the memory (a container's limit where smaller), at least
+// 256 MiB and at most 4 GiB (1.5 GiB on a 24 GiB machine). Why so much: an output larger than the limit is fresh
 // pages at every call, and the kernel zeroing them cost as much as the op itself. 64 x
 // 128 x 128^2 NHWC average pool's grad input (537 MB), Zen 5: 26 ms a call with 256 MiB,
 // 14 ms kept (benchmarks/NOTES.md, session 10).
-size_t default_limit() {
+// The machine's memory: the physical pages, or a container's memory limit where one is
+// set and smaller (cgroup v2's memory.max, v1's memory.limit_in_bytes; "max" or a huge
+// number when unset). 0 if none can be read.
+size_t memory_bytes() {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    const size_t mib = size_t(1) << 20;
-    const size_t sixteenth = pages > 0 && page > 0 ? size_t(pages) * size_t(page) / 16 : 256 * mib;
+    size_t bytes = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+    for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+        if (FILE* f = std::fopen(path, "r")) {
+            unsigned long long limit = 0;
+            if (std::fscanf(f, "%llu", &limit) == 1 && limit > 0 && (bytes == 0 || limit < bytes))
+                bytes = size_t(limit);
+            std::fclose(f);
+        }
+    }
+    return bytes;
+}
+
+size_t default_limit() {
+    const size_t mib = size_t(1) << 20, memory = memory_bytes();
+    const size_t sixteenth = memory ? memory / 16 : 256 * mib;
     return std::min(std::max(sixteenth, 256 * mib), 4096 * mib);
 }
 

@@ -12,8 +12,8 @@
 // Policy: a block is taken for a request of `bytes` when it is at least that and at most a
 // quarter larger; requests under kMinBytes are not kept (glibc serves those from its heap
 // without faults). Returned blocks are kept up to `limit` bytes in all, oldest freed first
-// (FASTCONV_CPU_CACHE_MIB; default a sixteenth of the machine's memory, 256 MiB to 4 GiB;
-// 0 keeps none). Thread-safe.
+// (FASTCONV_CPU_CACHE_MIB; default a sixteenth of the machine's or the container's memory,
+// 256 MiB to 4 GiB; 0 keeps none). Thread-safe.
 #pragma once
 #include <cstddef>
 #include <cstdint>
