@@ -315,13 +315,13 @@ MUTANTS = [
     Mutant("depthwise-channels-column", "index", FWD,
            "xs[(hp * Wp + wp) * L + l] = plane[(hp - p.pad_h) * p.W + wp - p.pad_w];",
            "xs[(hp * Wp + wp) * L + l] = plane[(hp - p.pad_h) * p.W + wp - p.pad_h];", CONV),
-    # The NCHW depthwise rows in registers: a chunk's last part vector dropped; the row's
-    # left padding taken from the vertical one.
+    # The NCHW depthwise rows in registers: a chunk's last part vector dropped; the plane's
+    # padding read one row off (its scratch is pad_band's, whose bugs are planted above).
     Mutant("depthwise-regs-tail", "tail", FWD, "} else if (q < p.Q) {", "} else if (false) {",
            CONV),
-    Mutant("depthwise-regs-left-padding", "padding", FWD,
-           "const int64_t j0 = std::min(Wp, p.pad_w), j1 = std::min(Wp, p.pad_w + p.W);",
-           "const int64_t j0 = std::min(Wp, p.pad_h), j1 = std::min(Wp, p.pad_h + p.W);", CONV),
+    Mutant("depthwise-regs-row", "index", FWD,
+           "const float* src = xs + (oh * p.stride_h + r * p.dil_h) * Wp + q0;",
+           "const float* src = xs + (oh * p.stride_h + r * p.dil_h + (r > 0)) * Wp + q0;", CONV),
     # The NHWC depthwise channels in registers: the avx512 path's 8-wide chunk skipped.
     Mutant("depthwise-nhwc-eight", "tail", FWD,
            "if (vec > wide) depthwise_nhwc_chunks_t<Avx2Float>", "if (false) depthwise_nhwc_chunks_t<Avx2Float>",

@@ -248,19 +248,22 @@ void gemm_variant(const Conv2dParams& p, const T* x, const T* w, const T* b, T* 
 // One NCHW depthwise plane along its output rows: each row the bias, then per tap a pass
 // along the row (vectorised over output columns), then residual and activation. Built per
 // ISA path: at baseline SSE2 (4 lanes) ResNet-like 56 x 56 planes ran at 12-13 GMAC/s.
-// Each tap's span of output columns is computed once per plane (two divisions a tap and
-// row were most of the time on 56 x 56 planes).
+// spans[2 s], spans[2 s + 1]: tap s's output columns, computed once per call by
+// depthwise_spans (two divisions a tap and row were most of the time on 56 x 56 planes).
+inline std::vector<int64_t> depthwise_spans(const Conv2dParams& p) {
+    std::vector<int64_t> spans(size_t(2 * p.S));
+    for (int64_t s = 0; s < p.S; ++s) {
+        const int64_t off = s * p.dil_w - p.pad_w;
+        spans[2 * s] = valid_out_begin(off, p.stride_w);
+        spans[2 * s + 1] = valid_out_end(off, p.stride_w, p.W, p.Q);
+    }
+    return spans;
+}
 template <typename T>
-__attribute__((always_inline)) inline void depthwise_rows_t(const Conv2dParams& p, const T* xp,
+__attribute__((always_inline)) inline void depthwise_rows_t(const Conv2dParams& p,
+                                                            const int64_t* spans, const T* xp,
                                                             const T* wk, T bias, T* yp,
                                                             const T* res) {
-    constexpr int64_t kMaxS = 16;
-    int64_t span0[kMaxS], span1[kMaxS];
-    const int64_t spans = std::min(p.S, kMaxS);
-    for (int64_t s = 0; s < spans; ++s) {
-        span0[s] = valid_out_begin(s * p.dil_w - p.pad_w, p.stride_w);
-        span1[s] = valid_out_end(s * p.dil_w - p.pad_w, p.stride_w, p.W, p.Q);
-    }
     for (int64_t oh = 0; oh < p.P; ++oh) {
         T* row = yp + oh * p.Q;
         for (int64_t q = 0; q < p.Q; ++q) row[q] = bias;
@@ -269,9 +272,7 @@ __attribute__((always_inline)) inline void depthwise_rows_t(const Conv2dParams& 
             if (h < 0 || h >= p.H) continue;
             const T* xr = xp + h * p.W;
             for (int64_t s = 0; s < p.S; ++s) {
-                const int64_t off = s * p.dil_w - p.pad_w;
-                const int64_t q0 = s < spans ? span0[s] : valid_out_begin(off, p.stride_w);
-                const int64_t q1 = s < spans ? span1[s] : valid_out_end(off, p.stride_w, p.W, p.Q);
+                const int64_t off = s * p.dil_w - p.pad_w, q0 = spans[2 * s], q1 = spans[2 * s + 1];
                 const T wv = wk[r * p.S + s];
                 if (p.stride_w == 1) {
                     const T* xs = xr + off;
@@ -285,59 +286,51 @@ __attribute__((always_inline)) inline void depthwise_rows_t(const Conv2dParams& 
         activate_span(p.act, row, p.Q, T(0));
     }
 }
-void depthwise_rows_portable(const Conv2dParams& p, const float* xp, const float* wk, float bias,
-                             float* yp, const float* res) {
-    depthwise_rows_t(p, xp, wk, bias, yp, res);
+void depthwise_rows_portable(const Conv2dParams& p, const int64_t* spans, const float* xp,
+                             const float* wk, float bias, float* yp, const float* res) {
+    depthwise_rows_t(p, spans, xp, wk, bias, yp, res);
 }
 #if FC_X86_ISA
-FC_TARGET_AVX2 void depthwise_rows_avx2(const Conv2dParams& p, const float* xp, const float* wk,
-                                        float bias, float* yp, const float* res) {
-    depthwise_rows_t(p, xp, wk, bias, yp, res);
+FC_TARGET_AVX2 void depthwise_rows_avx2(const Conv2dParams& p, const int64_t* spans,
+                                        const float* xp, const float* wk, float bias, float* yp,
+                                        const float* res) {
+    depthwise_rows_t(p, spans, xp, wk, bias, yp, res);
 }
-FC_TARGET_AVX512 void depthwise_rows_avx512(const Conv2dParams& p, const float* xp,
-                                            const float* wk, float bias, float* yp,
-                                            const float* res) {
-    depthwise_rows_t(p, xp, wk, bias, yp, res);
+FC_TARGET_AVX512 void depthwise_rows_avx512(const Conv2dParams& p, const int64_t* spans,
+                                            const float* xp, const float* wk, float bias,
+                                            float* yp, const float* res) {
+    depthwise_rows_t(p, spans, xp, wk, bias, yp, res);
 }
 #endif
-inline void depthwise_rows(const Conv2dParams& p, const float* xp, const float* wk, float bias,
-                           float* yp, const float* res) {
+inline void depthwise_rows(const Conv2dParams& p, const int64_t* spans, const float* xp,
+                           const float* wk, float bias, float* yp, const float* res) {
 #if FC_X86_ISA
-    if (isa() == Isa::Avx512) return depthwise_rows_avx512(p, xp, wk, bias, yp, res);
-    if (isa() == Isa::Avx2) return depthwise_rows_avx2(p, xp, wk, bias, yp, res);
+    if (isa() == Isa::Avx512) return depthwise_rows_avx512(p, spans, xp, wk, bias, yp, res);
+    if (isa() == Isa::Avx2) return depthwise_rows_avx2(p, spans, xp, wk, bias, yp, res);
 #endif
-    depthwise_rows_portable(p, xp, wk, bias, yp, res);
+    depthwise_rows_portable(p, spans, xp, wk, bias, yp, res);
 }
-inline void depthwise_rows(const Conv2dParams& p, const double* xp, const double* wk, double bias,
-                           double* yp, const double* res) {
-    depthwise_rows_t(p, xp, wk, bias, yp, res);
+inline void depthwise_rows(const Conv2dParams& p, const int64_t* spans, const double* xp,
+                           const double* wk, double bias, double* yp, const double* res) {
+    depthwise_rows_t(p, spans, xp, wk, bias, yp, res);
 }
 
 // One NCHW depthwise plane, stride 1 along the row, on the avx2 / avx512 paths: the plane
-// copied into a zero-padded scratch xs (Hp x Wp), then each output row in chunks of up to
-// four vectors held in registers over all taps and stored once (depthwise_rows_t loads and
-// stores its row at every tap: 9 passes of 56 columns for a 3x3 row).
+// copied into a zero-padded scratch xs by pad_band (b: BlockedShape(p, L), its rows cover
+// whole vectors of outputs; `one`: p for one channel), then each output row in chunks of up
+// to four vectors held in registers over all taps and stored once (depthwise_rows_t loads
+// and stores its row at every tap: 9 passes of 56 columns for a 3x3 row).
 template <typename S>
 __attribute__((always_inline)) inline void depthwise_regs_t(const Conv2dParams& p,
+                                                            const Conv2dParams& one,
+                                                            const BlockedShape& b,
                                                             const float* xp, const float* wk,
                                                             float bias, float* yp,
                                                             const float* res, float* xs) {
     using V = typename S::V;
     constexpr int L = S::L, NV = 4;
-    const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
-    const int64_t Wp = p.Q + (p.S - 1) * p.dil_w + L;  // a vector past the last column
-    for (int64_t hp = 0; hp < Hp; ++hp) {
-        float* row = xs + hp * Wp;
-        const int64_t h = hp - p.pad_h;
-        if (h < 0 || h >= p.H) {
-            for (int64_t j = 0; j < Wp; ++j) row[j] = 0.f;
-            continue;
-        }
-        const int64_t j0 = std::min(Wp, p.pad_w), j1 = std::min(Wp, p.pad_w + p.W);
-        for (int64_t j = 0; j < j0; ++j) row[j] = 0.f;
-        for (int64_t j = j0; j < j1; ++j) row[j] = xp[h * p.W + j - p.pad_w];
-        for (int64_t j = j1; j < Wp; ++j) row[j] = 0.f;
-    }
+    const int64_t Wp = b.Wp;
+    pad_band(one, b, xp, xs, 0);
     const V bv = S::bcast(&bias);
     for (int64_t oh = 0; oh < p.P; ++oh) {
         float* out = yp + oh * p.Q;
@@ -370,14 +363,16 @@ __attribute__((always_inline)) inline void depthwise_regs_t(const Conv2dParams& 
     }
 }
 #if FC_X86_ISA
-FC_TARGET_AVX2 void depthwise_regs_avx2(const Conv2dParams& p, const float* xp, const float* wk,
+FC_TARGET_AVX2 void depthwise_regs_avx2(const Conv2dParams& p, const Conv2dParams& one,
+                                        const BlockedShape& b, const float* xp, const float* wk,
                                         float bias, float* yp, const float* res, float* xs) {
-    depthwise_regs_t<Avx2Float>(p, xp, wk, bias, yp, res, xs);
+    depthwise_regs_t<Avx2Float>(p, one, b, xp, wk, bias, yp, res, xs);
 }
-FC_TARGET_AVX512 void depthwise_regs_avx512(const Conv2dParams& p, const float* xp,
+FC_TARGET_AVX512 void depthwise_regs_avx512(const Conv2dParams& p, const Conv2dParams& one,
+                                            const BlockedShape& b, const float* xp,
                                             const float* wk, float bias, float* yp,
                                             const float* res, float* xs) {
-    depthwise_regs_t<Avx512Float>(p, xp, wk, bias, yp, res, xs);
+    depthwise_regs_t<Avx512Float>(p, one, b, xp, wk, bias, yp, res, xs);
 }
 #endif
 
@@ -469,13 +464,13 @@ FC_TARGET_AVX512 void depthwise_nhwc_row_avx512(const Conv2dParams& p, int64_t n
 // floats.
 template <typename S>
 __attribute__((always_inline)) inline void depthwise_channels_t(
-    const Conv2dParams& p, int64_t n, int64_t c0, const float* x, const float* w,
-    const float* b, float* y, const float* residual, float* xs, float* ys, float* wt) {
+    const Conv2dParams& p, const BlockedShape& shape, int64_t n, int64_t c0, const float* x,
+    const float* w, const float* b, float* y, const float* residual, float* xs, float* ys,
+    float* wt) {
     using V = typename S::V;
     constexpr int L = S::L, PB = 4;
     const int64_t nc = std::min<int64_t>(L, p.C - c0), RS = p.R * p.S, PQ = p.P * p.Q;
-    const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
-    const int64_t Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1;
+    const int64_t Hp = shape.Hp, Wp = shape.Wp;
     // xs starts zeroed (the caller's std::vector) and only the image's pixels are written,
     // the same positions for every block: its padding stays zero.
     const int64_t h0 = std::max<int64_t>(0, p.pad_h), h1 = std::min(Hp, p.H + p.pad_h);
@@ -526,17 +521,19 @@ __attribute__((always_inline)) inline void depthwise_channels_t(
     }
 }
 #if FC_X86_ISA
-FC_TARGET_AVX2 void depthwise_channels_avx2(const Conv2dParams& p, int64_t n, int64_t c0,
-                                            const float* x, const float* w, const float* b,
-                                            float* y, const float* residual, float* xs,
-                                            float* ys, float* wt) {
-    depthwise_channels_t<Avx2Float>(p, n, c0, x, w, b, y, residual, xs, ys, wt);
+FC_TARGET_AVX2 void depthwise_channels_avx2(const Conv2dParams& p, const BlockedShape& shape,
+                                            int64_t n, int64_t c0, const float* x,
+                                            const float* w, const float* b, float* y,
+                                            const float* residual, float* xs, float* ys,
+                                            float* wt) {
+    depthwise_channels_t<Avx2Float>(p, shape, n, c0, x, w, b, y, residual, xs, ys, wt);
 }
-FC_TARGET_AVX512 void depthwise_channels_avx512(const Conv2dParams& p, int64_t n, int64_t c0,
-                                                const float* x, const float* w, const float* b,
-                                                float* y, const float* residual, float* xs,
-                                                float* ys, float* wt) {
-    depthwise_channels_t<Avx512Float>(p, n, c0, x, w, b, y, residual, xs, ys, wt);
+FC_TARGET_AVX512 void depthwise_channels_avx512(const Conv2dParams& p, const BlockedShape& shape,
+                                                int64_t n, int64_t c0, const float* x,
+                                                const float* w, const float* b, float* y,
+                                                const float* residual, float* xs, float* ys,
+                                                float* wt) {
+    depthwise_channels_t<Avx512Float>(p, shape, n, c0, x, w, b, y, residual, xs, ys, wt);
 }
 #endif
 
@@ -562,9 +559,8 @@ inline void depthwise_channels(const Conv2dParams& p, const float* x, const floa
                                const float* b, float* y, const float* residual) {
 #if FC_X86_ISA
     const int64_t L = isa() == Isa::Avx512 ? 16 : 8, blocks = ceil_div(p.C, L);
-    const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
-    const int64_t Wp = (p.Q - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1;
-    const int64_t xs_n = Hp * Wp * L, ys_n = p.P * p.Q * L, wt_n = p.R * p.S * L;
+    const BlockedShape shape(p, 1);  // the padded image's pixels
+    const int64_t xs_n = shape.Hp * shape.Wp * L, ys_n = p.P * p.Q * L, wt_n = p.R * p.S * L;
 #pragma omp parallel
     {
         std::vector<float> scratch(size_t(xs_n + ys_n + wt_n));
@@ -573,9 +569,9 @@ inline void depthwise_channels(const Conv2dParams& p, const float* x, const floa
         for (int64_t n = 0; n < p.N; ++n)
             for (int64_t blk = 0; blk < blocks; ++blk) {
                 if (L == 16)
-                    depthwise_channels_avx512(p, n, blk * L, x, w, b, y, residual, xs, ys, wt);
+                    depthwise_channels_avx512(p, shape, n, blk * L, x, w, b, y, residual, xs, ys, wt);
                 else
-                    depthwise_channels_avx2(p, n, blk * L, x, w, b, y, residual, xs, ys, wt);
+                    depthwise_channels_avx2(p, shape, n, blk * L, x, w, b, y, residual, xs, ys, wt);
             }
     }
 #endif
@@ -594,17 +590,19 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
     // 0.18-0.22), Zen 5, avx512.
     if constexpr (std::is_same<T, float>::value) {
         if (p.layout == Layout::NCHW && p.stride_w == 1 && isa() != Isa::Portable) {
-            const int64_t Hp = (p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
-            const int64_t Wp = p.Q + (p.S - 1) * p.dil_w + 16;
-            const auto plane = isa() == Isa::Avx512 ? depthwise_regs_avx512 : depthwise_regs_avx2;
+            const bool wide = isa() == Isa::Avx512;
+            const auto plane = wide ? depthwise_regs_avx512 : depthwise_regs_avx2;
+            const BlockedShape shape(p, wide ? 16 : 8);
+            Conv2dParams one = p;
+            one.C = 1;
 #pragma omp parallel
             {
-                std::vector<float> xs(size_t(Hp * Wp));
+                std::vector<float> xs(size_t(shape.Hp * shape.Wp));
 #pragma omp for collapse(2) schedule(static)
                 for (int64_t n = 0; n < p.N; ++n)
                     for (int64_t k = 0; k < p.K; ++k) {
                         const int64_t at = (n * p.K + k) * p.P * p.Q;
-                        plane(p, x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
+                        plane(p, one, shape, x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
                               p.has_bias ? b[k] : 0.f, y + at, residual ? residual + at : nullptr,
                               xs.data());
                     }
@@ -614,11 +612,12 @@ void depthwise(const Conv2dParams& p, const T* x, const T* w, const T* b, T* y,
     }
 #endif
     if (p.layout == Layout::NCHW) {
+        const std::vector<int64_t> spans = depthwise_spans(p);
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t n = 0; n < p.N; ++n)
             for (int64_t k = 0; k < p.K; ++k) {
                 const int64_t at = (n * p.K + k) * p.P * p.Q;
-                depthwise_rows(p, x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
+                depthwise_rows(p, spans.data(), x + (n * p.C + k / Kg) * p.H * p.W, w + k * p.R * p.S,
                                p.has_bias ? b[k] : T(0), y + at, residual ? residual + at : nullptr);
             }
     } else {
