@@ -126,8 +126,16 @@ MUTANTS = [
            "case Border::Wrap: return floor_mod(I(i + 1), n);",
            FILTERS + SHAPES),
     Mutant("blocked-pixel-tail", "blocked tail", FWD,
-           "for (int64_t q0 = 0; q0 < p.Q; q0 += PB) {",
-           "for (int64_t q0 = 0; q0 + PB <= p.Q; q0 += PB) {", CONV + ISA),
+           "if (q0 == p.Q) continue;", "if (q0 >= 0) continue;", CONV + ISA),
+    # The AVX2 tail run of 4 (blocked_runs' PT): its input from the row's start at stride 1.
+    Mutant("blocked-tail-run-input", "blocked tail", FWD,
+           "run_block<S, VK, (PT > 0 ? PT : PB), KS, SW>(p, b, row + q0 * SW,",
+           "run_block<S, VK, (PT > 0 ? PT : PB), KS, SW>(p, b, row + q0,", CONV + ISA),
+    # The filters packed through 8 x 8 transposes: the last taps % 8 taps left unwritten.
+    Mutant("pack-filters-tail", "filter packing", FWD,
+           "            for (; t < taps; ++t)\n                for (int i = 0; i < 8; ++i) out[t * KV + i]",
+           "            for (; t + 1 < taps; ++t)\n                for (int i = 0; i < 8; ++i) out[t * KV + i]",
+           CONV + ISA),
     Mutant("gemm-edge-tile-beta", "gemm edge tile", "csrc/cpu/gemm.cpp",
            ": tile[i * NR + j] + beta * out;", ": tile[i * NR + j];", CONV + ISA),  # avx2, portable
     # Thresholds of the kernel variants (each side has a test in test_conv2d THRESHOLDS).
@@ -137,7 +145,7 @@ MUTANTS = [
     # runs any K in filter blocks, that is a correct if slower choice. Its successor: every
     # block through the first block's weights.)
     Mutant("blocked-filter-block-weights", "weight offset", FWD,
-           "image_fn(q, bb, xp, wt.data() + kb * taps * KV,", "image_fn(q, bb, xp, wt.data(),",
+           "image_fn(q, bb, xp, wt + kb * taps * KV,", "image_fn(q, bb, xp, wt,",
            CONV + ISA),
     # Batch 1, each thread its own rows from a band it pads itself (blocked_vk): the band one
     # row short (the last output row reads past it), and started at the first row.

@@ -739,42 +739,59 @@ __attribute__((always_inline)) inline void store_block(const Conv2dParams& p,
     }
 }
 
-// Output rows [r0, r1) of one image in runs of PB pixels. KS: the filter width when the
-// caller knows it (the tap loop then unrolls: LeNet C2 0.71 -> 0.63 ms on one Zen 5
-// core), else 0. (Two rows a block, one weight load for 2 x PB FMAs, measured slower:
-// 0.76 ms.)
-template <typename S, int VK, int PB, int KS = 0, int SW = 1>
+// One block of N neighbouring output pixels x VK vectors of channels, summed over (c, r, s):
+// run points at the first pixel's first tap in channel 0, pixel j's taps SW further on
+// each; the block's first n pixels are stored at out. KS: the filter width when the caller
+// knows it (the tap loop then unrolls: LeNet C2 0.71 -> 0.63 ms on one Zen 5 core), else 0.
+template <typename S, int VK, int N, int KS, int SW>
+__attribute__((always_inline)) inline void run_block(const Conv2dParams& p, const BlockedShape& b,
+                                                     const float* run, const float* wt, int n,
+                                                     float* out) {
+    using V = typename S::V;
+    constexpr int L = S::L, KV = L * VK;
+    const int64_t plane = b.Hp * b.Wp, row_step = p.dil_h * b.Wp;
+    V acc[N][VK];
+    for (int j = 0; j < N; ++j)
+        for (int v = 0; v < VK; ++v) acc[j][v] = S::zero();
+    const float* wr = wt;
+    for (int64_t c = 0; c < p.C; ++c)
+        for (int64_t r = 0; r < p.R; ++r) {
+            const float* base = run + c * plane + r * row_step;
+            const int64_t taps = KS ? KS : p.S;
+#pragma GCC unroll 7
+            for (int64_t s = 0; s < taps; ++s, wr += KV, base += p.dil_w) {
+                V wk[VK];
+                for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + L * v);
+                for (int j = 0; j < N; ++j) {
+                    const V xv = S::bcast(base + j * SW);
+                    for (int v = 0; v < VK; ++v) acc[j][v] = S::fma(xv, wk[v], acc[j][v]);
+                }
+            }
+        }
+    store_block<S, VK, N>(p, acc, n, out);
+}
+
+// Output rows [r0, r1) of one image in runs of PB pixels, and a row's last Q % PB pixels
+// in one run of PT where PT > 0 and they fit (else of PB, its extra pixels computed and
+// not stored). (Two rows a block, one weight load for 2 x PB FMAs, measured slower on
+// LeNet C2: 0.76 ms.)
+template <typename S, int VK, int PB, int KS = 0, int SW = 1, int PT = 0>
 __attribute__((always_inline)) inline void blocked_runs(const Conv2dParams& p,
                                                         const BlockedShape& b,
                                                         const float* xp, const float* wt,
                                                         float* y, int64_t r0, int64_t r1) {
-    using V = typename S::V;
-    constexpr int L = S::L, KV = L * VK;
-    const int64_t plane = b.Hp * b.Wp, row_step = p.dil_h * b.Wp;
-    for (int64_t oh = r0; oh < r1; ++oh)
-        for (int64_t q0 = 0; q0 < p.Q; q0 += PB) {
-            V acc[PB][VK];
-            for (int j = 0; j < PB; ++j)
-                for (int v = 0; v < VK; ++v) acc[j][v] = S::zero();
-            const float* wr = wt;
-            const float* run = xp + oh * p.stride_h * b.Wp + q0 * SW;
-            for (int64_t c = 0; c < p.C; ++c)
-                for (int64_t r = 0; r < p.R; ++r) {
-                    const float* base = run + c * plane + r * row_step;
-                    const int64_t taps = KS ? KS : p.S;
-#pragma GCC unroll 7
-                    for (int64_t s = 0; s < taps; ++s, wr += KV, base += p.dil_w) {
-                        V wk[VK];
-                        for (int v = 0; v < VK; ++v) wk[v] = S::load(wr + L * v);
-                        for (int j = 0; j < PB; ++j) {
-                            const V xv = S::bcast(base + j * SW);
-                            for (int v = 0; v < VK; ++v) acc[j][v] = S::fma(xv, wk[v], acc[j][v]);
-                        }
-                    }
-                }
-            store_block<S, VK, PB>(p, acc, int(std::min<int64_t>(PB, p.Q - q0)),
-                                   y + oh * p.Q + q0);
-        }
+    for (int64_t oh = r0; oh < r1; ++oh) {
+        const float* row = xp + oh * p.stride_h * b.Wp;
+        float* out = y + oh * p.Q;
+        int64_t q0 = 0;
+        for (; q0 + PB <= p.Q; q0 += PB) run_block<S, VK, PB, KS, SW>(p, b, row + q0 * SW, wt, PB, out + q0);
+        if (q0 == p.Q) continue;
+        const int n = int(p.Q - q0);
+        if (PT > 0 && n <= PT)
+            run_block<S, VK, (PT > 0 ? PT : PB), KS, SW>(p, b, row + q0 * SW, wt, n, out + q0);
+        else
+            run_block<S, VK, PB, KS, SW>(p, b, row + q0 * SW, wt, n, out + q0);
+    }
 }
 
 // Two output rows a block for stride 1, dilation 1 and one vector of channels: input row
@@ -916,7 +933,7 @@ FC_TARGET_AVX512 void blocked_rowvec_avx512(const Conv2dParams& p, const Blocked
 using BlockedImage = void (*)(const Conv2dParams&, const BlockedShape&, const float*,
                               const float*, float*, int64_t, int64_t);
 
-template <typename S, int VK, int PB>
+template <typename S, int VK, int PB, int PT = 0>
 __attribute__((always_inline)) inline void blocked_image(const Conv2dParams& p,
                                                          const BlockedShape& b, const float* xp,
                                                          const float* wt, float* y, int64_t r0,
@@ -924,19 +941,19 @@ __attribute__((always_inline)) inline void blocked_image(const Conv2dParams& p,
     if constexpr (VK == 1 && PB <= 14 && std::is_same<S, Avx512Float>::value)
         if (p.stride_w == 1 && p.stride_h == 1 && p.dil_h == 1 && p.dil_w == 1 && p.S == 5)
             return blocked_runs2<S, PB, 5>(p, b, xp, wt, y, r0, r1);
-    if (p.stride_w == 1 && p.S == 5) return blocked_runs<S, VK, PB, 5>(p, b, xp, wt, y, r0, r1);
-    if (p.stride_w == 1 && p.S == 3) return blocked_runs<S, VK, PB, 3>(p, b, xp, wt, y, r0, r1);
-    if (p.stride_w == 1) return blocked_runs<S, VK, PB>(p, b, xp, wt, y, r0, r1);
-    if (p.stride_w == 2 && p.S == 7) return blocked_runs<S, VK, PB, 7, 2>(p, b, xp, wt, y, r0, r1);
-    if (p.stride_w == 2) return blocked_runs<S, VK, PB, 0, 2>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 1 && p.S == 5) return blocked_runs<S, VK, PB, 5, 1, PT>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 1 && p.S == 3) return blocked_runs<S, VK, PB, 3, 1, PT>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 1) return blocked_runs<S, VK, PB, 0, 1, PT>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 2 && p.S == 7) return blocked_runs<S, VK, PB, 7, 2, PT>(p, b, xp, wt, y, r0, r1);
+    if (p.stride_w == 2) return blocked_runs<S, VK, PB, 0, 2, PT>(p, b, xp, wt, y, r0, r1);
     blocked_pixels<S, VK, PB>(p, b, xp, wt, y, r0 * p.Q, r1 * p.Q);
 }
 
-template <int VK, int PB>
+template <int VK, int PB, int PT = 0>
 FC_TARGET_AVX2 void blocked_image_avx2(const Conv2dParams& p, const BlockedShape& b,
                                        const float* xp, const float* wt, float* y, int64_t r0,
                                        int64_t r1) {
-    blocked_image<Avx2Float, VK, PB>(p, b, xp, wt, y, r0, r1);
+    blocked_image<Avx2Float, VK, PB, PT>(p, b, xp, wt, y, r0, r1);
 }
 template <int VK, int PB>
 FC_TARGET_AVX512 void blocked_image_avx512(const Conv2dParams& p, const BlockedShape& b,
@@ -965,6 +982,38 @@ constexpr std::array<BlockedImage, sizeof...(PB)> avx512_kernels(std::integer_se
     return {blocked_image_avx512<VK, PB + kMinPB>...};
 }
 
+// Filter blocks of KV filters: block kb's weights (c, r, s) x k, as the
+// accumulators hold them, zero for k >= K. w: K x taps.
+inline void pack_filters(int64_t K, int64_t taps, int KV, const float* w, float* wt) {
+    for (int64_t kb = 0; kb < ceil_div(K, int64_t(KV)); ++kb)
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t kk = 0; kk < KV; ++kk) {
+                const int64_t k = kb * KV + kk;
+                wt[(kb * taps + t) * KV + kk] = k < K ? w[k * taps + t] : 0.f;
+            }
+}
+
+// The same through 8 x 8 transposes in registers, for KV a multiple of 8. ResNet-50's
+// l2_3x3s2 (128 x 1152 weights, blocks of 16) took 64 us a call packed one scalar at a time
+// on one thread, 6% of its batch-1 time on 2 Zen 5 threads.
+FC_TARGET_AVX2 void pack_filters_avx2(int64_t K, int64_t taps, int KV, const float* w, float* wt) {
+    using S = Avx2Float;
+    for (int64_t kb = 0; kb < ceil_div(K, int64_t(KV)); ++kb)
+        for (int g = 0; g < KV; g += 8) {
+            const int64_t k0 = kb * KV + g, kn = std::min<int64_t>(8, K - k0);
+            float* const out = wt + kb * taps * KV + g;
+            int64_t t = 0;
+            for (; t + 8 <= taps; t += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; ++i) r[i] = i < kn ? S::load(w + (k0 + i) * taps + t) : S::zero();
+                S::transpose(r);
+                for (int i = 0; i < 8; ++i) S::store(out + (t + i) * KV, r[i]);
+            }
+            for (; t < taps; ++t)
+                for (int i = 0; i < 8; ++i) out[t * KV + i] = i < kn ? w[(k0 + i) * taps + t] : 0.f;
+        }
+}
+
 // The blocked convolution: KV accumulated channels (the weights' row length), image_fn
 // the kernel instantiation, its output rows padded to whole blocks of pb pixels.
 template <int KV>
@@ -972,48 +1021,50 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
                 const float* w, float* y) {
     const BlockedShape b(p, pb);
     const int64_t taps = p.C * p.R * p.S, kblocks = ceil_div(p.K, int64_t(KV)), PQ = p.P * p.Q;
-    // Filter blocks of KV: block kb's weights (c, r, s) x k, as the accumulators hold them.
-    std::vector<float> wt(kblocks * taps * KV, 0.f);
-    for (int64_t k = 0; k < p.K; ++k)
-        for (int64_t t = 0; t < taps; ++t) wt[((k / KV) * taps + t) * KV + k % KV] = w[k * taps + t];
     // Rows [r0, r1) of image n's output, each filter block in turn (its params say K <= KV),
     // from xp, the padded band (shape bb) whose first row is output row r0's first input row.
-    auto rows = [&](const float* xp, const BlockedShape& bb, int64_t n, int64_t r0, int64_t r1) {
+    auto rows = [&](const float* wt, const float* xp, const BlockedShape& bb, int64_t n,
+                    int64_t r0, int64_t r1) {
         for (int64_t kb = 0; kb < kblocks; ++kb) {
             Conv2dParams q = p;
             q.K = std::min<int64_t>(KV, p.K - kb * KV);
-            image_fn(q, bb, xp, wt.data() + kb * taps * KV,
+            image_fn(q, bb, xp, wt + kb * taps * KV,
                      y + (n * p.K + kb * KV) * PQ + r0 * p.Q, 0, r1 - r0);
         }
     };
     const int64_t in = p.C * p.H * p.W;
-    if (p.N >= 2 * omp_get_max_threads()) {
 #pragma omp parallel
-        {
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        // Each thread packs the filters for itself (parallel.h, "Same owner"). ResNet-50's
+        // l2_3x3s2 at batch 1, 2 Zen 5 threads (near): 0.96-0.98 ms, packed by one thread for
+        // both 0.99-1.00, each half by one thread 0.97-0.99.
+        float* const wt = workspace<float>(Slot::Packed, kblocks * taps * KV);
+        if (KV % 8 == 0 && isa() != Isa::Portable)
+            pack_filters_avx2(p.K, taps, KV, w, wt);
+        else
+            pack_filters(p.K, taps, KV, w, wt);
+        if (p.N >= 2 * nt) {
             float* const xp = workspace<float>(Slot::Padded, p.C * b.Hp * b.Wp);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int64_t n = 0; n < p.N; ++n) {
                 pad_image(p, b, x + n * in, xp);
-                rows(xp, b, n, 0, p.P);
+                rows(wt, xp, b, n, 0, p.P);
             }
-        }
-    } else {  // few large images: each thread its rows of each, from a band it pads itself
-        for (int64_t n = 0; n < p.N; ++n) {
-#pragma omp parallel
-            {
-                // Nothing one thread writes is read by another (parallel.h, "Same owner"):
-                // with the image padded by all threads and shared, ResNet-50's conv1 and
-                // l2_3x3s2 at batch 1 took 0.547 and 0.650 ms where the host put the two
-                // vCPUs on cores without a shared L3; with bands, 0.50 and 0.54-0.58 (the
-                // same as on cores that share one: the halo rows copied twice are noise).
-                const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-                const int64_t r0 = p.P * t / nt, r1 = p.P * (t + 1) / nt;
-                if (r0 < r1) {
-                    BlockedShape band = b;
-                    band.Hp = (r1 - r0 - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
-                    float* const xp = workspace<float>(Slot::Padded, p.C * band.Hp * b.Wp);
+        } else {  // few large images: each thread its rows of each, from a band it pads itself
+            // Nothing one thread writes is read by another (parallel.h, "Same owner"):
+            // with the image padded by all threads and shared, ResNet-50's conv1 and
+            // l2_3x3s2 at batch 1 took 0.547 and 0.650 ms where the host put the two
+            // vCPUs on cores without a shared L3; with bands, 0.50 and 0.54-0.58 (the
+            // same as on cores that share one: the halo rows copied twice are noise).
+            const int64_t r0 = p.P * t / nt, r1 = p.P * (t + 1) / nt;
+            if (r0 < r1) {
+                BlockedShape band = b;
+                band.Hp = (r1 - r0 - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+                float* const xp = workspace<float>(Slot::Padded, p.C * band.Hp * b.Wp);
+                for (int64_t n = 0; n < p.N; ++n) {
                     pad_band(p, band, x + n * in, xp, r0 * p.stride_h);
-                    rows(xp, band, n, r0, r1);
+                    rows(wt, xp, band, n, r0, r1);
                 }
             }
         }
@@ -1060,7 +1111,12 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
             const int pb = blocked_pb(p, 8, 12);
             blocked_vk<8>(p, k2_1[pb - kMinPB], pb, x, w, y);
         } else if (p.K <= 16 || p.K > 24) {
-            blocked_vk<16>(p, blocked_image_avx2<2, 6>, 6, x, w, y);
+            // A row's last Q % 6 pixels, up to 4, in a run of 4 (8 accumulators): 2 Zen 5
+            // threads, batch 1, ResNet-50's l2_3x3s2 (28 = 4 x 6 + 4) 1.085 -> 1.046 ms,
+            // conv1 (112 = 18 x 6 + 4) 1.01 -> 0.99. Runs of 7 (14 accumulators) spilled
+            // one and took 1.75 ms; with the weights as the FMAs' memory operands instead
+            // of registers, 1.9 (three loads a cycle where Zen 5 issues two).
+            blocked_vk<16>(p, blocked_image_avx2<2, 6, 4>, 6, x, w, y);
         } else {
             blocked_vk<24>(p, blocked_image_avx2<3, 4>, 4, x, w, y);
         }

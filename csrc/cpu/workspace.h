@@ -38,6 +38,7 @@ enum class Slot {
     Rows,      // conv2d_fwd.cpp / conv2d_bwd.cpp: a GEMM's output (or dy) rows beside Columns;
                //   the blocked grad weight's transposed dy
     Padded,    // conv2d_fwd.cpp / conv2d_bwd.cpp: the blocked kernels' zero-padded image
+    Packed,    // conv2d_fwd.cpp: the blocked kernels' filters in blocks of KV (blocked_vk)
     Count
 };
 
