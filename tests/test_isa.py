@@ -108,6 +108,16 @@ CONV_SHAPES = [
     dict(N=1, C=2, K=70, H=40, W=40, R=3, S=3, stride=1, padding=0, dilation=1),
 ]
 
+# Run with variant "auto": the grad input of a stride-1 layer with few input channels as the
+# rowvec forward of dy (conv2d_bwd.cpp, bwd_data_rowvec), its filter rows that read dy's
+# zero padding skipped: LeNet C2's shape (many images), C1's (one filter, 28-pixel rows: avx2
+# four vectors), and one image whose rows the threads split into bands (each band's skipped
+# rows its own).
+AUTO_SHAPES = [
+    dict(N=5, C=6, K=16, H=14, W=14, R=5, S=5, stride=1, padding=0, dilation=1),
+    dict(N=4, C=1, K=6, H=28, W=28, R=5, S=5, stride=1, padding=2, dilation=1),
+    dict(N=1, C=5, K=9, H=12, W=11, R=3, S=3, stride=1, padding=0, dilation=1),
+]
 
 # Depthwise, each of its kernels (conv2d_fwd.cpp), both layouts: 16 or 8 planes a block by channels
 # (small planes: a 7x7 with 20 channels, a last part block; 28x28 with stride 2), rows in
@@ -232,6 +242,9 @@ def child(isa, seed):
             for layout in ("NCHW", "NHWC"):
                 for variant in ("gemm", "blocked"):
                     check_conv(rng, dtype, layout, variant, cfg, ("tanh", "sigmoid")[i % 2])
+        for i, cfg in enumerate(AUTO_SHAPES):
+            for layout in ("NCHW", "NHWC"):
+                check_conv(rng, dtype, layout, "auto", cfg, ("tanh", "sigmoid")[i % 2])
         for i, cfg in enumerate(DEPTHWISE_SHAPES):
             for layout in ("NCHW", "NHWC"):
                 check_conv(rng, dtype, layout, "depthwise", cfg, ("tanh", "sigmoid")[i % 2])

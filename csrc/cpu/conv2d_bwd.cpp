@@ -448,14 +448,18 @@ namespace {
 // Grad input of a stride-1 layer with few input channels as the blocked forward convolution
 // of dy with the flipped, channel-transposed filters, where that runs the rowvec kernel
 // (vectors along dx's rows; conv2d_common.h). LeNet C2's grad input (128 images, 2 threads,
-// Zen 5): gemm 0.56 ms, this 0.44. (Tried with v4's channel vectors it lost, 6.8 -> 15.1 ms:
+// Zen 5): avx512 gemm 0.56 ms, this 0.44; avx2 (256 images) gemm + col2im 1.40 ms, this
+// 1.25, and 0.95 with the filter rows that read dy's zero padding skipped. (Tried with v4's channel vectors it lost, 6.8 -> 15.1 ms:
 // 6 channels in 8 lanes.) false: not taken.
 bool bwd_data_rowvec(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
     if (p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1 || p.groups != 1 ||
         p.pad_h > p.R - 1 || p.pad_w > p.S - 1)
         return false;
     const Conv2dParams q = winograd::bwd_data_as_forward(p);
-    if (!blocked_takes_rowvec(q)) return false;
+    // One input channel (q.K 1: half the kernel's two filters' FMAs wasted) loses to gemm:
+    // LeNet C1's grad input, 128 images, 0.50 against 0.47 ms (avx2), 0.42 against 0.36
+    // (avx512).
+    if (q.K < 2 || !blocked_takes_rowvec(q)) return false;
     // w'[c, k, r, s] = w[k, c, R-1-r, S-1-s]
     const int64_t RS = p.R * p.S;
     std::vector<float> wt(p.C * p.K * RS);

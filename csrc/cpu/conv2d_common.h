@@ -188,7 +188,10 @@ void col2im_nchw(const Conv2dParams& p, const T* col, int64_t n, int64_t g, int6
                     if (h < 0 || h >= p.H) return;
                     T* dst = plane + h * p.W + off_w;
                     const int64_t lo = std::max(a, q0), hi = std::min(b, q1);
-                    for (int64_t ow = lo; ow < hi; ++ow) dst[ow * p.stride_w] += src[ow];
+                    if (p.stride_w == 1)
+                        for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+                    else
+                        for (int64_t ow = lo; ow < hi; ++ow) dst[ow * p.stride_w] += src[ow];
                 });
             }
     }
@@ -298,23 +301,29 @@ inline bool blocked_auto(const Conv2dParams& p) {
     return tap_bytes * p.K <= kBlockedAllWeights;
 }
 
-// Whether the blocked forward of p runs its rowvec kernel (conv2d_fwd.cpp, blocked): avx512,
-// stride 1 along the row, at most kRowvecMaxK filters, rows of at most two vectors, and more
-// lanes busy along the row than along the channels.
+// Whether the blocked forward of p runs its rowvec kernel (conv2d_fwd.cpp, blocked): avx512
+// or avx2, stride 1 along the row, at most kRowvecMaxK filters, rows of at most two vectors
+// (avx512) or KB x VQ accumulators within 12 (avx2; KB the filters rounded up to even), and
+// more lanes busy along the row than along the channels (the blocks of filters the other
+// kernels hold: avx512 8, 16, 32..., avx2 8, 16, 24).
 constexpr int64_t kRowvecMaxK = 12;
 inline bool blocked_takes_rowvec(const Conv2dParams& p) {
-    const int64_t vq = ceil_div(p.Q, int64_t(16));
-    const double along_row = double(p.Q) / double(16 * vq);
-    const double along_k = double(p.K) / double(p.K <= 8 ? 8 : 16 * ceil_div(p.K, int64_t(16)));
-    return blocked_applies(p) && isa() == Isa::Avx512 && p.stride_w == 1 && p.K <= kRowvecMaxK &&
-           vq <= 2 && along_row > along_k;
+    if (!blocked_applies(p) || p.stride_w != 1 || p.K > kRowvecMaxK || isa() == Isa::Portable)
+        return false;
+    const bool wide = isa() == Isa::Avx512;
+    const int64_t L = wide ? 16 : 8, vq = ceil_div(p.Q, L), kb = 2 * ceil_div(p.K, int64_t(2));
+    const int64_t k_lanes = wide && p.K > 8 ? 16 * ceil_div(p.K, int64_t(16)) : 8 * ceil_div(p.K, int64_t(8));
+    const double along_row = double(p.Q) / double(L * vq), along_k = double(p.K) / double(k_lanes);
+    return (wide ? vq <= 2 : vq * kb <= 12) && along_row > along_k;
 }
 
 // The padded scratch of one image: rows 0 .. (P-1)*sh + (R-1)*dh, columns 0 ..
 // (Qb-1)*sw + (S-1)*dw, where Qb rounds Q up to whole blocks of pb pixels (the extra
 // columns are zeros; outputs computed there are dropped).
+// i0: the padded image's row that is the scratch's row 0 (a band's first row; 0 for a whole
+// image).
 struct BlockedShape {
-    int64_t Hp, Wp, Qb;
+    int64_t Hp, Wp, Qb, i0 = 0;
     BlockedShape(const Conv2dParams& p, int64_t pb)
         : Hp((p.P - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1),
           Wp((ceil_div(p.Q, pb) * pb - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1),

@@ -887,31 +887,37 @@ __attribute__((always_inline)) inline void blocked_pixels(const Conv2dParams& p,
     }
 }
 
-// Few filters, stride_w 1 (AVX-512): vectors along the output row instead of along the
-// channels. A block is one output row's VQ vectors of 16 pixels x KB filters (KB >= K;
-// the weights are zero past K): each tap is VQ vector loads of the input row, KB
-// broadcasts of a weight and KB x VQ FMAs, and each filter's row is stored as VQ
-// vectors, no transpose. LeNet C1 (6 filters, 28-pixel rows): 28 of 32 lanes busy,
-// where a vector of channels holds 6 of 8 (ymm) and its rows split into runs of 10.
+// Few filters, stride_w 1: vectors along the output row instead of along the channels. A
+// block is one output row's VQ vectors of L pixels x KB filters (KB >= K; the weights are
+// zero past K): each tap is VQ vector loads of the input row, KB broadcasts of a weight and
+// KB x VQ FMAs, and each filter's row is stored as VQ vectors, no transpose. LeNet C1 on
+// avx512 (6 filters, 28-pixel rows): 28 of 32 lanes busy, where a vector of channels holds
+// 6 of 8 (ymm) and its rows split into runs of 10. avx2 (KB x VQ <= 12 of its 16 ymm): LeNet
+// C2's grad input as a forward convolution (6 filters, 14-pixel rows, 14 of 16 lanes).
 constexpr int kRowvecKV = int(kRowvecMaxK);  // the weights' row length for every rowvec instantiation
-template <int VQ, int KB>
-FC_TARGET_AVX512 void blocked_rowvec_avx512(const Conv2dParams& p, const BlockedShape& b,
-                                            const float* xp, const float* wt, float* y,
-                                            int64_t r0, int64_t r1) {
-    using S = Avx512Float;
-    using V = S::V;
+template <typename S, int VQ, int KB>
+__attribute__((always_inline)) inline void blocked_rowvec(const Conv2dParams& p,
+                                                          const BlockedShape& b, const float* xp,
+                                                          const float* wt, float* y, int64_t r0,
+                                                          int64_t r1) {
+    using V = typename S::V;
     constexpr int L = S::L;
     const int64_t PQ = p.P * p.Q, plane = b.Hp * b.Wp, row_step = p.dil_h * b.Wp;
-    const auto last = S::mask(int(p.Q - (VQ - 1) * L));
+    const int last = int(p.Q - (VQ - 1) * L);
     for (int64_t oh = r0; oh < r1; ++oh) {
         V acc[KB][VQ];
         for (int k = 0; k < KB; ++k)
             for (int v = 0; v < VQ; ++v) acc[k][v] = S::zero();
-        const float* wr = wt;
         const float* row = xp + oh * p.stride_h * b.Wp;
+        // Filter rows that read the zero rows around the image are skipped: LeNet C2's grad
+        // input (a 10-row dy padded by 4 on each side) has 50 of its 70 (row, filter row)
+        // pairs inside.
+        const int64_t h0 = b.i0 + oh * p.stride_h - p.pad_h;
+        const int64_t r_lo = valid_out_begin(h0, p.dil_h), r_hi = valid_out_end(h0, p.dil_h, p.H, p.R);
         for (int64_t c = 0; c < p.C; ++c)
-            for (int64_t r = 0; r < p.R; ++r) {
+            for (int64_t r = r_lo; r < r_hi; ++r) {
                 const float* base = row + c * plane + r * row_step;
+                const float* wr = wt + (c * p.R + r) * p.S * kRowvecKV;
                 for (int64_t s = 0; s < p.S; ++s, wr += kRowvecKV, base += p.dil_w) {
                     V xv[VQ];
                     for (int v = 0; v < VQ; ++v) xv[v] = S::load(base + v * L);
@@ -924,9 +930,21 @@ FC_TARGET_AVX512 void blocked_rowvec_avx512(const Conv2dParams& p, const Blocked
         float* out = y + oh * p.Q;
         for (int k = 0; k < KB && k < p.K; ++k, out += PQ) {
             for (int v = 0; v + 1 < VQ; ++v) S::store(out + v * L, acc[k][v]);
-            S::store(out + (VQ - 1) * L, last, acc[k][VQ - 1]);
+            S::store_first(out + (VQ - 1) * L, acc[k][VQ - 1], last);
         }
     }
+}
+template <int VQ, int KB>
+FC_TARGET_AVX512 void blocked_rowvec_avx512(const Conv2dParams& p, const BlockedShape& b,
+                                            const float* xp, const float* wt, float* y,
+                                            int64_t r0, int64_t r1) {
+    blocked_rowvec<Avx512Float, VQ, KB>(p, b, xp, wt, y, r0, r1);
+}
+template <int VQ, int KB>
+FC_TARGET_AVX2 void blocked_rowvec_avx2(const Conv2dParams& p, const BlockedShape& b,
+                                        const float* xp, const float* wt, float* y, int64_t r0,
+                                        int64_t r1) {
+    blocked_rowvec<Avx2Float, VQ, KB>(p, b, xp, wt, y, r0, r1);
 }
 
 // One image's outputs (rows [r0, r1) of it) by one kernel instantiation.
@@ -1061,6 +1079,7 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
             if (r0 < r1) {
                 BlockedShape band = b;
                 band.Hp = (r1 - r0 - 1) * p.stride_h + (p.R - 1) * p.dil_h + 1;
+                band.i0 = r0 * p.stride_h;
                 float* const xp = workspace<float>(Slot::Padded, p.C * band.Hp * b.Wp);
                 for (int64_t n = 0; n < p.N; ++n) {
                     pad_band(p, band, x + n * in, xp, r0 * p.stride_h);
@@ -1084,14 +1103,26 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         // Lanes busy per FMA: vectors along the row (rowvec) against vectors of channels
         // (runs of pixels; ymm for K <= 8): the larger wins (blocked_takes_rowvec).
         if (blocked_takes_rowvec(p)) {
-            const int64_t vq = ceil_div(p.Q, int64_t(16));
-            // KB: K rounded up to an even count (LeNet C1's 6 exactly).
-            static constexpr BlockedImage rowvec[2][6] = {
+            // [vq - 1][KB / 2 - 1], KB: K rounded up to an even count (LeNet C1's 6 exactly);
+            // avx2 only where KB x VQ <= 12 (rowvec_fits).
+            static constexpr BlockedImage rowvec512[2][6] = {
                 {blocked_rowvec_avx512<1, 2>, blocked_rowvec_avx512<1, 4>, blocked_rowvec_avx512<1, 6>,
                  blocked_rowvec_avx512<1, 8>, blocked_rowvec_avx512<1, 10>, blocked_rowvec_avx512<1, 12>},
                 {blocked_rowvec_avx512<2, 2>, blocked_rowvec_avx512<2, 4>, blocked_rowvec_avx512<2, 6>,
                  blocked_rowvec_avx512<2, 8>, blocked_rowvec_avx512<2, 10>, blocked_rowvec_avx512<2, 12>}};
-            blocked_vk<kRowvecKV>(p, rowvec[vq - 1][(p.K - 1) / 2], int(16 * vq), x, w, y);
+            static constexpr BlockedImage rowvec2[6][6] = {
+                {blocked_rowvec_avx2<1, 2>, blocked_rowvec_avx2<1, 4>, blocked_rowvec_avx2<1, 6>,
+                 blocked_rowvec_avx2<1, 8>, blocked_rowvec_avx2<1, 10>, blocked_rowvec_avx2<1, 12>},
+                {blocked_rowvec_avx2<2, 2>, blocked_rowvec_avx2<2, 4>, blocked_rowvec_avx2<2, 6>},
+                {blocked_rowvec_avx2<3, 2>, blocked_rowvec_avx2<3, 4>},
+                {blocked_rowvec_avx2<4, 2>},
+                {blocked_rowvec_avx2<5, 2>},
+                {blocked_rowvec_avx2<6, 2>}};
+            const int L = isa() == Isa::Avx512 ? 16 : 8;
+            const int64_t vq = ceil_div(p.Q, int64_t(L)), kb = (p.K - 1) / 2;
+            const BlockedImage fn = L == 16 ? rowvec512[vq - 1][kb] : rowvec2[vq - 1][kb];
+            FC_CHECK(fn != nullptr, "blocked: no rowvec kernel for this row and filter count");
+            blocked_vk<kRowvecKV>(p, fn, int(L * vq), x, w, y);
         } else if (isa() == Isa::Avx512 && p.K > 8 && p.K <= 16) {
             const int pb = blocked_pb(p, 8, 14);
             blocked_vk<16>(p, k512_1[pb - kMinPB], pb, x, w, y);

@@ -98,6 +98,7 @@ struct Avx512Float {
     FC_TARGET_AVX512 static M mask(int n) { return M((1u << n) - 1); }
     FC_TARGET_AVX512 static V load(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
     FC_TARGET_AVX512 static void store(T* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+    FC_TARGET_AVX512 static void store_first(T* p, V v, int m) { store(p, mask(m), v); }
     // r[i][j] <- r[j][i]: unpacks and in-lane shuffles transpose the 4 x 4 blocks, two
     // rounds of 128-bit block shuffles move the blocks.
 #pragma GCC diagnostic push
