@@ -125,6 +125,9 @@ MUTANTS = [
            "case Border::Wrap: return floor_mod(i, n);",
            "case Border::Wrap: return floor_mod(I(i + 1), n);",
            FILTERS + SHAPES),
+    # An image that needs no padding, read in place (blocked_vk): every image read as the first.
+    Mutant("blocked-in-place-image", "image offset", FWD,
+           "rows(wt, x + n * in, b, n, 0, p.P);", "rows(wt, x, b, n, 0, p.P);", CONV + ISA),
     Mutant("blocked-pixel-tail", "blocked tail", FWD,
            "if (q0 == p.Q) continue;", "if (q0 >= 0) continue;", CONV + ISA),
     # The AVX2 tail run of 4 (blocked_runs' PT): its input from the row's start at stride 1.

@@ -1063,11 +1063,18 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
         else
             pack_filters(p.K, taps, KV, w, wt);
         if (p.N >= 2 * nt) {
-            float* const xp = workspace<float>(Slot::Padded, p.C * b.Hp * b.Wp);
+            // An image that needs no padding (LeNet C2: 14 x 14, 5 x 5, runs of 10) is read
+            // in place: C2 at batch 256 on 2 Zen 5 threads (avx512) 0.33 -> 0.30 ms.
+            const bool in_place = b.Hp == p.H && b.Wp == p.W && p.pad_h == 0 && p.pad_w == 0;
+            float* const xp = in_place ? nullptr : workspace<float>(Slot::Padded, p.C * b.Hp * b.Wp);
 #pragma omp for schedule(static) nowait
             for (int64_t n = 0; n < p.N; ++n) {
-                pad_image(p, b, x + n * in, xp);
-                rows(wt, xp, b, n, 0, p.P);
+                if (in_place) {
+                    rows(wt, x + n * in, b, n, 0, p.P);
+                } else {
+                    pad_image(p, b, x + n * in, xp);
+                    rows(wt, xp, b, n, 0, p.P);
+                }
             }
         } else {  // few large images: each thread its rows of each, from a band it pads itself
             // Nothing one thread writes is read by another (parallel.h, "Same owner"):
