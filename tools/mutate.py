@@ -139,6 +139,10 @@ MUTANTS = [
            "            for (; t < taps; ++t)\n                for (int i = 0; i < 8; ++i) out[t * KV + i]",
            "            for (; t + 1 < taps; ++t)\n                for (int i = 0; i < 8; ++i) out[t * KV + i]",
            CONV + ISA),
+    # AVX2 edge tiles short of rows but whole in width (gemm.cpp, Avx2Path::edge): a row left out.
+    Mutant("avx2-gemm-edge-rows", "gemm edge tile", "csrc/cpu/gemm.cpp",
+           "case 3: return kernel_avx2<S, 3>(kc, a, b, beta, c, ldc);",
+           "case 3: return kernel_avx2<S, 2>(kc, a, b, beta, c, ldc);", ISA),
     Mutant("gemm-edge-tile-beta", "gemm edge tile", "csrc/cpu/gemm.cpp",
            ": tile[i * NR + j] + beta * out;", ": tile[i * NR + j];", CONV + ISA),  # avx2, portable
     # Thresholds of the kernel variants (each side has a test in test_conv2d THRESHOLDS).

@@ -152,17 +152,20 @@ struct PortablePath : Avx2Blocking<Elem> {
 #if FC_X86_ISA
 // ---------------------------------------------------------------- AVX2 + FMA
 
-// MR rows x two vectors: 12 accumulators, 2 B vectors and 1 broadcast A value in 16 ymm.
-template <typename S>
+// Rows (MR for a whole tile) rows x two vectors: 12 accumulators, 2 B vectors and 1
+// broadcast A value in 16 ymm. Fewer rows: an edge tile as wide as a whole one (the A
+// sliver's rows past Rows unread).
+template <typename S, int Rows = Avx2Blocking<typename S::T>::MR>
 FC_TARGET_AVX2 void kernel_avx2(int64_t kc, const typename S::T* a, const typename S::T* b,
                                 typename S::T beta, typename S::T* c, int64_t ldc) {
     using T = typename S::T;
     using V = typename S::V;
     constexpr int MR = Avx2Blocking<T>::MR, L = S::L;
     static_assert(Avx2Blocking<T>::NR == 2 * L, "kernel covers two vectors per row");
-    V c0[MR], c1[MR];
+    static_assert(Rows >= 1 && Rows <= MR, "tile rows");
+    V c0[Rows], c1[Rows];
 #pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < Rows; ++i) {
         c0[i] = c1[i] = S::zero();
         _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 2 * L - 1), _MM_HINT_T0);
@@ -171,7 +174,7 @@ FC_TARGET_AVX2 void kernel_avx2(int64_t kc, const typename S::T* a, const typena
     for (int64_t k = 0; k < kc; ++k, a += MR, b += 2 * L) {
         const V b0 = S::load(b), b1 = S::load(b + L);
 #pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
+        for (int i = 0; i < Rows; ++i) {
             const V ai = S::bcast(a + i);
             c0[i] = S::fma(ai, b0, c0[i]);
             c1[i] = S::fma(ai, b1, c1[i]);
@@ -179,14 +182,14 @@ FC_TARGET_AVX2 void kernel_avx2(int64_t kc, const typename S::T* a, const typena
     }
     if (beta == T(0)) {
 #pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
+        for (int i = 0; i < Rows; ++i) {
             S::store(c + i * ldc, c0[i]);
             S::store(c + i * ldc + L, c1[i]);
         }
     } else {
         const V vb = S::bcast(&beta);
 #pragma GCC unroll 6
-        for (int i = 0; i < MR; ++i) {
+        for (int i = 0; i < Rows; ++i) {
             S::store(c + i * ldc, S::fma(vb, S::load(c + i * ldc), c0[i]));
             S::store(c + i * ldc + L, S::fma(vb, S::load(c + i * ldc + L), c1[i]));
         }
@@ -234,8 +237,19 @@ struct Avx2Path : Avx2Blocking<typename S::T> {
     static void kernel(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc) {
         kernel_avx2<S>(kc, a, b, beta, c, ldc);
     }
+    // A tile short of rows but whole in width runs a kernel of its own row count: ResNet-50's
+    // l4_3x3 at batch 1 (49 pixels x 512 filters, transposed) ends each column of tiles in
+    // one row; through a whole tile, a sixth of its rows' FMAs.
     static void edge(int64_t kc, const T* a, const T* b, T beta, T* c, int64_t ldc, int64_t mr,
                      int64_t nr) {
+        static_assert(B::MR == 6, "one kernel per row count below");
+        if (nr == B::NR) switch (mr) {
+            case 1: return kernel_avx2<S, 1>(kc, a, b, beta, c, ldc);
+            case 2: return kernel_avx2<S, 2>(kc, a, b, beta, c, ldc);
+            case 3: return kernel_avx2<S, 3>(kc, a, b, beta, c, ldc);
+            case 4: return kernel_avx2<S, 4>(kc, a, b, beta, c, ldc);
+            case 5: return kernel_avx2<S, 5>(kc, a, b, beta, c, ldc);
+        }
         edge_via_tile<Avx2Path>(kc, a, b, beta, c, ldc, mr, nr);
     }
     static constexpr PackRows<T> pack_a_rows = pack_rows_avx2<B::MR, S>;
