@@ -169,6 +169,27 @@ def test_max_pool_backward_refuses_one_bad_index(layout, at, window):
         fastconv.max_pool2d_backward(y, xl, *window, indices=bad, layout=layout)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_max_pool_backward_refuses_the_padding_columns_neighbours(layout, side):
+    """3x3 / 2 / 1 over 37 columns: the first output's window starts in the padding column
+    left of the row, the last output's ends in the one right of it (2 * 18 + 1 = 37). The
+    plane pixels one position before and after the row (the row above's last, the row
+    below's first) are outside those windows: refused. (The NCHW AVX-512 rows match an
+    index against its window by its offset from the window's first position, where these
+    two alias the padding columns.)"""
+    x = np.random.default_rng(4).standard_normal((2, 9, 11, 37)).astype(np.float32)
+    xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, idx = fastconv.max_pool2d(xl, 3, 2, 1, return_indices=True, layout=layout)
+    oh, ow = 3, 0 if side == "left" else 18
+    where = (1, oh, ow, 2) if layout == "NHWC" else (1, 2, oh, ow)
+    h = 2 * oh  # the window's middle row (rows 5..7)
+    bad = idx.copy()
+    bad[where] = h * 37 - 1 if side == "left" else (h + 1) * 37
+    with raises(ValueError, "indices hold positions outside their pooling windows"):
+        fastconv.max_pool2d_backward(y, xl, 3, 2, 1, indices=bad, layout=layout)
+
+
 def test_filter_bad_input():
     img = rng.standard_normal((9, 9))
     with raises(ValueError, "sobel", "mode", "'reflect'", "'edge'"):

@@ -194,8 +194,10 @@ def check_pooling(rng, dtype):
     # NHWC row functions and the indexed NCHW rows have a build per path).
     # 150 channels: the NHWC gradient's whole blocks (128 on avx512, 64 on avx2), then a part
     # vector, then (avx2) single channels.
+    # 3x3 / 2 / 1 over 69 columns: the NCHW AVX-512 rows' three whole steps and a part one.
     for (N, C, H, W), k, s, pad in [((2, 3, 13, 17), 3, 2, 1), ((1, 20, 16, 23), 2, 2, 0),
-                                    ((2, 9, 11, 10), 3, 1, 1), ((1, 150, 9, 11), 3, 2, 1)]:
+                                    ((2, 9, 11, 10), 3, 1, 1), ((1, 150, 9, 11), 3, 2, 1),
+                                    ((1, 3, 8, 69), 3, 2, 1)]:
         x = rng.standard_normal((N, C, H, W)).astype(dtype)
         for layout in ("NCHW", "NHWC"):
             xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))

@@ -351,6 +351,18 @@ MUTANTS = [
     # The NCHW max-pool grad input along 2-wide windows: indices cut to 32 bits rather than
     # saturated (avx512), even and odd pixels swapped (avx2), the last step's pixels masked
     # as outputs (avx512), negative indices other than -1 left uncounted.
+    # NCHW max-pool grad input, 3-wide windows at stride 2 (max_bwd_w3s2_plane_avx512): the
+    # padding columns' guards dropped (an index one position before or after the row taken),
+    # and the odd column's right-tap carry between steps lost.
+    Mutant("w3s2-left-guard", "window check", POOL_CPP,
+           "const __mmask16 left = live & _mm512_cmpgt_epi32_mask(j, _mm512_setzero_si512());",
+           "const __mmask16 left = live;", ERRORS, needs="avx512"),
+    Mutant("w3s2-right-guard", "window check", POOL_CPP,
+           "const __mmask16 right = live & _mm512_cmplt_epi32_mask(_mm512_add_epi32(jj, one),",
+           "const __mmask16 right = live | _mm512_cmplt_epi32_mask(_mm512_add_epi32(jj, one),",
+           ERRORS, needs="avx512"),
+    Mutant("w3s2-carry", "lane order", POOL_CPP, "                c = t2;",
+           "                c = _mm512_setzero_ps();", POOL + ISA, needs="avx512"),
     Mutant("max-pairs-truncate", "narrowing", POOL_CPP, "_mm512_maskz_cvtsepi64_epi32(0xFF, v64)",
            "_mm512_maskz_cvtepi64_epi32(0xFF, v64)", ERRORS, needs="avx512"),
     Mutant("max-pairs-avx2-blend", "lane order", POOL_CPP, "_mm256_cmpeq_epi64(v, odd), 0xAA));",

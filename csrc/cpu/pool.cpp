@@ -863,6 +863,100 @@ inline int64_t max_bwd_pairs_row(const int64_t* ix, const double* g, int64_t Q, 
     return max_bwd_pairs_row_t(ix, g, Q, at0, d);
 }
 
+// Whether max_bwd_w3s2_plane_avx512 applies: windows 3 wide at stride 2 with one column of
+// padding (ResNet-50's stem pool, 3x3 / 2 / 1), at most 3 high, no dilation, planes under
+// 2^30 pixels (positions in int32 with room: a saturated index never wraps onto a window).
+inline bool max_bwd_w3s2_applies(const Pool2dParams& p) {
+    return p.kw == 3 && p.stride_w == 2 && p.pad_w == 1 && p.dil_w == 1 && p.dil_h == 1 &&
+           p.kh <= 3 && p.H * p.W < (int64_t(1) << 30) && 2 * (p.Q - 1) < p.W;
+}
+
+#if FC_X86_ISA
+// NCHW max-pool grad input of one plane where max_bwd_w3s2_applies, AVX-512: each dx row
+// written once, 32 pixels a step, from the output rows that reach it, in order. Output j's
+// window covers columns 2j - 1, 2j, 2j + 1 of the row: even column 2j is j's middle tap,
+// odd column 2j - 1 is j - 1's right tap then j's left one (raster order, so the scatter's
+// sums, bit for bit: 0 + a + b, with + 0 where an output does not take the pixel). An
+// output takes a pixel of row h where its index minus (h W + 2j - 1) is 0, 1 or 2; the
+// pixels taken, against the indices other than -1, check every index (as the NHWC gather).
+// The scatter one output at a time ran at ~10 cycles an output (the stem pool 32 x 64 x
+// 112^2: 10.4-11 ms, of which 3.2 zeroing dx and reading the indices).
+// v's lanes to d[first ..), those in [0, W) under a mask, or all 16 unmasked where they end
+// by `end` (masked stores of whole vectors are slow on Zen 5).
+FC_TARGET_AVX512 __attribute__((always_inline)) inline void store_clipped_avx512(
+    float* d, int64_t first, int64_t W, int64_t end, __m512 v) {
+    if (first >= 0 && first + 16 <= end) return _mm512_storeu_ps(d + first, v);
+    const int64_t a = std::max<int64_t>(0, -first), b = std::min<int64_t>(16, W - first);
+    if (b > a) _mm512_mask_storeu_ps(d + first, __mmask16(((1u << b) - 1) & ~((1u << a) - 1)), v);
+}
+
+FC_TARGET_AVX512 void max_bwd_w3s2_plane_avx512(const Pool2dParams& p, const int64_t* ix,
+                                                const float* g, float* dxp, int64_t& taken,
+                                                int64_t& named) {
+    const int64_t Q = p.Q, W = p.W, PQ = p.P * p.Q;
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2);
+    for (int64_t o = 0; o < PQ; o += 8) {
+        const __mmask8 live = __mmask8((1u << std::min<int64_t>(PQ - o, 8)) - 1);
+        named += __builtin_popcount(_mm512_mask_cmpneq_epi64_mask(
+            live, _mm512_maskz_loadu_epi64(live, ix + o), _mm512_set1_epi64(-1)));
+    }
+    for (int64_t h = 0; h < p.H; ++h) {
+        // Output rows reaching row h: h - (oh stride_h - pad_h) in [0, kh).
+        const int64_t oh_lo = std::max<int64_t>(0, ceil_div(h + p.pad_h - p.kh + 1, p.stride_h));
+        const int64_t oh_hi = std::min<int64_t>(p.P, (h + p.pad_h) / p.stride_h + 1);
+        __m512 carry[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        float* const d = dxp + h * W;
+        for (int64_t j0 = 0; 2 * j0 - 1 < W; j0 += 16) {
+            const __m512i j = _mm512_add_epi32(_mm512_set1_epi32(int32_t(j0)), lane);
+            const __m512i jj = _mm512_add_epi32(j, j);  // 2j
+            const __mmask16 live = _mm512_cmplt_epi32_mask(j, _mm512_set1_epi32(int32_t(Q)));
+            const __mmask16 left = live & _mm512_cmpgt_epi32_mask(j, _mm512_setzero_si512());
+            const __mmask16 right = live & _mm512_cmplt_epi32_mask(_mm512_add_epi32(jj, one),
+                                                                   _mm512_set1_epi32(int32_t(W)));
+            const __m512i start = _mm512_add_epi32(_mm512_set1_epi32(int32_t(h * W - 1)), jj);
+            const int64_t n = std::max<int64_t>(0, std::min<int64_t>(16, Q - j0));
+            const __mmask8 n0 = __mmask8((1u << std::min<int64_t>(n, 8)) - 1);
+            const __mmask8 n1 = __mmask8((1u << std::max<int64_t>(n - 8, 0)) - 1);
+            __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+            for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+                // Whole vectors where the step is inside the row (masked ones are slow on Zen 5).
+                const int64_t* iw = ix + oh * Q + j0;
+                const __m512i w0 = n == 16 ? _mm512_loadu_si512(iw) : _mm512_maskz_loadu_epi64(n0, iw);
+                const __m512i w1 = n == 16 ? _mm512_loadu_si512(iw + 8) : _mm512_maskz_loadu_epi64(n1, iw + 8);
+                const __m512i at = _mm512_maskz_inserti64x4(
+                    0xFF, _mm512_castsi256_si512(_mm512_maskz_cvtsepi64_epi32(0xFF, w0)),
+                    _mm512_maskz_cvtsepi64_epi32(0xFF, w1), 1);
+                const __m512 gv = n == 16 ? _mm512_loadu_ps(g + oh * Q + j0)
+                                          : _mm512_maskz_loadu_ps(__mmask16(n0 | (n1 << 8)), g + oh * Q + j0);
+                const __m512i pos = _mm512_sub_epi32(at, start);
+                const __mmask16 m0 = left & _mm512_cmpeq_epi32_mask(pos, _mm512_setzero_si512());
+                const __mmask16 m1 = live & _mm512_cmpeq_epi32_mask(pos, one);
+                const __mmask16 m2 = right & _mm512_cmpeq_epi32_mask(pos, two);
+                taken += __builtin_popcount(m0) + __builtin_popcount(m1) + __builtin_popcount(m2);
+                const __m512 t2 = _mm512_maskz_mov_ps(m2, gv);
+                __m512& c = carry[oh - oh_lo];
+                even = _mm512_add_ps(even, _mm512_maskz_mov_ps(m1, gv));
+                odd = _mm512_add_ps(_mm512_add_ps(odd, _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(
+                                                           0xFFFF, _mm512_castps_si512(t2), _mm512_castps_si512(c), 15))),
+                                    _mm512_maskz_mov_ps(m0, gv));
+                c = t2;
+            }
+            // Columns 2 j0 - 1 .. 2 j0 + 30: (odd, even) pairs, clipped to [0, W).
+            const __m512 out_lo = _mm512_permutex2var_ps(odd, lo, even);
+            const __m512 out_hi = _mm512_permutex2var_ps(odd, hi, even);
+            // Masked stores only where a vector crosses the row's ends, except that a row's
+            // last vector may run on into the next row (written after it), not past the plane.
+            const int64_t c0 = 2 * j0 - 1, end = h + 1 < p.H ? W + 16 : W;
+            store_clipped_avx512(d, c0, W, end, out_lo);
+            store_clipped_avx512(d, c0 + 16, W, end, out_hi);
+        }
+    }
+}
+#endif
+
 }  // namespace
 
 // NCHW: each plane zeroed and scattered into by one thread while it sits in cache, each
@@ -904,6 +998,16 @@ void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx)
             }
         }
         bad = named - taken;
+#if FC_X86_ISA
+    } else if (p.layout == Layout::NCHW && std::is_same<T, float>::value && isa() == Isa::Avx512 &&
+               max_bwd_w3s2_applies(p)) {
+        int64_t taken = 0, named = 0;
+#pragma omp parallel for schedule(static) reduction(+ : taken, named)
+        for (int64_t plane = 0; plane < p.N * p.C; ++plane)
+            max_bwd_w3s2_plane_avx512(p, idx + plane * PQ, reinterpret_cast<const float*>(dy) + plane * PQ,
+                                      reinterpret_cast<float*>(dx) + plane * HW, taken, named);
+        bad = named - taken;
+#endif
     } else if (p.layout == Layout::NCHW) {
         const std::vector<PoolTaps> cols = column_taps(p, p.dil_w);
         const double inv_w = 1.0 / double(p.W);
