@@ -194,10 +194,11 @@ def check_pooling(rng, dtype):
     # NHWC row functions and the indexed NCHW rows have a build per path).
     # 150 channels: the NHWC gradient's whole blocks (128 on avx512, 64 on avx2), then a part
     # vector, then (avx2) single channels.
-    # 3x3 / 2 / 1 over 69 columns: the NCHW AVX-512 rows' three whole steps and a part one.
+    # 3x3 / 2 / 1 over 69 columns: the NCHW AVX-512 rows' three whole steps and a part one;
+    # over 32: 16 outputs, the last column their last one's right tap, in a step of its own.
     for (N, C, H, W), k, s, pad in [((2, 3, 13, 17), 3, 2, 1), ((1, 20, 16, 23), 2, 2, 0),
                                     ((2, 9, 11, 10), 3, 1, 1), ((1, 150, 9, 11), 3, 2, 1),
-                                    ((1, 3, 8, 69), 3, 2, 1)]:
+                                    ((1, 3, 8, 69), 3, 2, 1), ((1, 2, 6, 32), 3, 2, 1)]:
         x = rng.standard_normal((N, C, H, W)).astype(dtype)
         for layout in ("NCHW", "NHWC"):
             xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -216,6 +217,19 @@ def check_pooling(rng, dtype):
                 bad[where] += k * W if bad[where] + k * W < H * W else -k * W
                 with pytest.raises(ValueError, match="outside their pooling windows"):
                     fastconv.max_pool2d_backward(dy, xl, k, s, pad, indices=bad, layout=layout)
+            if (k, s, pad) == (3, 2, 1):
+                # The pixels just before and after a row (output row 1's windows: rows 1-3;
+                # after: where the last window ends in the padding, odd W), a negative index
+                # other than -1, and one that names its own pixel once cut to 32 bits.
+                Q = idx.shape[2 if layout == "NHWC" else 3]
+                at = lambda ow: (0, 1, ow, 0) if layout == "NHWC" else (0, 0, 1, ow)
+                cases = [(0, 2 * W - 1), (1, -2), (2, idx[at(2)] + 2**32)]
+                cases += [(Q - 1, 3 * W)] if W % 2 else []
+                for ow, value in cases:
+                    bad = idx.copy()
+                    bad[at(ow)] = value
+                    with pytest.raises(ValueError, match="outside their pooling windows"):
+                        fastconv.max_pool2d_backward(dy, xl, k, s, pad, indices=bad, layout=layout)
             dy = rng.standard_normal(fastconv.avg_pool2d(xl, k, s, pad, layout=layout).shape).astype(dtype)
             assert_close(fastconv.avg_pool2d_backward(dy, xl, k, s, pad, layout=layout),
                          ref.avg_pool2d_backward(dy, xl, k, s, pad, layout=layout), dtype,

@@ -871,6 +871,13 @@ inline bool max_bwd_w3s2_applies(const Pool2dParams& p) {
            p.kh <= 3 && p.H * p.W < (int64_t(1) << 30) && 2 * (p.Q - 1) < p.W;
 }
 
+// The output rows whose windows reach input row h (no dilation): [lo, hi), those with
+// h - (oh stride_h - pad_h) in [0, kh).
+inline void reaching_rows(const Pool2dParams& p, int64_t h, int64_t& lo, int64_t& hi) {
+    lo = std::max<int64_t>(0, ceil_div(h + p.pad_h - p.kh + 1, p.stride_h));
+    hi = std::min<int64_t>(p.P, (h + p.pad_h) / p.stride_h + 1);
+}
+
 #if FC_X86_ISA
 // NCHW max-pool grad input of one plane where max_bwd_w3s2_applies, AVX-512: each dx row
 // written once, 32 pixels a step, from the output rows that reach it, in order. Output j's
@@ -881,6 +888,90 @@ inline bool max_bwd_w3s2_applies(const Pool2dParams& p) {
 // pixels taken, against the indices other than -1, check every index (as the NHWC gather).
 // The scatter one output at a time ran at ~10 cycles an output (the stem pool 32 x 64 x
 // 112^2: 10.4-11 ms, of which 3.2 zeroing dx and reading the indices).
+// The AVX2 build of max_bwd_w3s2_plane_avx512, 8 outputs (16 pixels) a step: the indices
+// outside [0, HW) replaced by -2 and narrowed to int32 (no lane can then alias a
+// position), the rest as there.
+FC_TARGET_AVX2 __attribute__((always_inline)) inline void store_clipped_avx2(
+    float* d, int64_t first, int64_t W, int64_t end, __m256 v) {
+    if (first >= 0 && first + 8 <= end) return _mm256_storeu_ps(d + first, v);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, v);
+    for (int64_t l = std::max<int64_t>(0, -first); l < 8 && first + l < W; ++l) d[first + l] = lanes[l];
+}
+FC_TARGET_AVX2 __attribute__((always_inline)) inline __m256i narrow_positions_avx2(
+    const int64_t* iw, int64_t n, int64_t HW) {
+    alignas(32) int64_t tail[8];
+    if (n < 8) {
+        for (int64_t l = 0; l < 8; ++l) tail[l] = l < n ? iw[l] : -2;
+        iw = tail;
+    }
+    const __m256i lo = _mm256_set1_epi64x(-1), hi = _mm256_set1_epi64x(HW), none = _mm256_set1_epi64x(-2);
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m256i half[2];
+    for (int k = 0; k < 2; ++k) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(iw + 4 * k));
+        const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi64(v, lo), _mm256_cmpgt_epi64(hi, v));
+        half[k] = _mm256_permutevar8x32_epi32(_mm256_blendv_epi8(none, v, in), pick);
+    }
+    return _mm256_blend_epi32(half[0], half[1], 0xF0);
+}
+FC_TARGET_AVX2 void max_bwd_w3s2_plane_avx2(const Pool2dParams& p, const int64_t* ix,
+                                            const float* g, float* dxp, int64_t& taken,
+                                            int64_t& named) {
+    const int64_t Q = p.Q, W = p.W, PQ = p.P * p.Q, HW = p.H * p.W;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i rot = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+    const __m256i one = _mm256_set1_epi32(1), two = _mm256_set1_epi32(2);
+    for (int64_t o = 0; o < PQ; ++o) named += int64_t(ix[o] != -1);  // then each dx row
+    for (int64_t h = 0; h < p.H; ++h) {
+        int64_t oh_lo, oh_hi;
+        reaching_rows(p, h, oh_lo, oh_hi);
+        __m256 carry[3] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        float* const d = dxp + h * W;
+        for (int64_t j0 = 0; 2 * j0 - 1 < W; j0 += 8) {
+            const __m256i j = _mm256_add_epi32(_mm256_set1_epi32(int32_t(j0)), lane);
+            const __m256i jj = _mm256_add_epi32(j, j);
+            const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(Q)), j);
+            const __m256i left = _mm256_and_si256(live, _mm256_cmpgt_epi32(j, _mm256_setzero_si256()));
+            const __m256i right = _mm256_and_si256(
+                live, _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(W)), _mm256_add_epi32(jj, one)));
+            const __m256i start = _mm256_add_epi32(_mm256_set1_epi32(int32_t(h * W - 1)), jj);
+            const int64_t n = std::max<int64_t>(0, std::min<int64_t>(8, Q - j0));
+            __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+            for (int64_t oh = oh_lo; oh < oh_hi && n > 0; ++oh) {
+                const __m256i pos = _mm256_sub_epi32(narrow_positions_avx2(ix + oh * Q + j0, n, HW), start);
+                __m256 gv;
+                if (n == 8) {
+                    gv = _mm256_loadu_ps(g + oh * Q + j0);
+                } else {
+                    alignas(32) float gt[8] = {};
+                    for (int64_t l = 0; l < n; ++l) gt[l] = g[oh * Q + j0 + l];
+                    gv = _mm256_load_ps(gt);
+                }
+                const __m256 m0 = _mm256_castsi256_ps(_mm256_and_si256(left, _mm256_cmpeq_epi32(pos, _mm256_setzero_si256())));
+                const __m256 m1 = _mm256_castsi256_ps(_mm256_and_si256(live, _mm256_cmpeq_epi32(pos, one)));
+                const __m256 m2 = _mm256_castsi256_ps(_mm256_and_si256(right, _mm256_cmpeq_epi32(pos, two)));
+                taken += __builtin_popcount(unsigned(_mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(m0, m1), m2))));
+                const __m256 t2 = _mm256_and_ps(m2, gv);
+                __m256& c = carry[oh - oh_lo];
+                const __m256 shifted = _mm256_blend_ps(_mm256_permutevar8x32_ps(t2, rot),
+                                                       _mm256_permutevar8x32_ps(c, rot), 0x01);
+                even = _mm256_add_ps(even, _mm256_and_ps(m1, gv));
+                odd = _mm256_add_ps(_mm256_add_ps(odd, shifted), _mm256_and_ps(m0, gv));
+                c = t2;
+            }
+            if (n == 0)  // past the last output: the last odd column, from the carries
+                for (int64_t oh = oh_lo; oh < oh_hi; ++oh)
+                    odd = _mm256_add_ps(odd, _mm256_blend_ps(_mm256_setzero_ps(),
+                                                             _mm256_permutevar8x32_ps(carry[oh - oh_lo], rot), 0x01));
+            const __m256 ul = _mm256_unpacklo_ps(odd, even), uh = _mm256_unpackhi_ps(odd, even);
+            const int64_t c0 = 2 * j0 - 1, end = h + 1 < p.H ? W + 8 : W;
+            store_clipped_avx2(d, c0, W, end, _mm256_permute2f128_ps(ul, uh, 0x20));
+            store_clipped_avx2(d, c0 + 8, W, end, _mm256_permute2f128_ps(ul, uh, 0x31));
+        }
+    }
+}
+
 // v's lanes to d[first ..), those in [0, W) under a mask, or all 16 unmasked where they end
 // by `end` (masked stores of whole vectors are slow on Zen 5).
 FC_TARGET_AVX512 __attribute__((always_inline)) inline void store_clipped_avx512(
@@ -904,9 +995,8 @@ FC_TARGET_AVX512 void max_bwd_w3s2_plane_avx512(const Pool2dParams& p, const int
             live, _mm512_maskz_loadu_epi64(live, ix + o), _mm512_set1_epi64(-1)));
     }
     for (int64_t h = 0; h < p.H; ++h) {
-        // Output rows reaching row h: h - (oh stride_h - pad_h) in [0, kh).
-        const int64_t oh_lo = std::max<int64_t>(0, ceil_div(h + p.pad_h - p.kh + 1, p.stride_h));
-        const int64_t oh_hi = std::min<int64_t>(p.P, (h + p.pad_h) / p.stride_h + 1);
+        int64_t oh_lo, oh_hi;
+        reaching_rows(p, h, oh_lo, oh_hi);
         __m512 carry[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         float* const d = dxp + h * W;
         for (int64_t j0 = 0; 2 * j0 - 1 < W; j0 += 16) {
@@ -999,13 +1089,14 @@ void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx)
         }
         bad = named - taken;
 #if FC_X86_ISA
-    } else if (p.layout == Layout::NCHW && std::is_same<T, float>::value && isa() == Isa::Avx512 &&
+    } else if (p.layout == Layout::NCHW && std::is_same<T, float>::value && isa() >= Isa::Avx2 &&
                max_bwd_w3s2_applies(p)) {
+        const auto plane_fn = isa() == Isa::Avx512 ? max_bwd_w3s2_plane_avx512 : max_bwd_w3s2_plane_avx2;
         int64_t taken = 0, named = 0;
 #pragma omp parallel for schedule(static) reduction(+ : taken, named)
         for (int64_t plane = 0; plane < p.N * p.C; ++plane)
-            max_bwd_w3s2_plane_avx512(p, idx + plane * PQ, reinterpret_cast<const float*>(dy) + plane * PQ,
-                                      reinterpret_cast<float*>(dx) + plane * HW, taken, named);
+            plane_fn(p, idx + plane * PQ, reinterpret_cast<const float*>(dy) + plane * PQ,
+                     reinterpret_cast<float*>(dx) + plane * HW, taken, named);
         bad = named - taken;
 #endif
     } else if (p.layout == Layout::NCHW) {
