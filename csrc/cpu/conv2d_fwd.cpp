@@ -21,8 +21,9 @@
 //              run of one output row's pixels x vectors of channels, one tap a broadcast
 //              per pixel and a weight load per vector (stride 1 and 2, immediate tap
 //              offsets); the same over pixels that span rows (other strides); and, for at
-//              most 12 filters on avx512, vectors along the output row x the filters
-//              (LeNet C1). Falls back to gemm where it does not apply (and for double).
+//              most 12 filters, vectors along the output row x the filters (LeNet C1 on
+//              avx512, C2's grad input on both paths). Falls back to gemm where it does
+//              not apply (and for double).
 //   winograd2  3x3, stride 1, dilation 1 only: Winograd F(2x2, 3x3) and F(4x4, 3x3),
 //   winograd4  2.25x and 4x fewer multiplies than gemm (winograd.cpp); auto's choice by
 //              auto_winograd's shape rule (conv2d_common.h).

@@ -1050,7 +1050,10 @@ FC_TARGET_AVX512 void max_bwd_w3s2_plane_avx512(const Pool2dParams& p, const int
 }  // namespace
 
 // NCHW: each plane zeroed and scattered into by one thread while it sits in cache, each
-// index checked against its window (row from a double reciprocal, no integer division).
+// index checked against its window (row from a double reciprocal, no integer division);
+// where 2-wide windows tile the rows (max_bwd_pairs_row) and where 3-wide windows step by 2
+// (max_bwd_w3s2_plane_*, the ResNet-50 stem's), each dx row written once instead, with the
+// scatter's sums.
 // NHWC: a gather, each input pixel's C channels written once from the outputs whose
 // windows take it, compare and select across the channels; an index outside its window
 // is never taken, so counting the takes against the indices that are not -1 checks them
