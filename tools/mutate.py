@@ -134,10 +134,9 @@ MUTANTS = [
     Mutant("blocked-tail-run-input", "blocked tail", FWD,
            "run_block<S, VK, (PT > 0 ? PT : PB), KS, SW>(p, b, row + q0 * SW,",
            "run_block<S, VK, (PT > 0 ? PT : PB), KS, SW>(p, b, row + q0,", CONV + ISA),
-    # The filters packed through 8 x 8 transposes: the last taps % 8 taps left unwritten.
-    Mutant("pack-filters-tail", "filter packing", FWD,
-           "            for (; t < taps; ++t)\n                for (int i = 0; i < 8; ++i) out[t * KV + i]",
-           "            for (; t + 1 < taps; ++t)\n                for (int i = 0; i < 8; ++i) out[t * KV + i]",
+    # The filters packed as GEMM slivers (blocked_vk): each block's rows read from the first.
+    Mutant("pack-filters-block", "filter packing", FWD,
+           "pack_sliver(KV, w + kb * KV * taps, taps,", "pack_sliver(KV, w + kb * taps, taps,",
            CONV + ISA),
     # AVX2 edge tiles short of rows but whole in width (gemm.cpp, Avx2Path::edge): a row left out.
     Mutant("avx2-gemm-edge-rows", "gemm edge tile", "csrc/cpu/gemm.cpp",
@@ -377,9 +376,6 @@ MUTANTS = [
     Mutant("w3s2-avx2-narrow", "narrowing", POOL_CPP,
            "half[k] = _mm256_permutevar8x32_epi32(_mm256_blendv_epi8(none, v, in), pick);",
            "half[k] = _mm256_permutevar8x32_epi32(v, pick);", ISA + ERRORS, needs="avx2"),
-    Mutant("w3s2-avx2-named", "count", POOL_CPP,
-           "named += int64_t(ix[o] != -1);  // then each dx row", "named += int64_t(ix[o] >= 0);  // then each dx row",
-           ISA, needs="avx2"),
     Mutant("max-pairs-truncate", "narrowing", POOL_CPP, "_mm512_maskz_cvtsepi64_epi32(0xFF, v64)",
            "_mm512_maskz_cvtepi64_epi32(0xFF, v64)", ERRORS, needs="avx512"),
     Mutant("max-pairs-avx2-blend", "lane order", POOL_CPP, "_mm256_cmpeq_epi64(v, odd), 0xAA));",
@@ -387,8 +383,8 @@ MUTANTS = [
     Mutant("max-pairs-tail-pixels", "tail mask", POOL_CPP,
            "const __mmask16 pixels = __mmask16((1u << (2 * left)) - 1);",
            "const __mmask16 pixels = __mmask16((1u << left) - 1);", POOL, needs="avx512"),
-    Mutant("max-pairs-named", "count", POOL_CPP, "for (int64_t o = 0; o < PQ; ++o) named += ix[o] != -1;",
-           "for (int64_t o = 0; o < PQ; ++o) named += ix[o] >= 0;", ERRORS),
+    Mutant("max-pairs-named", "count", POOL_CPP, "for (int64_t o = 0; o < n; ++o) named += ix[o] != -1;",
+           "for (int64_t o = 0; o < n; ++o) named += ix[o] >= 0;", ERRORS + ISA),
     # The NHWC average pool along whole rows (few channels): a pixel's sums read a tap's
     # stride too short; the last pixel's first tap left out of the row.
     Mutant("avg-tiles-pixel-stride", "index", POOL_CPP,

@@ -1001,38 +1001,6 @@ constexpr std::array<BlockedImage, sizeof...(PB)> avx512_kernels(std::integer_se
     return {blocked_image_avx512<VK, PB + kMinPB>...};
 }
 
-// Filter blocks of KV filters: block kb's weights (c, r, s) x k, as the
-// accumulators hold them, zero for k >= K. w: K x taps.
-inline void pack_filters(int64_t K, int64_t taps, int KV, const float* w, float* wt) {
-    for (int64_t kb = 0; kb < ceil_div(K, int64_t(KV)); ++kb)
-        for (int64_t t = 0; t < taps; ++t)
-            for (int64_t kk = 0; kk < KV; ++kk) {
-                const int64_t k = kb * KV + kk;
-                wt[(kb * taps + t) * KV + kk] = k < K ? w[k * taps + t] : 0.f;
-            }
-}
-
-// The same through 8 x 8 transposes in registers, for KV a multiple of 8. ResNet-50's
-// l2_3x3s2 (128 x 1152 weights, blocks of 16) took 64 us a call packed one scalar at a time
-// on one thread, 6% of its batch-1 time on 2 Zen 5 threads.
-FC_TARGET_AVX2 void pack_filters_avx2(int64_t K, int64_t taps, int KV, const float* w, float* wt) {
-    using S = Avx2Float;
-    for (int64_t kb = 0; kb < ceil_div(K, int64_t(KV)); ++kb)
-        for (int g = 0; g < KV; g += 8) {
-            const int64_t k0 = kb * KV + g, kn = std::min<int64_t>(8, K - k0);
-            float* const out = wt + kb * taps * KV + g;
-            int64_t t = 0;
-            for (; t + 8 <= taps; t += 8) {
-                __m256 r[8];
-                for (int i = 0; i < 8; ++i) r[i] = i < kn ? S::load(w + (k0 + i) * taps + t) : S::zero();
-                S::transpose(r);
-                for (int i = 0; i < 8; ++i) S::store(out + (t + i) * KV, r[i]);
-            }
-            for (; t < taps; ++t)
-                for (int i = 0; i < 8; ++i) out[t * KV + i] = i < kn ? w[(k0 + i) * taps + t] : 0.f;
-        }
-}
-
 // The blocked convolution: KV accumulated channels (the weights' row length), image_fn
 // the kernel instantiation, its output rows padded to whole blocks of pb pixels.
 template <int KV>
@@ -1058,11 +1026,14 @@ void blocked_vk(const Conv2dParams& p, BlockedImage image_fn, int pb, const floa
         // Each thread packs the filters for itself (parallel.h, "Same owner"). ResNet-50's
         // l2_3x3s2 at batch 1, 2 Zen 5 threads (near): 0.96-0.98 ms, packed by one thread for
         // both 0.99-1.00, each half by one thread 0.97-0.99.
+        // Block kb's weights (c, r, s) x k, as the accumulators hold them, zero for k >= K:
+        // the GEMM's sliver packing (8 x 8 transposes). Packed one scalar at a time on the
+        // calling thread, l2_3x3s2's 128 x 1152 weights took 64 us a call while the other
+        // thread waited, 6% of its batch-1 time.
         float* const wt = workspace<float>(Slot::Packed, kblocks * taps * KV);
-        if (KV % 8 == 0 && isa() != Isa::Portable)
-            pack_filters_avx2(p.K, taps, KV, w, wt);
-        else
-            pack_filters(p.K, taps, KV, w, wt);
+        for (int64_t kb = 0; kb < kblocks; ++kb)
+            pack_sliver(KV, w + kb * KV * taps, taps, std::min<int64_t>(KV, p.K - kb * KV), taps,
+                        wt + kb * taps * KV);
         if (p.N >= 2 * nt) {
             // An image that needs no padding (LeNet C2: 14 x 14, 5 x 5, runs of 10) is read
             // in place: C2 at batch 256 on 2 Zen 5 threads (avx512) 0.33 -> 0.30 ms.
@@ -1112,7 +1083,7 @@ void blocked(const Conv2dParams& p, const float* x, const float* w, const float*
         // (runs of pixels; ymm for K <= 8): the larger wins (blocked_takes_rowvec).
         if (blocked_takes_rowvec(p)) {
             // [vq - 1][KB / 2 - 1], KB: K rounded up to an even count (LeNet C1's 6 exactly);
-            // avx2 only where KB x VQ <= 12 (rowvec_fits).
+            // avx2 only where KB x VQ <= 12 (blocked_takes_rowvec).
             static constexpr BlockedImage rowvec512[2][6] = {
                 {blocked_rowvec_avx512<1, 2>, blocked_rowvec_avx512<1, 4>, blocked_rowvec_avx512<1, 6>,
                  blocked_rowvec_avx512<1, 8>, blocked_rowvec_avx512<1, 10>, blocked_rowvec_avx512<1, 12>},

@@ -581,6 +581,26 @@ PackedB packed_b_layout(int64_t K, int64_t N) {
     return layout_of<PortablePath<T>>(K, N);
 }
 
+void pack_sliver(int W, const float* src, int64_t sx, int64_t w, int64_t kc, float* dst) {
+    auto rows = [&](auto width) {
+        constexpr int64_t kW = decltype(width)::value;
+#if FC_X86_ISA
+        if (isa() >= Isa::Avx2) return pack_rows_avx2<kW, Avx2Float>(src, sx, w, kc, dst);
+#endif
+        pack_rows_generic<kW, float>(src, sx, w, kc, dst);
+    };
+    using std::integral_constant;
+    switch (W) {
+        case 8: return rows(integral_constant<int64_t, 8>{});
+        case 12: return rows(integral_constant<int64_t, 12>{});
+        case 16: return rows(integral_constant<int64_t, 16>{});
+        case 24: return rows(integral_constant<int64_t, 24>{});
+        case 32: return rows(integral_constant<int64_t, 32>{});
+        case 48: return rows(integral_constant<int64_t, 48>{});
+    }
+    FC_CHECK(false, "pack_sliver: no build for this width");
+}
+
 template <typename T>
 int64_t gemm_tile_work(int64_t M, int64_t N) {
 #if FC_X86_ISA

@@ -49,6 +49,12 @@ template <typename T>
 void gemm_packed_b_columns(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                            const T* packed_b, int64_t n0, int64_t n1, T beta, T* C, int64_t ldc);
 
+// Rows [0, w) of a row-major matrix (row j at src + j * sx), w <= W, as one W-wide sliver
+// the way the GEMM packs its operands: dst[k * W + j] = src[j * sx + k] for k < kc, zero for
+// rows j >= w. Through the path's in-register transposes (the blocked convolution's filter
+// blocks: W one of 8, 12, 16, 24, 32, 48).
+void pack_sliver(int W, const float* src, int64_t sx, int64_t w, int64_t kc, float* dst);
+
 // Multiply-adds per unit of K that this machine's path spends on an M x N product, counting
 // its micro-tiles whole (M rounded up to MR rows, N to NR columns): what an edge costs.
 template <typename T>

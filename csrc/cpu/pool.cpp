@@ -863,6 +863,14 @@ inline int64_t max_bwd_pairs_row(const int64_t* ix, const double* g, int64_t Q, 
     return max_bwd_pairs_row_t(ix, g, Q, at0, d);
 }
 
+// The indices of a plane that name a pixel (all but -1): what the write-once rows' takes
+// are counted against.
+inline int64_t named_indices(const int64_t* ix, int64_t n) {
+    int64_t named = 0;
+    for (int64_t o = 0; o < n; ++o) named += ix[o] != -1;
+    return named;
+}
+
 // Whether max_bwd_w3s2_plane_avx512 applies: windows 3 wide at stride 2 with one column of
 // padding (ResNet-50's stem pool, 3x3 / 2 / 1), at most 3 high, no dilation, planes under
 // 2^30 pixels (positions in int32 with room: a saturated index never wraps onto a window).
@@ -922,7 +930,7 @@ FC_TARGET_AVX2 void max_bwd_w3s2_plane_avx2(const Pool2dParams& p, const int64_t
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i rot = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
     const __m256i one = _mm256_set1_epi32(1), two = _mm256_set1_epi32(2);
-    for (int64_t o = 0; o < PQ; ++o) named += int64_t(ix[o] != -1);  // then each dx row
+    named += named_indices(ix, PQ);
     for (int64_t h = 0; h < p.H; ++h) {
         int64_t oh_lo, oh_hi;
         reaching_rows(p, h, oh_lo, oh_hi);
@@ -989,11 +997,7 @@ FC_TARGET_AVX512 void max_bwd_w3s2_plane_avx512(const Pool2dParams& p, const int
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2);
-    for (int64_t o = 0; o < PQ; o += 8) {
-        const __mmask8 live = __mmask8((1u << std::min<int64_t>(PQ - o, 8)) - 1);
-        named += __builtin_popcount(_mm512_mask_cmpneq_epi64_mask(
-            live, _mm512_maskz_loadu_epi64(live, ix + o), _mm512_set1_epi64(-1)));
-    }
+    named += named_indices(ix, PQ);
     for (int64_t h = 0; h < p.H; ++h) {
         int64_t oh_lo, oh_hi;
         reaching_rows(p, h, oh_lo, oh_hi);
@@ -1078,7 +1082,7 @@ void max_pool_bwd(const Pool2dParams& p, const T* dy, const int64_t* idx, T* dx)
             const int64_t* ix = idx + plane * PQ;
             const T* g = dy + plane * PQ;
             T* dxp = dx + plane * HW;
-            for (int64_t o = 0; o < PQ; ++o) named += ix[o] != -1;
+            named += named_indices(ix, PQ);
             for (int64_t h = 0; h < p.H; ++h) {
                 T* d = dxp + h * p.W;
                 const int64_t oh = h / p.kh;
